@@ -1,0 +1,3 @@
+from hftrain.cli import main
+
+main()

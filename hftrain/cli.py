@@ -1,0 +1,148 @@
+"""`hftrain fit|validate|test|predict`: LightningCLI with the defaults a fine-tuning run needs.
+
+What a user gets without writing it: a TensorBoard logger writing to `runs/<name>/version_N/` (the name
+is the config file's name), a checkpoint of the best model by the task's main metric plus `last.ckpt`,
+the learning-rate monitor, a fixed seed, the resolved `config.yaml`, `results.json`, the exported
+`hf_model/`, and predictions as JSONL. The model name reaches the tokenizer and the data's label set
+reaches the model through argument links, so nothing is typed twice.
+
+`--ckpt_path best|last` work across processes: they find the newest run folder of the config's name
+and continue in it (resume for `fit`; metrics and predictions written beside the run's own).
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from hftrain.core.callbacks import (
+    ExportHFModel,
+    ModelCheckpoint,
+    PredictionWriter,
+    ResultsWriter,
+    free_path,
+    read_results,
+)
+from hftrain.core.data import TaskDataModule
+from hftrain.core.errors import HFTrainError
+from hftrain.core.module import TaskModule
+
+RUNS_DIR = "runs"
+
+
+class SaveRunConfig(SaveConfigCallback):
+    """Save the resolved config as `config.yaml`, or `config-N.yaml` when a resumed or evaluation run
+    writes into a folder that already has one, so the original is never overwritten."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if not self.already_saved:
+            name = free_path(trainer.log_dir, "config", ".yaml").name if trainer.is_global_zero else None
+            self.config_filename = trainer.strategy.broadcast(name)
+        super().setup(trainer, pl_module, stage)
+
+
+class HFTrainCLI(LightningCLI):
+    """The hftrain command line; `run=False` builds model, data and trainer without running (for notebooks)."""
+
+    def __init__(self, args: list[str] | dict | None = None, run: bool = True) -> None:
+        super().__init__(
+            TaskModule,
+            TaskDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=SaveRunConfig,
+            seed_everything_default=42,
+            trainer_defaults={
+                "logger": {
+                    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                    "init_args": {"save_dir": RUNS_DIR, "name": None},
+                },
+                "callbacks": [LearningRateMonitor(logging_interval="step"), ResultsWriter(), ExportHFModel()],
+            },
+            parser_kwargs={"default_env": True, "env_prefix": "HFTRAIN"},
+            args=args,
+            run=run,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "epoch={epoch}-step={step}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+        parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer_name")
+        parser.link_arguments("data.label_names", "model.init_args.label_names", apply_on="instantiate")
+        parser.link_arguments("data.problem_type", "model.init_args.problem_type", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        logger = config.trainer.logger
+        if not (hasattr(logger, "class_path") and logger.class_path.endswith("TensorBoardLogger")):
+            return
+        if logger.init_args.name is None:
+            logger.init_args.name = self._run_name(config)
+        if config.get("ckpt_path") in ("best", "last"):
+            config.ckpt_path = self._find_checkpoint(config.ckpt_path, logger.init_args)
+
+    @staticmethod
+    def _run_name(config) -> str:
+        """The last config file's name (`mrpc` for `configs/glue/mrpc.yaml`), else the task's."""
+        if config.get("config"):
+            return Path(str(config.config[-1])).stem
+        return config.model.class_path.rsplit(".", 1)[-1].lower()
+
+    @staticmethod
+    def _find_checkpoint(which: str, logger_args) -> str:
+        """Resolve `best`/`last` to a file of the newest run folder (or the one given as logger version)."""
+        root = Path(logger_args.save_dir) / logger_args.name
+        if logger_args.version is None:
+            versions = sorted(
+                (int(d.name.removeprefix("version_")), d)
+                for d in root.glob("version_*")
+                if d.name.removeprefix("version_").isdigit() and (d / "checkpoints").is_dir()
+            )
+            if not versions:
+                raise HFTrainError(
+                    f"--ckpt_path {which}: there is no earlier run with checkpoints under {root}/. Run "
+                    "`hftrain fit` with this config first, or pass the path of a .ckpt file."
+                )
+            logger_args.version = versions[-1][0]
+        run_dir = root / (
+            logger_args.version if isinstance(logger_args.version, str) else f"version_{logger_args.version}"
+        )
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if which == "last":
+            candidates = [last]
+        else:
+            best = read_results(run_dir).get("best_checkpoint")
+            if not best and last.is_file():
+                states = torch.load(last, map_location="cpu", weights_only=False).get("callbacks", {})
+                best = next((s["best_model_path"] for k, s in states.items() if k.startswith("ModelCheckpoint")), None)
+            candidates = [Path(best)] if best else []
+        found = next((str(c) for c in candidates if c.is_file()), None)
+        if found is None:
+            raise HFTrainError(
+                f"--ckpt_path {which}: {run_dir} has no {which} checkpoint (looked for "
+                f"{candidates[0] if candidates else 'a best checkpoint in results.json or last.ckpt'}). "
+                "Pass the path of a .ckpt file instead."
+            )
+        return found
+
+
+def main(args: list[str] | None = None) -> None:
+    """Run the CLI; user errors print one paragraph and exit 2 (`HFTRAIN_DEBUG=1` shows the traceback)."""
+    try:
+        HFTrainCLI(args=args)
+    except HFTrainError as err:
+        if os.environ.get("HFTRAIN_DEBUG") == "1":
+            raise
+        print(f"hftrain: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

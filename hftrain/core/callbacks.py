@@ -1,0 +1,213 @@
+"""Callbacks Lightning lacks: task-aware monitors, the `hf_model/` export, `results.json`, predictions.
+
+Every run folder (`runs/<name>/version_N/`) ends up holding what these write: the exported model, a
+results file in the spirit of the HF Trainer's `all_results.json`, and prediction JSONL files. None of
+them overwrites an earlier file the user may still need.
+"""
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import callbacks as pl_callbacks
+from lightning.pytorch.utilities import rank_zero_info
+
+RESULTS_FILE = "results.json"
+EXPORT_DIR = "hf_model"
+
+
+def free_path(folder: str | Path, stem: str, suffix: str) -> Path:
+    """`folder/stem.suffix`, or `folder/stem-N.suffix` with the first free N, so nothing is overwritten."""
+    folder = Path(folder)
+    path, n = folder / f"{stem}{suffix}", 1
+    while path.exists():
+        path, n = folder / f"{stem}-{n}{suffix}", n + 1
+    return path
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON through a temporary file and a rename, so readers never see half a file."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(partial, path)
+
+
+def read_results(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / RESULTS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _numbers(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
+    return {k: float(v) for k, v in sorted(metrics.items()) if k.startswith(prefix)}
+
+
+class ModelCheckpoint(pl_callbacks.ModelCheckpoint):
+    """Lightning's `ModelCheckpoint` whose `monitor` defaults to the task's main validation metric.
+
+    With `monitor` unset it watches the module's `monitor` (`val/accuracy` for classification,
+    `val/f1` for NER, …) in the module's `monitor_mode`, so one config serves every task.
+    """
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.monitor is None and getattr(pl_module, "monitor", None):
+            self.monitor = pl_module.monitor
+            self.mode = pl_module.monitor_mode
+            self.kth_value = torch.tensor(math.inf if self.mode == "min" else -math.inf)
+        super().setup(trainer, pl_module, stage)
+
+
+class EarlyStopping(pl_callbacks.EarlyStopping):
+    """Lightning's `EarlyStopping` whose `monitor` and `mode` default to the task's main validation metric.
+
+    Args:
+        monitor: Metric to watch; defaults to the task's main validation metric.
+        mode: `min` or `max`; defaults to the task's.
+        patience: Validation runs without improvement before training stops.
+        min_delta: Smallest change that counts as an improvement.
+        stopping_threshold: Stop as soon as the metric reaches this value.
+        verbose: Log each decision.
+    """
+
+    def __init__(
+        self,
+        monitor: str | None = None,
+        mode: Literal["min", "max"] | None = None,
+        patience: int = 3,
+        min_delta: float = 0.0,
+        stopping_threshold: float | None = None,
+        verbose: bool = False,
+    ) -> None:
+        super().__init__(
+            monitor=monitor or "",
+            mode=mode or "min",
+            patience=patience,
+            min_delta=min_delta,
+            stopping_threshold=stopping_threshold,
+            verbose=verbose,
+        )
+        self._follow_task = (monitor is None, mode is None)
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        follow_monitor, follow_mode = self._follow_task
+        if follow_monitor:
+            self.monitor = pl_module.monitor
+        if follow_mode:
+            self.mode = pl_module.monitor_mode if follow_monitor else self.mode
+            self.min_delta = abs(self.min_delta) * (1 if self.monitor_op == torch.gt else -1)
+            self.best_score = torch.tensor(math.inf if self.monitor_op == torch.lt else -math.inf)
+        super().setup(trainer, pl_module, stage)
+
+
+class ExportHFModel(pl_callbacks.Callback):
+    """At the end of `fit`, write the best checkpoint's weights as a `save_pretrained` folder `hf_model/`.
+
+    The folder holds the model with its `id2label`, and the tokenizer, so
+    `AutoModelFor….from_pretrained` and `transformers.pipeline` load it directly. Without a best
+    checkpoint (no validation), the final weights are written.
+    """
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.log_dir is None or not hasattr(pl_module, "export"):
+            return
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        state_dict = None
+        if best and Path(best).is_file():
+            state_dict = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+        datamodule = trainer.datamodule
+        tokenizer = getattr(datamodule, "tokenizer", None) if datamodule is not None else None
+        folder = pl_module.export(Path(trainer.log_dir) / EXPORT_DIR, tokenizer, state_dict)
+        rank_zero_info(f"Exported {'the best' if state_dict else 'the final'} model to {folder}")
+
+
+class ResultsWriter(pl_callbacks.Callback):
+    """Keep `results.json` in the run folder: best and final validation metrics of `fit`, and the metrics of
+    every `validate` / `test` run, merged into what the file already holds.
+    """
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, float]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = _numbers(trainer.callback_metrics, "val/")
+        if trainer.state.fn == "validate":
+            self._merge(trainer, {"validate": metrics})
+        elif metrics:
+            self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics})
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        monitor = getattr(pl_module, "monitor", "val/loss")
+        mode = getattr(pl_module, "monitor_mode", "min")
+        scored = [h for h in self.history if monitor in h]
+        best = (min if mode == "min" else max)(scored, key=lambda h: h[monitor]) if scored else None
+        checkpoint = trainer.checkpoint_callback
+        self._merge(
+            trainer,
+            {
+                "monitor": monitor,
+                "best": best,
+                "final": self.history[-1] if self.history else None,
+                "best_checkpoint": checkpoint.best_model_path if checkpoint else None,
+                "last_checkpoint": checkpoint.last_model_path if checkpoint else None,
+                "global_step": trainer.global_step,
+                "history": self.history,
+            },
+        )
+        if trainer.is_global_zero:
+            summary = f"best {monitor} = {best[monitor]:.4f} (epoch {best['epoch']})" if best else "no validation"
+            print(f"Run folder: {trainer.log_dir}  ({summary})", flush=True)
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._merge(trainer, {"test": _numbers(trainer.callback_metrics, "test/")})
+
+    def _merge(self, trainer: Trainer, update: dict[str, Any]) -> None:
+        if not trainer.is_global_zero or trainer.log_dir is None:
+            return
+        folder = Path(trainer.log_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(folder / RESULTS_FILE, {**read_results(folder), **update})
+
+
+class PredictionWriter(pl_callbacks.BasePredictionWriter):
+    """Write what `predict_step` returns (one dict per example) as JSONL in the run folder.
+
+    Args:
+        output_file: Where to write; defaults to `predictions.jsonl` in the run folder (or
+            `predictions-N.jsonl`, never overwriting an earlier file). Under DDP each rank writes its own
+            `….rank<N>.jsonl`.
+    """
+
+    def __init__(self, output_file: str | None = None) -> None:
+        super().__init__(write_interval="batch")
+        self.output_file = output_file
+        self._handle = None
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.output_file:
+            path = Path(self.output_file)
+        else:
+            path = free_path(trainer.log_dir or ".", "predictions", ".jsonl")
+        if trainer.world_size > 1:
+            path = path.with_suffix(f".rank{trainer.global_rank}.jsonl")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._handle = path.open("w")
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        for row in prediction:
+            self._handle.write(json.dumps(row) + "\n")
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._handle.close()
+        rank_zero_info(f"Predictions written to {self.path}")

@@ -1,0 +1,356 @@
+"""The base data module: load a Hub dataset or local files, tokenize once into an on-disk cache, serve batches.
+
+A task's data module is a dataclass that adds its own fields (columns, lengths) to the ones here and fills
+in three things: `check_data` (columns and values, plus anything learnt from the data such as the label
+set), `preprocess` (raw splits to model inputs, with `datasets.map(batched=True)`) and `collator`.
+Everything else — reading csv/tsv/json/jsonl/parquet or a Hub dataset, carving a validation split,
+caching the tokenized splits so a second run skips tokenization, dataloaders — lives here once.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import datasets
+import torch
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from hftrain import __version__
+from hftrain.core.errors import HFTrainError
+
+SPLITS = ("train", "validation", "test", "predict")
+
+# file suffix -> (datasets builder, its default reader options)
+READERS: dict[str, tuple[str, dict[str, Any]]] = {
+    ".csv": ("csv", {}),
+    ".tsv": ("csv", {"delimiter": "\t"}),
+    ".json": ("json", {}),
+    ".jsonl": ("json", {}),
+    ".parquet": ("parquet", {}),
+}
+
+
+def default_cache_root() -> Path:
+    """Where tokenized splits are cached: ``$HFTRAIN_CACHE``, else ``~/.cache/hftrain``."""
+    return Path(os.environ.get("HFTRAIN_CACHE", Path.home() / ".cache" / "hftrain"))
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A hash of everything about a tokenizer that changes its output, so a changed tokenizer misses the cache."""
+    parts = [
+        type(tokenizer).__name__,
+        str(tokenizer.model_max_length),
+        tokenizer.padding_side,
+        tokenizer.truncation_side,
+        json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str),
+    ]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    parts.append(backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items())))
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+@dataclass(eq=False, repr=False, kw_only=True)
+class TaskDataModule(LightningDataModule):
+    """Base for every task's data module.
+
+    Args:
+        tokenizer_name: Tokenizer to load with `AutoTokenizer.from_pretrained` (Hub id or folder). The CLI
+            links it to `model.model_name_or_path`, so it is rarely set by hand.
+        dataset_name: A dataset on the Hugging Face Hub (e.g. `glue`). Leave unset to read local files.
+        dataset_config_name: The Hub dataset's configuration (e.g. `mrpc`).
+        train_file: Local training file: .csv, .tsv, .json, .jsonl or .parquet.
+        validation_file: Local validation file. Without one, `validation_split_percentage` of the training
+            data is held out.
+        test_file: Local test file, used by `hftrain test`.
+        predict_file: Local file to predict on, used by `hftrain predict` (labels not needed). Without one,
+            predict uses the test split.
+        reader_options: Extra options for the file reader, e.g. `{quoting: 3}` to read GLUE TSVs that
+            contain quote characters, or `{header: null, names: [...]}` for a file without a header row.
+        validation_split_percentage: Percent of the training data held out for validation when no
+            validation split is given (0 disables validation).
+        max_length: Longest input in tokens; longer inputs are truncated.
+        batch_size: Training examples per batch (per device).
+        eval_batch_size: Examples per batch for validation, test and predict; defaults to `batch_size`.
+        num_workers: Dataloader worker processes (0 loads in the main process).
+        preprocessing_num_workers: Processes for tokenization (`datasets.map(num_proc=...)`).
+        cache_dir: Where tokenized splits are cached; defaults to `$HFTRAIN_CACHE` or `~/.cache/hftrain`.
+        seed: Seed for carving the validation split, so it is the same in every run.
+    """
+
+    tokenizer_name: str | None = None
+    dataset_name: str | None = None
+    dataset_config_name: str | None = None
+    train_file: str | None = None
+    validation_file: str | None = None
+    test_file: str | None = None
+    predict_file: str | None = None
+    reader_options: dict[str, Any] | None = None
+    validation_split_percentage: float = 10.0
+    max_length: int = 128
+    batch_size: int = 32
+    eval_batch_size: int | None = None
+    num_workers: int = 0
+    preprocessing_num_workers: int | None = None
+    cache_dir: str | None = None
+    seed: int = 42
+
+    # settings that change how batches are served but not what the tokenized data holds
+    loader_settings: ClassVar[frozenset[str]] = frozenset(
+        {"batch_size", "eval_batch_size", "num_workers", "preprocessing_num_workers", "cache_dir"}
+    )
+
+    def __post_init__(self) -> None:
+        super().__init__()
+        self._check_settings()
+        self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._cache_path: Path | None = None
+        self.datasets: datasets.DatasetDict | None = None
+        self.raw = self.load_raw()
+        self.check_data(self.raw)
+        self.save_hyperparameters()
+        # the CLI records the config as given; add what was learnt from the data (the label set)
+        self.save_hyperparameters({**self.hparams, **self.settings()})
+
+    def settings(self) -> dict[str, Any]:
+        """The current value of every field, including those filled in from the data."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    # ------------------------------------------------------------------ what each task provides
+
+    def check_data(self, raw: datasets.DatasetDict) -> None:
+        """Check the raw splits' columns and values, and fill in settings learnt from them (the label set)."""
+        raise NotImplementedError
+
+    def preprocess(self, raw: datasets.DatasetDict) -> datasets.DatasetDict:
+        """Turn raw splits into model inputs (token ids, labels); called once, then cached on disk."""
+        raise NotImplementedError
+
+    @property
+    def collator(self):
+        """Turns a list of tokenized examples into a padded batch."""
+        raise NotImplementedError
+
+    def read_file(self, path: Path) -> datasets.Dataset:
+        """Read one local file into a `Dataset`. Tasks with extra formats (CoNLL, plain text) extend this."""
+        builder, options = READERS[path.suffix.lower()]
+        options = {**options, **(self.reader_options or {})}
+        try:
+            dataset = datasets.load_dataset(builder, data_files={"data": str(path)}, split="data", **options)
+        except Exception as err:  # noqa: BLE001 - datasets wraps reader errors in many types
+            cause = err.__cause__ or err
+            raise HFTrainError(
+                f"Could not read {path}: {type(cause).__name__}: {cause}. Check that the file is valid "
+                f"{path.suffix} in UTF-8; reader options can be passed with data.reader_options."
+            ) from err
+        # a UTF-8 byte-order mark sticks to the first column name of some files (the GLUE MRPC TSVs)
+        renames = {c: c.lstrip("\ufeff") for c in dataset.column_names if c.startswith("\ufeff")}
+        return dataset.rename_columns(renames) if renames else dataset
+
+    def supported_suffixes(self) -> list[str]:
+        return sorted(READERS)
+
+    # ------------------------------------------------------------------ loading
+
+    def source(self, split: str) -> str:
+        """Where a split comes from, in words for error messages."""
+        path = getattr(self, f"{split}_file", None)
+        if path:
+            return path
+        if split == "validation" and self.train_file and not self.validation_file:
+            return f"{self.train_file} (held-out part)"
+        return f"{self.dataset_name}[{split}]"
+
+    def load_raw(self) -> datasets.DatasetDict:
+        """Load every configured split, hold out a validation split if none is given, reject empty splits."""
+        files = {split: getattr(self, f"{split}_file") for split in SPLITS if getattr(self, f"{split}_file")}
+        if self.dataset_name:
+            raw = self._load_hub_dataset()
+        elif files:
+            raw = datasets.DatasetDict()
+        else:
+            raise HFTrainError(
+                "No data given: set data.dataset_name to a Hugging Face Hub dataset, or data.train_file "
+                "(and optionally validation_file, test_file, predict_file) to local files."
+            )
+        for split, file in files.items():
+            raw[split] = self.read_file(self._existing_file(split, file))
+        if "predict" not in raw and "test" in raw:
+            raw["predict"] = raw["test"]
+        for split, dataset in raw.items():
+            if len(dataset) == 0:
+                raise HFTrainError(
+                    f"The {split} split ({self.source(split)}) has no rows. Give a file with at least one "
+                    f"example, or leave data.{split}_file unset."
+                )
+        if "validation" not in raw and "train" in raw and self.validation_split_percentage > 0:
+            if len(raw["train"]) < 2:
+                raise HFTrainError(
+                    f"The training data ({self.source('train')}) has {len(raw['train'])} row: too few to hold "
+                    "out a validation split. Add rows, give data.validation_file, or set "
+                    "data.validation_split_percentage to 0."
+                )
+            held_out = raw["train"].train_test_split(
+                test_size=self.validation_split_percentage / 100, seed=self.seed
+            )
+            raw["train"], raw["validation"] = held_out["train"], held_out["test"]
+            rank_zero_info(
+                f"No validation split given: holding out {len(raw['validation'])} of the training rows "
+                f"({self.validation_split_percentage:g}%)."
+            )
+        return raw
+
+    def _existing_file(self, split: str, file: str) -> Path:
+        path = Path(file).expanduser()
+        if not path.is_file():
+            raise HFTrainError(
+                f"data.{split}_file '{file}' does not exist (looked in {path.resolve()}). Check the path; "
+                "relative paths are read from the folder you run hftrain in."
+            )
+        if path.suffix.lower() not in self.supported_suffixes():
+            raise HFTrainError(
+                f"data.{split}_file '{file}' has an unsupported file type '{path.suffix}'. Use one of "
+                f"{', '.join(self.supported_suffixes())}."
+            )
+        return path
+
+    def _load_hub_dataset(self) -> datasets.DatasetDict:
+        try:
+            raw = datasets.load_dataset(self.dataset_name, self.dataset_config_name, **(self.reader_options or {}))
+        except Exception as err:  # noqa: BLE001 - network, missing dataset and config errors all land here
+            raise HFTrainError(
+                f"Could not load the dataset '{self.dataset_name}'"
+                f"{f' ({self.dataset_config_name})' if self.dataset_config_name else ''} from the Hugging "
+                f"Face Hub: {type(err).__name__}: {err}. Check the name and your network connection; offline, "
+                "point data.train_file / validation_file at local files instead."
+            ) from err
+        return datasets.DatasetDict({("validation" if s in ("valid", "dev") else s): d for s, d in raw.items()})
+
+    def require_columns(self, raw: datasets.DatasetDict, columns: dict[str, str | None], optional=()) -> None:
+        """Fail early when a configured column is missing from a split.
+
+        `columns` maps setting names (`text_column`) to column names; columns in `optional` may be absent
+        from the predict split, which has no labels.
+        """
+        for split, dataset in raw.items():
+            for setting, column in columns.items():
+                if column is None or column in dataset.column_names:
+                    continue
+                if split == "predict" and setting in optional:
+                    continue
+                raise HFTrainError(
+                    f"The {split} data ({self.source(split)}) has no column '{column}' (data.{setting}). "
+                    f"Its columns are: {', '.join(dataset.column_names)}. Set data.{setting} to one of them."
+                )
+
+    # ------------------------------------------------------------------ tokenization cache
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        if self._tokenizer is None:
+            if not self.tokenizer_name:
+                raise HFTrainError(
+                    "No tokenizer: set model.model_name_or_path (the CLI passes it on to the data) or "
+                    "data.tokenizer_name."
+                )
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_name)
+            except (OSError, ValueError) as err:
+                raise HFTrainError(
+                    f"Could not load the tokenizer '{self.tokenizer_name}': {err}. If it is a folder, check that "
+                    "it exists and holds the tokenizer files; if it is a Hub id, check the name and your "
+                    "network (offline, use a local folder)."
+                ) from err
+        return self._tokenizer
+
+    def cache_path(self) -> Path:
+        """The cache folder for this data + tokenizer + settings; any change to one of them misses it."""
+        if self._cache_path is None:
+            sources: dict[str, Any] = {}
+            for split in SPLITS:
+                file = getattr(self, f"{split}_file")
+                if file:
+                    stat = Path(file).stat()
+                    sources[split] = [str(Path(file).resolve()), stat.st_size, stat.st_mtime_ns]
+            settings = {k: v for k, v in self.settings().items() if k not in self.loader_settings}
+            payload = {
+                "task": f"{type(self).__module__}.{type(self).__qualname__}",
+                "hftrain": __version__,
+                "settings": settings,
+                "sources": sources,
+                "tokenizer": tokenizer_fingerprint(self.tokenizer),
+            }
+            key = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+            root = Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_root()
+            self._cache_path = root / "datasets" / f"{type(self).__name__}-{key}"
+        return self._cache_path
+
+    def prepare_data(self) -> None:
+        """Tokenize every split once and save it; later runs (and the other DDP ranks) load the saved copy."""
+        path = self.cache_path()
+        if path.is_dir():
+            rank_zero_info(f"Reusing tokenized data from {path}")
+            return
+        processed = self.preprocess(self.raw)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
+        processed.save_to_disk(str(partial))
+        try:
+            partial.rename(path)
+        except OSError:  # another process finished the same cache first
+            shutil.rmtree(partial, ignore_errors=True)
+        rank_zero_info(f"Tokenized data cached in {path}")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets is None:
+            if not self.cache_path().is_dir():
+                self.prepare_data()
+            self.datasets = datasets.load_from_disk(str(self.cache_path()))
+
+    # ------------------------------------------------------------------ dataloaders
+
+    def _check_settings(self) -> None:
+        for name in ("batch_size", "max_length"):
+            if getattr(self, name) < 1:
+                raise HFTrainError(f"data.{name} must be a positive integer, got {getattr(self, name)}.")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise HFTrainError(f"data.eval_batch_size must be a positive integer, got {self.eval_batch_size}.")
+        if self.num_workers < 0:
+            raise HFTrainError(f"data.num_workers must be 0 or more, got {self.num_workers}.")
+        if not 0 <= self.validation_split_percentage < 100:
+            raise HFTrainError(
+                "data.validation_split_percentage must be in [0, 100), got "
+                f"{self.validation_split_percentage}."
+            )
+
+    def _loader(self, split: str, train: bool = False) -> DataLoader:
+        if self.datasets is None or split not in self.datasets:
+            setting = "dataset_name or data.train_file" if split == "train" else f"{split}_file"
+            raise HFTrainError(f"There is no {split} split to load: set data.{setting}.")
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size if train else self.eval_batch_size or self.batch_size,
+            shuffle=train,
+            collate_fn=self.collator,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader("validation") if self.datasets is not None and "validation" in self.datasets else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict")

@@ -1,0 +1,1 @@
+"""Metrics that torchmetrics lacks; everything else comes from torchmetrics directly."""

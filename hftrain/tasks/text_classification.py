@@ -1,0 +1,265 @@
+"""Text classification: single sentences or pairs (GLUE), multi-class, multi-label and regression.
+
+The model is `AutoModelForSequenceClassification`; its `problem_type` picks the loss (cross-entropy,
+binary cross-entropy per label, or MSE). The data module learns the label set from the training data
+(or takes `label_names`), and the CLI passes it to the model, so nobody types the number of labels.
+"""
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import datasets
+import torch
+from torchmetrics import MetricCollection
+from torchmetrics.classification import Accuracy, F1Score, MatthewsCorrCoef
+from torchmetrics.regression import MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
+from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
+
+from hftrain.core.data import TaskDataModule
+from hftrain.core.errors import HFTrainError
+from hftrain.core.module import TaskModule
+
+ProblemType = Literal["single_label_classification", "multi_label_classification", "regression"]
+
+
+@dataclass(eq=False, repr=False, kw_only=True)
+class TextClassification(TaskModule):
+    """Fine-tune a sequence classifier.
+
+    Args:
+        label_names: Class names in id order. Set by the CLI from the data; in Python pass
+            `data.label_names`. Unset, the pretrained model's own `id2label` is kept.
+        problem_type: `single_label_classification`, `multi_label_classification` or `regression`; set by
+            the CLI from the data.
+        multi_label_threshold: Probability above which a label is predicted in multi-label problems.
+    """
+
+    label_names: list[str] | None = None
+    problem_type: ProblemType = "single_label_classification"
+    multi_label_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        labels: dict[str, Any] = {"problem_type": self.problem_type}
+        if self.problem_type == "regression":
+            labels["num_labels"] = 1
+        elif self.label_names:
+            labels["num_labels"] = len(self.label_names)
+            labels["id2label"] = dict(enumerate(self.label_names))
+            labels["label2id"] = {name: i for i, name in enumerate(self.label_names)}
+        self.model = self.load_pretrained(AutoModelForSequenceClassification, **labels)
+        self.num_labels = self.model.config.num_labels
+        if self.problem_type != "regression" and self.num_labels < 2:
+            raise HFTrainError(
+                f"Classification needs at least 2 labels, but the label set is {self.label_names}. Check "
+                "data.label_column, or use problem_type regression for a numeric target."
+            )
+        metrics = self._metrics()
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        self.monitor, self.monitor_mode = {
+            "single_label_classification": ("val/accuracy", "max"),
+            "multi_label_classification": ("val/f1", "max"),
+            "regression": ("val/pearson", "max"),
+        }[self.problem_type]
+
+    def _metrics(self) -> MetricCollection:
+        if self.problem_type == "regression":
+            return MetricCollection(
+                {"pearson": PearsonCorrCoef(), "spearman": SpearmanCorrCoef(), "mse": MeanSquaredError()}
+            )
+        if self.problem_type == "multi_label_classification":
+            kind = {"task": "multilabel", "num_labels": self.num_labels, "threshold": self.multi_label_threshold}
+            return MetricCollection(
+                {"accuracy": Accuracy(**kind), "f1": F1Score(**kind, average="macro")}
+            )
+        if self.num_labels == 2:
+            kind = {"task": "binary"}
+            f1 = F1Score(**kind)
+        else:
+            kind = {"task": "multiclass", "num_classes": self.num_labels}
+            f1 = F1Score(**kind, average="macro")
+        return MetricCollection({"accuracy": Accuracy(**kind), "f1": f1, "mcc": MatthewsCorrCoef(**kind)})
+
+    def _predictions(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.problem_type == "regression":
+            return logits.squeeze(-1)
+        if self.problem_type == "multi_label_classification":
+            return logits.sigmoid()
+        return logits.argmax(-1)
+
+    def _evaluate(self, batch: dict[str, torch.Tensor], metrics: MetricCollection, stage: str) -> None:
+        outputs = self(**batch)
+        self.log(f"{stage}/loss", outputs.loss, prog_bar=True, sync_dist=True, batch_size=len(batch["labels"]))
+        metrics.update(self._predictions(outputs.logits.float()), batch["labels"].to(outputs.logits.dtype)
+                       if self.problem_type == "regression" else batch["labels"].long())
+        self.log_dict(metrics, prog_bar=stage == "val")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics, "test")
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> list[dict[str, Any]]:
+        batch = {k: v for k, v in batch.items() if k != "labels"}
+        logits = self(**batch).logits.float()
+        if self.problem_type == "regression":
+            return [{"score": value} for value in logits.squeeze(-1).tolist()]
+        names = [self.model.config.id2label[i] for i in range(self.num_labels)]
+        if self.problem_type == "multi_label_classification":
+            probs = logits.sigmoid().tolist()
+            return [
+                {
+                    "labels": [n for n, p in zip(names, row) if p >= self.multi_label_threshold],
+                    "scores": dict(zip(names, row)),
+                }
+                for row in probs
+            ]
+        probs = logits.softmax(-1)
+        best = probs.argmax(-1).tolist()
+        return [
+            {"label": names[i], "score": row[i], "scores": dict(zip(names, row))}
+            for i, row in zip(best, probs.tolist())
+        ]
+
+
+@dataclass(eq=False, repr=False, kw_only=True)
+class TextClassificationData(TaskDataModule):
+    """Sentences or sentence pairs with a label: a class name or id, a list of them, or a number.
+
+    Args:
+        text_column: Column with the text (the first sentence of a pair).
+        text_pair_column: Column with the second sentence of a pair (GLUE MRPC, RTE, …), if any.
+        label_column: Column with the label.
+        label_names: The label set in id order. Unset, it is learnt from the training data: a ClassLabel's
+            names, or the sorted distinct values. Labels outside it are an error.
+        problem_type: Unset, it is inferred: `regression` for float labels, `multi_label_classification`
+            for list labels (or strings split by `label_separator`), else `single_label_classification`.
+        label_separator: Split string labels on this to get several labels per row (e.g. `,`), which
+            makes the problem multi-label.
+    """
+
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    label_names: list[str] | None = None
+    problem_type: ProblemType | None = None
+    label_separator: str | None = None
+
+    def check_data(self, raw: datasets.DatasetDict) -> None:
+        self.require_columns(
+            raw,
+            {"text_column": self.text_column, "text_pair_column": self.text_pair_column,
+             "label_column": self.label_column},
+            optional=("label_column",),
+        )
+        for split, dataset in raw.items():
+            for column in (self.text_column, self.text_pair_column):
+                if column is None:
+                    continue
+                missing = [i for i, text in enumerate(dataset[column]) if not isinstance(text, str)]
+                if missing:
+                    raise HFTrainError(
+                        f"The {split} data ({self.source(split)}) has no text in column '{column}' at row "
+                        f"{missing[0] + 1} ({len(missing)} such rows). Fill in or drop those rows."
+                    )
+        train = raw.get("train")
+        if self.problem_type is None:
+            self.problem_type = self._infer_problem_type(train) if train is not None else (
+                "multi_label_classification" if self.label_separator else "single_label_classification")
+        if self.problem_type == "regression":
+            self.label_names = None
+        elif self.label_names is None and train is not None:
+            self.label_names = self._discover_labels(train)
+        for split, dataset in raw.items():
+            if self.label_column in dataset.column_names and (split != "predict" or "test" not in raw):
+                self._encode_labels(dataset[self.label_column], split)
+
+    def _infer_problem_type(self, train: datasets.Dataset) -> ProblemType:
+        feature = train.features[self.label_column]
+        if isinstance(feature, datasets.Sequence | datasets.List) or self.label_separator:
+            return "multi_label_classification"
+        if isinstance(feature, datasets.Value) and feature.dtype.startswith("float"):
+            return "regression"
+        return "single_label_classification"
+
+    def _row_labels(self, value: Any) -> list:
+        """The labels of one row, as a list (one element unless multi-label)."""
+        if isinstance(value, list):
+            return value
+        if self.label_separator and isinstance(value, str):
+            return [part.strip() for part in value.split(self.label_separator) if part.strip()]
+        return [value]
+
+    def _discover_labels(self, train: datasets.Dataset) -> list[str]:
+        feature = train.features[self.label_column]
+        inner = getattr(feature, "feature", feature)
+        if isinstance(inner, datasets.ClassLabel):
+            return list(inner.names)
+        values = {v for row in train[self.label_column] for v in self._row_labels(row) if v is not None}
+        ordered = sorted(values, key=lambda v: (isinstance(v, str), v))
+        return [str(v) for v in ordered]
+
+    def _encode_labels(self, values: list, split: str) -> list:
+        """Label values to model targets; any value outside the label set is an error naming its row."""
+        if self.problem_type == "regression":
+            targets = []
+            for row, value in enumerate(values):
+                if not isinstance(value, int | float) or isinstance(value, bool):
+                    raise HFTrainError(
+                        f"The {split} data ({self.source(split)}) has a non-numeric label {value!r} at row "
+                        f"{row + 1} in column '{self.label_column}'; regression needs numbers."
+                    )
+                targets.append(float(value))
+            return targets
+        if not self.label_names:
+            raise HFTrainError(
+                "The label set is unknown: give a training split or set data.label_names."
+            )
+        index = {name: i for i, name in enumerate(self.label_names)}
+        feature = self.raw[split].features.get(self.label_column)
+        class_label = isinstance(getattr(feature, "feature", feature), datasets.ClassLabel)
+        targets = []
+        for row, value in enumerate(values):
+            ids = []
+            for label in self._row_labels(value):
+                key = self.label_names[label] if class_label and 0 <= label < len(self.label_names) else str(label)
+                if key not in index:
+                    raise HFTrainError(
+                        f"The {split} data ({self.source(split)}) has the label {label!r} at row {row + 1}, "
+                        f"which is not in the label set {self.label_names}. Fix the row, or add the label "
+                        "to data.label_names."
+                    )
+                ids.append(index[key])
+            if self.problem_type == "multi_label_classification":
+                targets.append([1.0 if i in ids else 0.0 for i in range(len(self.label_names))])
+            else:
+                targets.append(ids[0])
+        return targets
+
+    def preprocess(self, raw: datasets.DatasetDict) -> datasets.DatasetDict:
+        def encode(batch: dict[str, list], split: str) -> dict[str, list]:
+            texts = [batch[self.text_column]]
+            if self.text_pair_column:
+                texts.append(batch[self.text_pair_column])
+            encoded = self.tokenizer(*texts, truncation=True, max_length=self.max_length)
+            if self.label_column in batch:
+                encoded["labels"] = self._encode_labels(batch[self.label_column], split)
+            return encoded
+
+        processed = datasets.DatasetDict()
+        for split, dataset in raw.items():
+            processed[split] = dataset.map(
+                encode,
+                batched=True,
+                fn_kwargs={"split": split},
+                remove_columns=dataset.column_names,
+                num_proc=self.preprocessing_num_workers,
+                desc=f"Tokenizing {split}",
+            )
+        return processed
+
+    @property
+    def collator(self) -> DataCollatorWithPadding:
+        return DataCollatorWithPadding(self.tokenizer)
