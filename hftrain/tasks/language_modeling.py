@@ -1,0 +1,446 @@
+"""Causal language modelling: fine-tune GPT-2, Llama and the like to continue text.
+
+The model is `AutoModelForCausalLM`; its loss is next-token cross-entropy on the positions whose label is
+not -100. The data module turns documents into labelled token sequences, either packed into fixed-size
+blocks (the HF `run_clm` way) or one example per document, and prompt/completion pairs into sequences
+whose prompt tokens carry no loss. Validation reports the loss and perplexity over all scored tokens,
+and continues a few configured prompts so the TensorBoard log shows what the model writes.
+"""
+
+import copy
+import re
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+from typing import Any, Literal
+
+import datasets
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torchmetrics import MeanMetric
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from hftrain.core.data import TaskDataModule
+from hftrain.core.errors import HFTrainError
+from hftrain.core.module import TaskModule
+
+IGNORE_INDEX = -100  # the label of positions without loss, as HF models expect
+
+
+def with_pad_token(tokenizer: PreTrainedTokenizerBase, name: str) -> PreTrainedTokenizerBase:
+    """Give a tokenizer without a padding token (GPT-2, Llama) its end-of-sequence token as one.
+
+    Batching needs some padding id; which one does not matter, as padding is masked out of attention and
+    its label is -100. The end-of-sequence token itself is needed to mark where documents end.
+    """
+    if tokenizer.eos_token is None:
+        raise HFTrainError(
+            f"The tokenizer of '{name}' has no end-of-sequence token, which language modelling needs to mark "
+            "where a document ends. Use a causal language model's tokenizer, or set its eos_token."
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+@dataclass(eq=False, repr=False, kw_only=True)
+class LanguageModeling(TaskModule):
+    """Fine-tune a causal language model for text generation.
+
+    Args:
+        validation_prompts: Prompts continued at the end of every validation and logged to TensorBoard as
+            text (tag `val/generations`), to see what the model writes as it trains.
+        max_new_tokens: Most tokens generated per prompt, in validation samples and `predict`.
+        do_sample: Sample each next token; false: greedy decoding.
+        temperature: Sampling temperature; lower is more conservative (sampling only).
+        top_k: Sample among the k most likely tokens; 0 disables (sampling only).
+        top_p: Sample among the most likely tokens whose probabilities add up to top_p (sampling only).
+        generation_seed: Seed for the validation samples, so that they change between validations only
+            because the model did; training's own random state is left as it was.
+        lora_rank: Train LoRA adapters of this rank instead of all weights (needs `pip install
+            'hftrain[lora]'`). The exported model has them merged in and loads without peft. Unset: train
+            all weights.
+        lora_alpha: LoRA scale: the adapters' update is multiplied by lora_alpha / lora_rank.
+        lora_dropout: Dropout on the adapters' input.
+        lora_target_modules: Names of the layers that get adapters (`[c_attn]` for GPT-2, `[q_proj, v_proj]`
+            for Llama); unset, peft's default for the architecture.
+    """
+
+    validation_prompts: list[str] | None = None
+    max_new_tokens: int = 40
+    do_sample: bool = True
+    temperature: float = 1.0
+    top_k: int = 50
+    top_p: float = 1.0
+    generation_seed: int = 0
+    lora_rank: int | None = None
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_new_tokens < 1:
+            raise HFTrainError(f"model.max_new_tokens must be a positive integer, got {self.max_new_tokens}.")
+        if self.lora_rank is not None and self.lora_rank < 1:
+            raise HFTrainError(
+                f"model.lora_rank must be a positive integer (or unset), got {self.lora_rank}."
+            )
+        # generation happens in the module (validation samples, predict), so it needs the model's tokenizer
+        self.tokenizer = with_pad_token(self._load_tokenizer(), self.model_name_or_path)
+        model = self.load_pretrained(AutoModelForCausalLM, pad_token_id=self.tokenizer.pad_token_id)
+        generation: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": self.do_sample,
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
+        if self.do_sample:
+            generation.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+        # saved with the model, so the exported hf_model/ generates the same way in a pipeline
+        model.generation_config.update(**generation)
+        self.model = self._add_lora(model) if self.lora_rank else model
+        # token-weighted: each update adds a batch's mean loss times its number of scored tokens, and the
+        # sums (not the batch means) are what DDP adds up across ranks
+        self.val_nll = MeanMetric().set_dtype(torch.float64)
+        self.test_nll = MeanMetric().set_dtype(torch.float64)
+        self.monitor = "val/perplexity"
+        self.monitor_mode = "min"
+
+    def _load_tokenizer(self) -> PreTrainedTokenizerBase:
+        try:
+            return AutoTokenizer.from_pretrained(
+                self.model_name_or_path, revision=self.revision, trust_remote_code=self.trust_remote_code
+            )
+        except (OSError, ValueError) as err:
+            raise HFTrainError(
+                f"Could not load the tokenizer of '{self.model_name_or_path}' (generation needs it): {err}. "
+                "Check that the folder holds the tokenizer files (a run's hf_model/ does), or the Hub id."
+            ) from err
+
+    def _add_lora(self, model: PreTrainedModel):
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError as err:
+            raise HFTrainError(
+                "model.lora_rank is set but peft is not installed: run `pip install 'hftrain[lora]'` (or "
+                "`pip install peft`), or unset model.lora_rank to train all weights."
+            ) from err
+        if self.gradient_checkpointing:
+            # the frozen embeddings would otherwise give checkpointed blocks no input that needs a gradient
+            model.enable_input_require_grads()
+        config = LoraConfig(
+            task_type="CAUSAL_LM",
+            r=self.lora_rank,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            target_modules=self.lora_target_modules,
+        )
+        try:
+            return get_peft_model(model, config)
+        except ValueError as err:
+            layers = sorted(
+                {
+                    name.rsplit(".", 1)[-1]
+                    for name, m in model.named_modules()
+                    if type(m).__name__ in ("Linear", "Conv1D")
+                }
+            )
+            raise HFTrainError(
+                f"Could not add LoRA adapters to '{self.model_name_or_path}': {err}. Set "
+                f"model.lora_target_modules to some of its layer names: {', '.join(layers)}."
+            ) from err
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _evaluate(self, batch: dict[str, torch.Tensor], metric: MeanMetric) -> None:
+        tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+        if tokens > 0:
+            metric.update(self(**batch).loss.detach(), weight=tokens)
+
+    def _log_perplexity(self, metric: MeanMetric, stage: str) -> None:
+        loss = metric.compute().float()
+        metric.reset()
+        self.log(f"{stage}/loss", loss)
+        self.log(f"{stage}/perplexity", loss.exp(), prog_bar=True)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.val_nll)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_perplexity(self.val_nll, "val")
+        if self.validation_prompts and not self.trainer.sanity_checking:
+            self._log_generations()
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.test_nll)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_perplexity(self.test_nll, "test")
+
+    def _log_generations(self) -> None:
+        on_cuda = self.device.type == "cuda"
+        with torch.random.fork_rng(devices=[self.device.index] if on_cuda else []):
+            torch.manual_seed(self.generation_seed)
+            completions = self.generate(self.validation_prompts)
+        if not self.trainer.is_global_zero:
+            return
+        pairs = zip(self.validation_prompts, completions, strict=True)
+        text = "\n\n".join(f"**{prompt}**{completion}" for prompt, completion in pairs)
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text("val/generations", text, self.global_step)
+
+    # ------------------------------------------------------------------ generation
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str]) -> list[str]:
+        """Continue each prompt with the configured generation settings; returns the continuations only."""
+        inputs = self.tokenizer(prompts, padding=True, padding_side="left", return_tensors="pt").to(
+            self.device
+        )
+        return self._continue(inputs["input_ids"], inputs["attention_mask"])
+
+    def _continue(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[str]:
+        """Generate after left-padded prompts and decode what follows each prompt."""
+        output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask)
+        return self.tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True)
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> list[dict[str, str]]:
+        prompts = self.tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
+        completions = self._continue(batch["input_ids"], batch["attention_mask"])
+        return [{"prompt": p, "completion": c} for p, c in zip(prompts, completions, strict=True)]
+
+    # ------------------------------------------------------------------ export
+
+    def export(
+        self,
+        folder: str | Path,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        state_dict: dict[str, torch.Tensor] | None = None,
+    ) -> Path:
+        """Write the model; with LoRA, a copy with the adapters merged into the weights, so it loads without
+        peft. The module keeps its adapters (a `test` may follow the fit)."""
+        if self.lora_rank is None:
+            return super().export(folder, tokenizer, state_dict)
+        adapted = copy.deepcopy(self.model)
+        if state_dict is not None:
+            adapted.load_state_dict(
+                {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
+            )
+        # the base export writes self.model: hand it the merged copy for the duration
+        trained, self.model = self.model, adapted.merge_and_unload()
+        try:
+            return super().export(folder, tokenizer)
+        finally:
+            self.model = trained
+
+
+@dataclass
+class CausalLMCollator:
+    """Pad a batch for a causal LM: training examples on the right with labels padded by -100, so padding adds
+    no loss; prompts (no labels) on the left, since generation continues from each row's last position.
+
+    Written here because `DataCollatorForSeq2Seq` pads on the tokenizer's side, which some causal LM
+    tokenizers set to the left.
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        labels = [f["labels"] for f in features] if "labels" in features[0] else None
+        batch = self.tokenizer.pad(
+            [{"input_ids": f["input_ids"], "attention_mask": f["attention_mask"]} for f in features],
+            padding_side="left" if labels is None else "right",
+            pad_to_multiple_of=self.pad_to_multiple_of,
+            return_tensors="pt",
+        )
+        if labels is not None:
+            batch["labels"] = torch.full_like(batch["input_ids"], IGNORE_INDEX)
+            for row, row_labels in enumerate(labels):
+                batch["labels"][row, : len(row_labels)] = torch.tensor(row_labels)
+        return batch
+
+
+@dataclass(eq=False, repr=False, kw_only=True)
+class LanguageModelingData(TaskDataModule):
+    """Text to learn to continue: whole documents, or prompt/completion pairs whose prompts carry no loss.
+
+    Documents come from a Hub dataset's text column (wikitext), JSONL/CSV rows, or .txt files. Every
+    document ends with the tokenizer's end-of-sequence token, so the model learns where text stops.
+    `max_length` is the example length when `packing` is off, and the longest prompt for `predict`
+    (longer prompts keep their last tokens).
+
+    Args:
+        text_column: Column with the documents (a .txt file's text lands in this column).
+        prompt_column: Column with prompts. With `completion_column`, the model learns to write the
+            completion after the prompt, and the loss is taken on the completion only.
+        completion_column: Column with the completions to learn.
+        packing: Concatenate the documents and cut them into `block_size` blocks, as the HF `run_clm`
+            example does: no padding, and no text is cut off. False: one example per document, cut at
+            `max_length`, padding left out of the loss.
+        block_size: Tokens per packed block; defaults to the tokenizer's `model_max_length`, at most 1024.
+        text_file_documents: How a .txt file splits into documents: `paragraph` (blocks separated by blank
+            lines), `line`, or `file` (the whole file is one document). A .txt predict file always holds
+            one prompt per line.
+    """
+
+    text_column: str = "text"
+    prompt_column: str | None = None
+    completion_column: str | None = None
+    packing: bool = True
+    block_size: int | None = None
+    text_file_documents: Literal["paragraph", "line", "file"] = "paragraph"
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return with_pad_token(super().tokenizer, self.tokenizer_name)
+
+    @property
+    def collator(self) -> CausalLMCollator:
+        return CausalLMCollator(self.tokenizer)
+
+    # ------------------------------------------------------------------ reading
+
+    def supported_suffixes(self) -> list[str]:
+        return sorted([*super().supported_suffixes(), ".txt"])
+
+    def read_file(self, path: Path) -> datasets.Dataset:
+        """Read a .txt file as documents (a predict file: prompts, one per line); others as the base does."""
+        if path.suffix.lower() != ".txt":
+            return super().read_file(path)
+        is_prompts = self.predict_file is not None and path == Path(self.predict_file).expanduser()
+        split_by = "line" if is_prompts else self.text_file_documents
+        text = path.read_text(encoding="utf-8")
+        pieces = {"file": [text], "line": text.splitlines(), "paragraph": re.split(r"\n[ \t]*\n", text)}[
+            split_by
+        ]
+        column = (self.prompt_column or self.text_column) if is_prompts else self.text_column
+        return datasets.Dataset.from_dict({column: [p for p in pieces if p.strip()]})
+
+    def check_data(self, raw: datasets.DatasetDict) -> None:
+        if (self.prompt_column is None) != (self.completion_column is None):
+            raise HFTrainError(
+                "data.prompt_column and data.completion_column go together: set both to learn completions of "
+                "prompts, or neither to learn whole documents from data.text_column."
+            )
+        if self.block_size is not None and self.block_size < 1:
+            raise HFTrainError(
+                f"data.block_size must be a positive integer (or unset), got {self.block_size}."
+            )
+        if self.prompt_column:
+            columns = {"prompt_column": self.prompt_column, "completion_column": self.completion_column}
+        else:
+            columns = {"text_column": self.text_column}
+        self.require_columns(raw, columns, optional=("completion_column",))
+        for split, dataset in raw.items():
+            for column in columns.values():
+                if column not in dataset.column_names:
+                    continue
+                missing = [i for i, text in enumerate(dataset[column]) if not isinstance(text, str)]
+                if missing:
+                    raise HFTrainError(
+                        f"The {split} data ({self.source(split)}) has no text in column '{column}' at row "
+                        f"{missing[0] + 1} ({len(missing)} such rows). Fill in or drop those rows."
+                    )
+
+    # ------------------------------------------------------------------ tokenization
+
+    def packed_block_size(self) -> int:
+        """`block_size`, or the tokenizer's longest input capped at 1024 (tokenizers without one say 1e30)."""
+        limit = self.tokenizer.model_max_length
+        if self.block_size is None:
+            return min(limit, 1024)
+        if self.block_size > limit:
+            raise HFTrainError(
+                f"data.block_size {self.block_size} is longer than the model takes ({limit} tokens, the "
+                f"tokenizer's model_max_length). Set data.block_size to {limit} or less."
+            )
+        return self.block_size
+
+    def preprocess(self, raw: datasets.DatasetDict) -> datasets.DatasetDict:
+        processed = datasets.DatasetDict()
+        for split, dataset in raw.items():
+            options = {
+                "batched": True,
+                "remove_columns": dataset.column_names,
+                "num_proc": self.preprocessing_num_workers,
+            }
+            if split == "predict":
+                processed[split] = dataset.map(self._encode_prompts, **options, desc="Tokenizing prompts")
+                continue
+            examples = dataset.map(
+                self._encode_examples,
+                with_indices=True,
+                fn_kwargs={"split": split},
+                **options,
+                desc=f"Tokenizing {split}",
+            )
+            if self.packing:
+                examples = examples.map(
+                    self._pack,
+                    fn_kwargs={"size": self.packed_block_size()},
+                    batched=True,
+                    num_proc=self.preprocessing_num_workers,
+                    desc=f"Packing {split} into blocks",
+                )
+            processed[split] = examples
+        return processed
+
+    def _encode_examples(self, batch: dict[str, list], indices: list[int], split: str) -> dict[str, list]:
+        """Ids and labels per row, ending in EOS; prompt tokens labelled -100; blank documents skipped."""
+        eos = self.tokenizer.eos_token_id
+
+        def ended(ids: list[int]) -> list[int]:
+            return ids if ids[-1:] == [eos] else [*ids, eos]
+
+        if self.prompt_column:
+            prompts = self.tokenizer(batch[self.prompt_column])["input_ids"]
+            completions = self.tokenizer(batch[self.completion_column], add_special_tokens=False)["input_ids"]
+            labels = [[IGNORE_INDEX] * len(p) + ended(c) for p, c in zip(prompts, completions, strict=True)]
+            input_ids = [p + ended(c) for p, c in zip(prompts, completions, strict=True)]
+        else:
+            kept = [
+                (i, text) for i, text in zip(indices, batch[self.text_column], strict=True) if text.strip()
+            ]
+            indices = [i for i, _ in kept]
+            input_ids = [ended(ids) for ids in self.tokenizer([text for _, text in kept])["input_ids"]]
+            labels = [list(ids) for ids in input_ids]
+        if not self.packing:
+            input_ids = [ids[: self.max_length] for ids in input_ids]
+            labels = [row[: self.max_length] for row in labels]
+            for row, row_labels in zip(indices, labels, strict=True):
+                if all(label == IGNORE_INDEX for label in row_labels):
+                    raise HFTrainError(
+                        f"The {split} data ({self.source(split)}) has a prompt at row {row + 1} of "
+                        f"{len(row_labels)} or more tokens, which leaves no room for its completion within "
+                        f"data.max_length = {self.max_length}. Raise data.max_length or shorten the prompt."
+                    )
+        return {
+            "input_ids": input_ids,
+            "attention_mask": [[1] * len(ids) for ids in input_ids],
+            "labels": labels,
+        }
+
+    @staticmethod
+    def _pack(batch: dict[str, list], size: int) -> dict[str, list]:
+        """Concatenate a map batch of examples and cut it into blocks of `size` tokens.
+
+        Unlike `run_clm`, the shorter last block is kept (and padded in its batch), so evaluation scores
+        every token; blocks with nothing to learn (all prompt) are dropped.
+        """
+        ids = list(chain.from_iterable(batch["input_ids"]))
+        labels = list(chain.from_iterable(batch["labels"]))
+        starts = [i for i in range(0, len(ids), size) if any(x != IGNORE_INDEX for x in labels[i : i + size])]
+        return {
+            "input_ids": [ids[i : i + size] for i in starts],
+            "attention_mask": [[1] * len(ids[i : i + size]) for i in starts],
+            "labels": [labels[i : i + size] for i in starts],
+        }
+
+    def _encode_prompts(self, batch: dict[str, list]) -> dict[str, list]:
+        """Prompts to continue, keeping each one's last `max_length` tokens (nearest what comes next)."""
+        encoded = self.tokenizer(batch[self.prompt_column or self.text_column])
+        return {
+            key: [row[-self.max_length :] for row in encoded[key]] for key in ("input_ids", "attention_mask")
+        }
