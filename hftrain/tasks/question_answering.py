@@ -1,0 +1,311 @@
+"""Extractive question answering: find the answer span to a question in a context (SQuAD v1.1 and v2.0).
+
+The model is `AutoModelForQuestionAnswering` (a start and an end logit per token). The data module cuts
+long contexts into overlapping windows; training learns the answer's first/last token per window, and
+evaluation turns every question's windows back into one answer text (`question_answering_processing`),
+scored with SQuAD exact match and F1 over whole questions.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torchmetrics import MetricCollection
+from torchmetrics.text import SQuAD
+from transformers import AutoModelForQuestionAnswering
+
+from hftrain.core.data import TaskDataModule
+from hftrain.core.errors import HFTrainError
+from hftrain.core.module import TaskModule
+from hftrain.tasks.question_answering_processing import (
+    Answer,
+    QuestionAnsweringCollator,
+    answer_token_span,
+    best_answer,
+    context_index,
+    context_room,
+    flatten_squad,
+    gather_predictions,
+    is_nested_squad,
+    rank_share,
+    tokenize_windows,
+    window_candidates,
+    window_layout,
+)
+
+
+@dataclass(eq=False, repr=False, kw_only=True)
+class QuestionAnswering(TaskModule):
+    """Fine-tune an extractive question-answering model.
+
+    Args:
+        version_2_with_negative: SQuAD 2.0 mode: a question may have no answer in the context. The model then
+            answers "" when the [CLS] "null" score beats its best span, and HasAns/NoAns metrics are added.
+        n_best_size: Start and end candidates per window, and spans kept per question, when picking an answer.
+        max_answer_length: Longest answer in tokens; longer spans are never predicted.
+        null_score_diff_threshold: SQuAD 2.0 mode: answer "" when the null score exceeds the best span's score
+            by more than this (raise it to answer more often).
+    """
+
+    version_2_with_negative: bool = False
+    n_best_size: int = 20
+    max_answer_length: int = 30
+    null_score_diff_threshold: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n_best_size < 1 or self.max_answer_length < 1:
+            raise HFTrainError(
+                f"model.n_best_size and model.max_answer_length must be positive, got {self.n_best_size} and "
+                f"{self.max_answer_length}."
+            )
+        self.model = self.load_pretrained(AutoModelForQuestionAnswering)
+        groups = ("all", "HasAns", "NoAns") if self.version_2_with_negative else ("all",)
+        self.val_metrics = MetricCollection({group: SQuAD() for group in groups})
+        self.test_metrics = MetricCollection({group: SQuAD() for group in groups})
+        self.monitor = "val/f1"
+        self.monitor_mode = "max"
+        self._predictions: dict[str, tuple[str, list[str]]] = {}
+
+    def answer(self, batch: dict[str, Any]) -> tuple[torch.Tensor | None, list[tuple[dict[str, Any], Answer]]]:
+        """Run the model on a batch of whole questions (see `QuestionAnsweringCollator`): the loss when the
+        batch has labels, and each question with its answer."""
+        examples = batch.pop("examples")
+        outputs = self(**batch)
+        start_logits = outputs.start_logits.float().cpu().numpy()
+        end_logits = outputs.end_logits.float().cpu().numpy()
+        answered, row = [], 0
+        for example in examples:
+            candidates = [
+                window_candidates(
+                    start_logits[row + i],
+                    end_logits[row + i],
+                    window,
+                    example["context"],
+                    self.n_best_size,
+                    self.max_answer_length,
+                )
+                for i, window in enumerate(example["windows"])
+            ]
+            row += len(example["windows"])
+            answer = best_answer(
+                candidates, self.n_best_size, self.version_2_with_negative, self.null_score_diff_threshold
+            )
+            answered.append((example, answer))
+        return outputs.loss, answered
+
+    def _evaluate(self, batch: dict[str, Any], stage: str) -> None:
+        loss, answered = self.answer(batch)
+        if loss is not None:
+            self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(answered))
+        for example, answer in answered:
+            self._predictions[example["id"]] = (answer.text, example["answers"])
+
+    def _score(self, metrics: MetricCollection, stage: str) -> None:
+        """Score every question exactly once across ranks, then log EM/F1 (and HasAns/NoAns in v2 mode)."""
+        predictions = gather_predictions(self._predictions)
+        self._predictions = {}
+        if not predictions:
+            return
+        unanswerable = sum(1 for _, gold in predictions.values() if not gold)
+        if unanswerable and not self.version_2_with_negative:
+            rank_zero_warn(
+                f"{unanswerable} of the {len(predictions)} {stage} questions have no answer, but "
+                "model.version_2_with_negative is false: they score 0. Set it to true for SQuAD 2.0 data."
+            )
+        for example_id in rank_share(list(predictions), self.global_rank, self.trainer.world_size):
+            text, gold = predictions[example_id]
+            pred = {"id": example_id, "prediction_text": text}
+            # SQuAD 2.0's official evaluation scores a question without answers against the empty answer
+            target = {"id": example_id, "answers": {"text": gold or [""]}}
+            metrics["all"].update(pred, target)
+            if self.version_2_with_negative:
+                metrics["HasAns" if gold else "NoAns"].update(pred, target)
+        for group, metric in metrics.items():
+            values = metric.compute()
+            prefix = f"{stage}/" if group == "all" else f"{stage}/{group}_"
+            for name, value in values.items():
+                if not torch.isnan(value):  # e.g. no unanswerable questions at all
+                    self.log(prefix + name, value, prog_bar=group == "all" and stage == "val")
+            metric.reset()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._score(self.val_metrics, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._score(self.test_metrics, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        batch = {k: v for k, v in batch.items() if k not in ("start_positions", "end_positions")}
+        _, answered = self.answer(batch)
+        return [
+            {"id": example["id"], "question": example["question"], "answer": answer.text,
+             "score": answer.probability}
+            for example, answer in answered
+        ]
+
+
+@dataclass(eq=False, repr=False, kw_only=True)
+class QuestionAnsweringData(TaskDataModule):
+    """Questions about a context, with answers given as text and character offset (SQuAD's shape).
+
+    Reads Hub datasets in SQuAD shape (`squad`, `squad_v2`), SQuAD's nested JSON files
+    (`data/paragraphs/qas`), and flat JSON/JSONL rows `{id, question, context, answers: {text,
+    answer_start}}`. Questions without answers (SQuAD 2.0) have empty `answers` lists.
+
+    Args:
+        question_column: Column with the question.
+        context_column: Column with the context the answer is taken from.
+        answer_column: Column with the answers: `{text: [...], answer_start: [...]}`; empty lists for none.
+        id_column: Column with a unique id per question (used to score each question once and in predictions).
+        max_length: Longest window (question + context) in tokens.
+        doc_stride: Tokens of overlap between consecutive windows of a long context.
+    """
+
+    question_column: str = "question"
+    context_column: str = "context"
+    answer_column: str = "answers"
+    id_column: str = "id"
+    max_length: int = 384
+    doc_stride: int = 128
+
+    def read_file(self, path: Path) -> datasets.Dataset:
+        """SQuAD's nested JSON is flattened to one row per question; other files go to the base readers."""
+        if path.suffix.lower() == ".json":
+            parsed = is_nested_squad(path)
+            if parsed is not None:
+                return datasets.Dataset.from_list(flatten_squad(parsed))
+        return super().read_file(path)
+
+    def check_data(self, raw: datasets.DatasetDict) -> None:
+        if not 0 <= self.doc_stride < self.max_length:
+            raise HFTrainError(
+                f"data.doc_stride must be at least 0 and below data.max_length ({self.max_length}), got "
+                f"{self.doc_stride}."
+            )
+        columns = {"question_column": self.question_column, "context_column": self.context_column,
+                   "answer_column": self.answer_column, "id_column": self.id_column}
+        self.require_columns(raw, columns, optional=("answer_column",))
+        for split, dataset in raw.items():
+            self._check_split(split, dataset)
+
+    def _check_split(self, split: str, dataset: datasets.Dataset) -> None:
+        """Reject rows that would train or score wrongly: every problem names its row and the fix."""
+        where = f"The {split} data ({self.source(split)})"
+        ids = [str(i) for i in dataset[self.id_column]]
+        if len(set(ids)) < len(ids):
+            seen: set[str] = set()
+            row = next(i for i, x in enumerate(ids) if x in seen or seen.add(x))
+            raise HFTrainError(
+                f"{where} repeats the id '{ids[row]}' at row {row + 1}: ids must be unique, since each question "
+                f"is scored once by id. Give every question its own id (column '{self.id_column}')."
+            )
+        contexts, questions = dataset[self.context_column], dataset[self.question_column]
+        for row, (context, question) in enumerate(zip(contexts, questions)):
+            for name, text, setting in (("context", context, "context_column"),
+                                        ("question", question, "question_column")):
+                if not isinstance(text, str) or not text.strip():
+                    raise HFTrainError(
+                        f"{where} has an empty {name} at row {row + 1} (id '{ids[row]}', column "
+                        f"'{getattr(self, setting)}'). Fill it in or drop the row."
+                    )
+        for row, room in enumerate(context_room(self.tokenizer, questions, self.max_length)):
+            if room <= self.doc_stride:
+                raise HFTrainError(
+                    f"{where} has a question too long for data.max_length={self.max_length} at row {row + 1} "
+                    f"(id '{ids[row]}'): it leaves {room} tokens per window for the context, which must be more "
+                    f"than data.doc_stride={self.doc_stride}. Raise data.max_length, lower data.doc_stride, or "
+                    "shorten or drop the question."
+                )
+        if self.answer_column not in dataset.column_names:
+            return
+        for row, (context, answers) in enumerate(zip(contexts, dataset[self.answer_column])):
+            texts, starts = answers.get("text") or [], answers.get("answer_start") or []
+            if len(texts) != len(starts):
+                raise HFTrainError(
+                    f"{where} has {len(texts)} answer texts but {len(starts)} answer_start values at row "
+                    f"{row + 1} (id '{ids[row]}'). Give one answer_start per answer text."
+                )
+            for text, start in zip(texts, starts):
+                if not text or context[start : start + len(text)] != text:
+                    found = context.find(text) if text else -1
+                    hint = f" The text does occur at {found}." if found >= 0 else ""
+                    raise HFTrainError(
+                        f"{where} has an answer_start of {start} at row {row + 1} (id '{ids[row]}') that does not "
+                        f"point at its answer text {text!r}: the context there reads "
+                        f"{context[start : start + len(text)]!r}.{hint} Fix answer_start (a character offset "
+                        "into the context) or the answer text."
+                    )
+
+    def preprocess(self, raw: datasets.DatasetDict) -> datasets.DatasetDict:
+        processed = datasets.DatasetDict()
+        for split, dataset in raw.items():
+            encode = self._encode_windows if split == "train" else self._encode_examples
+            processed[split] = dataset.map(
+                encode,
+                batched=True,
+                remove_columns=dataset.column_names,
+                num_proc=self.preprocessing_num_workers,
+                desc=f"Tokenizing {split}",
+            )
+        return processed
+
+    def _layouts(self, batch: dict[str, list]):
+        """Tokenize a batch into windows; yield (example index, window layout, model inputs, answer labels)."""
+        encoding = tokenize_windows(
+            self.tokenizer, batch[self.question_column], batch[self.context_column], self.max_length,
+            self.doc_stride,
+        )
+        model_keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoding]
+        answers = batch.get(self.answer_column)
+        for window, example in enumerate(encoding["overflow_to_sample_mapping"]):
+            layout = window_layout(encoding, window, context_index(self.tokenizer), self.tokenizer.cls_token_id)
+            inputs = {k: encoding[k][window] for k in model_keys}
+            if answers is not None:
+                first = answers[example]
+                span = None
+                if first["text"]:
+                    span = (first["answer_start"][0], first["answer_start"][0] + len(first["text"][0]))
+                start, end = answer_token_span(layout["offset_mapping"], layout["context_span"],
+                                               layout["cls_index"], span)
+                inputs.update(start_positions=start, end_positions=end)
+            yield example, layout, inputs
+
+    def _encode_windows(self, batch: dict[str, list]) -> dict[str, list]:
+        """Training rows: one per window, with its answer's start and end token."""
+        rows: dict[str, list] = {}
+        for _, _, inputs in self._layouts(batch):
+            for key, value in inputs.items():
+                rows.setdefault(key, []).append(value)
+        return rows
+
+    def _encode_examples(self, batch: dict[str, list]) -> dict[str, list]:
+        """Evaluation rows: one per question, holding all its windows and what scoring needs."""
+        size = len(batch[self.id_column])
+        rows: dict[str, list] = {
+            "id": [str(i) for i in batch[self.id_column]],
+            "question": batch[self.question_column],
+            "context": batch[self.context_column],
+        }
+        if self.answer_column in batch:
+            rows["answers"] = [list(a["text"]) for a in batch[self.answer_column]]
+        per_example: list[dict[str, list]] = [{} for _ in range(size)]
+        for example, layout, inputs in self._layouts(batch):
+            for key, value in {**inputs, **layout}.items():
+                per_example[example].setdefault(key, []).append(value)
+        for key in per_example[0]:
+            rows[key] = [windows[key] for windows in per_example]
+        return rows
+
+    @property
+    def collator(self) -> QuestionAnsweringCollator:
+        return QuestionAnsweringCollator(self.tokenizer)
