@@ -32,6 +32,7 @@ from hftrain.tasks.question_answering_processing import (
     is_nested_squad,
     rank_share,
     tokenize_windows,
+    update_squad_metrics,
     window_candidates,
     window_layout,
 )
@@ -116,14 +117,8 @@ class QuestionAnswering(TaskModule):
                 f"{unanswerable} of the {len(predictions)} {stage} questions have no answer, but "
                 "model.version_2_with_negative is false: they score 0. Set it to true for SQuAD 2.0 data."
             )
-        for example_id in rank_share(list(predictions), self.global_rank, self.trainer.world_size):
-            text, gold = predictions[example_id]
-            pred = {"id": example_id, "prediction_text": text}
-            # SQuAD 2.0's official evaluation scores a question without answers against the empty answer
-            target = {"id": example_id, "answers": {"text": gold or [""]}}
-            metrics["all"].update(pred, target)
-            if self.version_2_with_negative:
-                metrics["HasAns" if gold else "NoAns"].update(pred, target)
+        share = rank_share(list(predictions), self.global_rank, self.trainer.world_size)
+        update_squad_metrics(metrics, {i: predictions[i] for i in share}, self.version_2_with_negative)
         for group, metric in metrics.items():
             values = metric.compute()
             prefix = f"{stage}/" if group == "all" else f"{stage}/{group}_"

@@ -238,6 +238,23 @@ def rank_share(ids: list[str], rank: int, world_size: int) -> list[str]:
     return sorted(ids)[rank::world_size]
 
 
+def update_squad_metrics(
+    metrics: dict[str, Any], predictions: dict[str, tuple[str, list[str]]], version_2_with_negative: bool
+) -> None:
+    """Add `{id: (predicted text, gold texts)}` to torchmetrics `SQuAD` metrics: `metrics["all"]`, and in
+    SQuAD 2.0 mode `metrics["HasAns"]` / `metrics["NoAns"]` for questions with / without gold answers.
+
+    As in SQuAD 2.0's official evaluation, a question without gold answers is scored against the
+    empty answer: 1 when the prediction is "" too, else 0.
+    """
+    for example_id, (text, gold) in predictions.items():
+        pred = {"id": example_id, "prediction_text": text}
+        target = {"id": example_id, "answers": {"text": gold or [""]}}
+        metrics["all"].update(pred, target)
+        if version_2_with_negative:
+            metrics["HasAns" if gold else "NoAns"].update(pred, target)
+
+
 def gather_predictions(predictions: dict[str, Any]) -> dict[str, Any]:
     """Every rank's predictions, merged (`merge_rank_predictions`); the same dict on every rank."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
