@@ -1,0 +1,387 @@
+"""Token classification: named entities, part-of-speech tags, chunks; one tag per word.
+
+The model is `AutoModelForTokenClassification`, which tags subwords; the data module tags the first subword
+of each word and masks the rest (or tags them all with `label_all_subwords`). Evaluation reads the tag of
+each word's first subword, so scores are per word whichever way training labels were made. Tag sets
+written in a span scheme (IOB2, IOBES, …) are scored on whole entities with `SpanF1`, plus token accuracy;
+other tag sets (POS) on token accuracy alone.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+from transformers import (
+    AutoModelForTokenClassification,
+    DataCollatorForTokenClassification,
+    PreTrainedTokenizerBase,
+)
+
+from hftrain.core.data import TaskDataModule
+from hftrain.core.errors import HFTrainError
+from hftrain.core.module import TaskModule
+from hftrain.metrics.span_f1 import Mode, Scheme, SpanF1, detect_scheme, extract_spans, split_tag
+
+CONLL_SUFFIXES = (".conll", ".txt")
+IGNORE = -100
+
+
+@dataclass(eq=False, repr=False, kw_only=True)
+class TokenClassification(TaskModule):
+    """Fine-tune a token classifier (NER, POS tagging, chunking).
+
+    Args:
+        label_names: Tags in id order. Set by the CLI from the data; in Python pass `data.label_names`.
+            Unset, the pretrained model's own `id2label` is kept.
+        tag_scheme: How tags mark spans: IOB1, IOB2 (BIO), IOE2, IOBES or BILOU. Unset, it is read from the
+            tag names (B/I/O tags count as IOB2); tags in no scheme (POS) get token accuracy only.
+        span_mode: `default` reads entities like conlleval (an I- after O starts one); `strict` counts only
+            entities the scheme allows, as seqeval's `mode="strict"`.
+    """
+
+    label_names: list[str] | None = None
+    tag_scheme: Scheme | None = None
+    span_mode: Mode = "default"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        labels: dict[str, Any] = {}
+        if self.label_names:
+            labels["num_labels"] = len(self.label_names)
+            labels["id2label"] = dict(enumerate(self.label_names))
+            labels["label2id"] = {name: i for i, name in enumerate(self.label_names)}
+        self.model = self.load_pretrained(AutoModelForTokenClassification, **labels)
+        self.tags = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
+        self.scheme = self.tag_scheme or detect_scheme(self.tags)
+        metrics = MetricCollection(
+            {"accuracy": MulticlassAccuracy(len(self.tags), average="micro", ignore_index=IGNORE)}
+        )
+        if self.scheme:
+            try:
+                metrics.add_metrics({"spans": SpanF1(self.tags, self.scheme, self.span_mode, IGNORE)})
+            except ValueError as err:
+                raise HFTrainError(
+                    f"{err} Set model.tag_scheme to the scheme your tags use, or span_mode to default."
+                ) from err
+        elif self.span_mode == "strict":
+            raise HFTrainError(
+                f"span_mode strict needs span tags (B-PER, I-PER, O, …), but the tags are {self.tags[:8]}. "
+                "Use span_mode default, or set model.tag_scheme if the tags do follow a scheme."
+            )
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        self.monitor = "val/f1" if self.scheme else "val/accuracy"
+        self.monitor_mode = "max"
+
+    def _evaluate(self, batch: dict[str, Any], metrics: MetricCollection, stage: str) -> None:
+        word_ids = batch["word_ids"]
+        outputs = self(**{k: v for k, v in batch.items() if k != "word_ids"})
+        self.log(f"{stage}/loss", outputs.loss, prog_bar=True, sync_dist=True, batch_size=len(word_ids))
+        metrics.update(outputs.logits.argmax(-1), batch["labels"].masked_fill(word_ids < 0, IGNORE))
+
+    def _log_epoch(self, metrics: MetricCollection, stage: str) -> None:
+        results = metrics.compute()
+        metrics.reset()
+        headline = {k: results.pop(k) for k in (f"{stage}/f1", f"{stage}/accuracy") if k in results}
+        self.log_dict(headline, prog_bar=True, sync_dist=True)
+        self.log_dict(results, sync_dist=True)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch(self.val_metrics, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch(self.test_metrics, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """Per sentence: its words, a tag per word (null past max_length), the entities (`end` exclusive)."""
+        inputs = {k: v for k, v in batch.items() if k not in ("word_ids", "words", "labels")}
+        predicted = self(**inputs).logits.argmax(-1).tolist()
+        rows = []
+        sentences = zip(batch["words"], batch["word_ids"].tolist(), predicted, strict=True)
+        for words, word_ids, tag_ids in sentences:
+            tags: list[str | None] = [None] * len(words)
+            for word, tag_id in zip(word_ids, tag_ids, strict=True):
+                if word >= 0:
+                    tags[word] = self.tags[tag_id]
+            row: dict[str, Any] = {"tokens": words, "tags": tags}
+            if self.scheme:
+                spans = extract_spans([t or "O" for t in tags], self.scheme, self.span_mode)
+                row["entities"] = [
+                    {"text": " ".join(words[start:end]), "type": type_, "start": start, "end": end}
+                    for type_, start, end in spans
+                ]
+            rows.append(row)
+        return rows
+
+
+@dataclass
+class TokenClassificationCollator:
+    """`DataCollatorForTokenClassification`, plus the padded `word_ids` (the word each first subword starts,
+    else -100) that evaluation and prediction read, and the predict split's `words` as plain lists."""
+
+    tokenizer: PreTrainedTokenizerBase
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        extras = {key: [f[key] for f in features] for key in ("word_ids", "words") if key in features[0]}
+        inputs = [{k: v for k, v in f.items() if k not in extras} for f in features]
+        batch = dict(DataCollatorForTokenClassification(self.tokenizer)(inputs))
+        if "word_ids" in extras:
+            width = batch["input_ids"].shape[1]
+            left = self.tokenizer.padding_side == "left"
+            batch["word_ids"] = torch.tensor(
+                [
+                    [IGNORE] * (width - len(ids)) + ids if left else ids + [IGNORE] * (width - len(ids))
+                    for ids in extras["word_ids"]
+                ]
+            )
+        if "words" in extras:
+            batch["words"] = extras["words"]
+        return batch
+
+
+def read_conll(path: Path, tag_index: int, tokens_column: str, tag_column: str) -> datasets.Dataset:
+    """Read a CoNLL column file: a token per line, its fields split on whitespace, a blank line between
+    sentences, `-DOCSTART-` lines skipped. A file with one column holds tokens only (for predict).
+
+    datasets' own `conll` builder pads or cuts lines with a wrong number of columns without a word, and
+    keeps no line numbers; here a wrong line is an error naming it, and each row keeps the `line` its
+    sentence starts on, for the error messages of later checks.
+    """
+    rows: dict[str, list] = {tokens_column: [], tag_column: [], "line": []}
+    tokens: list[str] = []
+    tags: list[str] = []
+    width = start = 0
+
+    def end_sentence() -> None:
+        if tokens:
+            rows[tokens_column].append(list(tokens))
+            rows[tag_column].append(list(tags))
+            rows["line"].append(start)
+            tokens.clear()
+            tags.clear()
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise HFTrainError(
+            f"Could not read {path}: it is not UTF-8 text ({err}). Convert it to UTF-8."
+        ) from err
+    for number, line in enumerate(lines, 1):
+        fields = line.split()
+        if not fields or fields[0] == "-DOCSTART-":
+            end_sentence()
+            continue
+        if not width:
+            width = len(fields)
+            if width > 1 and not -width <= tag_index < width:
+                raise HFTrainError(
+                    f"{path} has {width} columns (line {number}), so data.conll_tag_index {tag_index} "
+                    f"points at none of them. Set it to the tag column's index: 0 to {width - 1}, or -1 "
+                    "for the last."
+                )
+        if len(fields) != width:
+            raise HFTrainError(
+                f"{path} line {number} has {len(fields)} columns where the file's first line has {width}: "
+                f"{line.strip()!r}. Every token line needs the same columns (token first, tags after, split "
+                "by whitespace); fix the line, or blank it if it should end a sentence."
+            )
+        if not tokens:
+            start = number
+        tokens.append(fields[0])
+        tags.append(fields[tag_index] if width > 1 else None)
+    end_sentence()
+    if width == 1:
+        del rows[tag_column]
+    return datasets.Dataset.from_dict(rows)
+
+
+@dataclass(eq=False, repr=False, kw_only=True)
+class TokenClassificationData(TaskDataModule):
+    """Sentences as lists of words with one tag per word: a Hub dataset, JSON/JSONL rows, or CoNLL files.
+
+    Args:
+        tokens_column: Column with each sentence's words (a list of strings).
+        tag_column: Column with each sentence's tags (a list of tag names, or ClassLabel ids). CoNLL files
+            are read into a column of this name.
+        label_names: The tag set in id order. Unset, it is learnt from the training data: a ClassLabel's
+            names, or the sorted distinct tags. Tags outside it are an error.
+        label_all_subwords: Train on every subword of a word, continuing pieces tagged `I-<type>`, instead
+            of the first subword alone. Scores are per word either way.
+        conll_tag_index: Which whitespace-separated column of a .conll/.txt file holds the tags (the token
+            is column 0): -1 for the last (NER in the 4-column CoNLL-2003 files), 1 for POS, 2 for chunks.
+    """
+
+    tokens_column: str = "tokens"
+    tag_column: str = "ner_tags"
+    label_names: list[str] | None = None
+    label_all_subwords: bool = False
+    conll_tag_index: int = -1
+
+    def read_file(self, path: Path) -> datasets.Dataset:
+        if path.suffix.lower() in CONLL_SUFFIXES:
+            return read_conll(path, self.conll_tag_index, self.tokens_column, self.tag_column)
+        return super().read_file(path)
+
+    def supported_suffixes(self) -> list[str]:
+        return sorted({*super().supported_suffixes(), *CONLL_SUFFIXES})
+
+    def _where(self, split: str, row: int, word: int | None = None) -> str:
+        """`the train data (file) at row 3` plus the file line for CoNLL input."""
+        where = f"the {split} data ({self.source(split)}) at row {row + 1}"
+        if "line" in self.raw[split].column_names:
+            line = self.raw[split][row]["line"] + (word or 0)
+            where += f" (line {line})"
+        return where
+
+    def check_data(self, raw: datasets.DatasetDict) -> None:
+        self.require_columns(
+            raw,
+            {"tokens_column": self.tokens_column, "tag_column": self.tag_column},
+            optional=("tag_column",),
+        )
+        train = raw.get("train")
+        if self.label_names is None and train is not None:
+            self.label_names = self._discover_labels(train)
+        for split, dataset in raw.items():
+            has_tags = self.tag_column in dataset.column_names and split != "predict"
+            tags = dataset[self.tag_column] if has_tags else None
+            for row, words in enumerate(dataset[self.tokens_column]):
+                if not isinstance(words, list) or not words or not all(isinstance(w, str) for w in words):
+                    raise HFTrainError(
+                        f"{self._where(split, row)}: column '{self.tokens_column}' must be a non-empty list "
+                        f"of words, got {words!r}. Drop empty sentences, or split the text into a list of "
+                        "words."
+                    )
+                if tags is not None:
+                    self._tag_ids(split, row, words, tags[row])
+
+    def _discover_labels(self, train: datasets.Dataset) -> list[str]:
+        inner = getattr(train.features[self.tag_column], "feature", None)
+        if isinstance(inner, datasets.ClassLabel):
+            return list(inner.names)
+        values = {tag for row in train[self.tag_column] for tag in row or []}
+        if any(not isinstance(v, str) for v in values):
+            raise HFTrainError(
+                f"The training data ({self.source('train')}) has tag ids in column '{self.tag_column}' but "
+                "no tag names. Set data.label_names to the tag names in id order."
+            )
+        return sorted(values)
+
+    def _tag_ids(self, split: str, row: int, words: list[str], tags: Any) -> list[int]:
+        """One sentence's tags as ids; a wrong count or an unknown tag is an error naming the row."""
+        if not self.label_names:
+            raise HFTrainError("The tag set is unknown: give a training split or set data.label_names.")
+        if not isinstance(tags, list) or len(tags) != len(words):
+            count = len(tags) if isinstance(tags, list) else type(tags).__name__
+            raise HFTrainError(
+                f"{self._where(split, row)} has {len(words)} words but {count} tags in column "
+                f"'{self.tag_column}'. Give exactly one tag per word."
+            )
+        index = {name: i for i, name in enumerate(self.label_names)}
+        ids = []
+        for word, tag in enumerate(tags):
+            if isinstance(tag, int) and 0 <= tag < len(self.label_names):
+                ids.append(tag)
+            elif tag in index:
+                ids.append(index[tag])
+            else:
+                raise HFTrainError(
+                    f"{self._where(split, row, word)} has the tag {tag!r} (word {word + 1}, "
+                    f"{words[word]!r}), which is not in the tag set {self.label_names}. Fix the tag, or add "
+                    "it to data.label_names."
+                )
+        return ids
+
+    def _continuation_ids(self) -> list[int]:
+        """For each tag, the tag of a word's later subwords: `I-<type>` where the set has it, else itself."""
+        index = {name: i for i, name in enumerate(self.label_names or [])}
+        return [
+            index.get(f"I-{split_tag(name)[1]}", i) if name != "O" else i
+            for i, name in enumerate(self.label_names or [])
+        ]
+
+    def _words_that_fit(self, word_ids: list[int], num_words: int) -> int:
+        """How many leading words fit in max_length whole, so truncation never cuts a word in two."""
+        budget = self.max_length - self.tokenizer.num_special_tokens_to_add()
+        return num_words if len(word_ids) <= budget else max(word_ids[budget], 1)
+
+    def _encode(self, batch: dict[str, list], rows: list[int], split: str) -> dict[str, list]:
+        sentences = batch[self.tokens_column]
+        pieces = self.tokenizer(sentences, is_split_into_words=True, add_special_tokens=False, verbose=False)
+        kept = [self._words_that_fit(pieces.word_ids(i), len(s)) for i, s in enumerate(sentences)]
+        encoded = self.tokenizer(
+            [s[:k] for s, k in zip(sentences, kept, strict=True)],
+            is_split_into_words=True,
+            truncation=True,
+            max_length=self.max_length,
+        )
+        with_tags = self.tag_column in batch and split != "predict"
+        continuation = self._continuation_ids()
+        word_ids, labels = [], []
+        for i, sentence in enumerate(sentences):
+            tag_ids = (
+                self._tag_ids(split, rows[i], sentence, batch[self.tag_column][i]) if with_tags else None
+            )
+            firsts, targets, previous = [], [], None
+            for word in encoded.word_ids(i):
+                first = word is not None and word != previous
+                firsts.append(word if first else IGNORE)
+                if tag_ids is not None:
+                    if word is None or not (first or self.label_all_subwords):
+                        targets.append(IGNORE)
+                    else:
+                        targets.append(tag_ids[word] if first else continuation[tag_ids[word]])
+                previous = word
+            word_ids.append(firsts)
+            labels.append(targets)
+        encoded["word_ids"] = word_ids
+        if with_tags:
+            encoded["labels"] = labels
+        if split == "predict":
+            encoded["words"] = sentences
+        encoded["words_cut"] = [len(s) - k for s, k in zip(sentences, kept, strict=True)]
+        return encoded
+
+    def preprocess(self, raw: datasets.DatasetDict) -> datasets.DatasetDict:
+        if not self.tokenizer.is_fast:
+            raise HFTrainError(
+                f"The tokenizer '{self.tokenizer_name}' is not a fast (Rust) tokenizer, which token "
+                "classification needs to map subwords to words. Use a model that ships a tokenizer.json."
+            )
+        processed = datasets.DatasetDict()
+        for split, dataset in raw.items():
+            encoded = dataset.map(
+                self._encode,
+                batched=True,
+                with_indices=True,
+                fn_kwargs={"split": split},
+                remove_columns=dataset.column_names,
+                num_proc=self.preprocessing_num_workers,
+                desc=f"Tokenizing {split}",
+            )
+            cut = [n for n in encoded["words_cut"] if n]
+            if cut:
+                rank_zero_warn(
+                    f"{len(cut)} of {len(encoded)} sentences in the {split} split ({self.source(split)}) are "
+                    f"longer than data.max_length={self.max_length} subwords: their last {sum(cut)} words in "
+                    "all are dropped (not trained on, not scored, tagged null in predictions). Raise "
+                    "data.max_length to keep them."
+                )
+            drop = ["words_cut"] + (["word_ids"] if split == "train" else [])
+            processed[split] = encoded.remove_columns(drop)
+        return processed
+
+    @property
+    def collator(self) -> TokenClassificationCollator:
+        return TokenClassificationCollator(self.tokenizer)
