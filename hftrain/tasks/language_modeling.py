@@ -312,11 +312,12 @@ class LanguageModelingData(TaskDataModule):
         is_prompts = self.predict_file is not None and path == Path(self.predict_file).expanduser()
         split_by = "line" if is_prompts else self.text_file_documents
         text = path.read_text(encoding="utf-8")
-        pieces = {"file": [text], "line": text.splitlines(), "paragraph": re.split(r"\n[ \t]*\n", text)}[
-            split_by
-        ]
+        if split_by == "paragraph":
+            pieces = re.split(r"\n(?:[ \t]*\n)+", text)  # WikiText's blank lines hold a space
+        else:
+            pieces = text.splitlines() if split_by == "line" else [text]
         column = (self.prompt_column or self.text_column) if is_prompts else self.text_column
-        return datasets.Dataset.from_dict({column: [p for p in pieces if p.strip()]})
+        return datasets.Dataset.from_dict({column: [p.strip("\n") for p in pieces if p.strip()]})
 
     def check_data(self, raw: datasets.DatasetDict) -> None:
         if (self.prompt_column is None) != (self.completion_column is None):
