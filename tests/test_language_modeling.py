@@ -224,6 +224,7 @@ def test_batched_generation_matches_one_prompt_at_a_time(tiny_gpt2):
 
 
 def test_lora_export_is_merged_and_gives_the_module_logits(tiny_gpt2, counting_files):
+    pytest.importorskip("peft", reason="LoRA needs the lora extra: pip install -e '.[lora]'")
     from transformers import AutoModelForCausalLM
 
     run = cli(
