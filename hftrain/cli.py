@@ -61,7 +61,8 @@ class HFTrainCLI(LightningCLI):
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                     "init_args": {"save_dir": RUNS_DIR, "name": None},
                 },
-                "callbacks": [LearningRateMonitor(logging_interval="step"), ResultsWriter(), ExportHFModel()],
+                # export first, so the results summary is the last thing a fit prints
+                "callbacks": [LearningRateMonitor(logging_interval="step"), ExportHFModel(), ResultsWriter()],
             },
             parser_kwargs={"default_env": True, "env_prefix": "HFTRAIN"},
             args=args,
@@ -91,6 +92,15 @@ class HFTrainCLI(LightningCLI):
             logger.init_args.name = self._run_name(config)
         if config.get("ckpt_path") in ("best", "last"):
             config.ckpt_path = self._find_checkpoint(config.ckpt_path, logger.init_args)
+
+    def after_fit(self) -> None:
+        """End a fit with the two things a user looks for: where the run is and how good it got."""
+        if not self.trainer.is_global_zero or self.trainer.log_dir is None:
+            return
+        results = read_results(self.trainer.log_dir)
+        best, monitor = results.get("best"), results.get("monitor")
+        summary = f"best {monitor} = {best[monitor]:.4f} at epoch {best['epoch']}" if best else "no validation"
+        print(f"Run folder: {self.trainer.log_dir}  ({summary})", flush=True)
 
     @staticmethod
     def _run_name(config) -> str:

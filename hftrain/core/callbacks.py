@@ -164,9 +164,6 @@ class ResultsWriter(pl_callbacks.Callback):
                 "history": self.history,
             },
         )
-        if trainer.is_global_zero:
-            summary = f"best {monitor} = {best[monitor]:.4f} (epoch {best['epoch']})" if best else "no validation"
-            print(f"Run folder: {trainer.log_dir}  ({summary})", flush=True)
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._merge(trainer, {"test": _numbers(trainer.callback_metrics, "test/")})

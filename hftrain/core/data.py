@@ -230,7 +230,19 @@ class TaskDataModule(LightningDataModule):
                 f"Face Hub: {type(err).__name__}: {err}. Check the name and your network connection; offline, "
                 "point data.train_file / validation_file at local files instead."
             ) from err
-        return datasets.DatasetDict({("validation" if s in ("valid", "dev") else s): d for s, d in raw.items()})
+        return datasets.DatasetDict({self._hub_split_name(split, raw): d for split, d in raw.items()})
+
+    @staticmethod
+    def _hub_split_name(split: str, raw: datasets.DatasetDict) -> str:
+        """Our split name for a Hub split: `dev`/`valid` are validation, and where there is no plain
+        `validation` (`test`), the first of `validation_matched`, … (MNLI) takes its place."""
+        if split in ("dev", "valid"):
+            return "validation"
+        for plain in ("validation", "test"):
+            variants = sorted(s for s in raw if s.startswith(f"{plain}_"))
+            if plain not in raw and variants and split == variants[0]:
+                return plain
+        return split
 
     def require_columns(self, raw: datasets.DatasetDict, columns: dict[str, str | None], optional=()) -> None:
         """Fail early when a configured column is missing from a split.

@@ -391,13 +391,16 @@ class LanguageModelingData(TaskDataModule):
     def _encode_examples(self, batch: dict[str, list], indices: list[int], split: str) -> dict[str, list]:
         """Ids and labels per row, ending in EOS; prompt tokens labelled -100; blank documents skipped."""
         eos = self.tokenizer.eos_token_id
+        # not verbose: the tokenizer would warn about documents longer than the model takes, which this cuts
 
         def ended(ids: list[int]) -> list[int]:
             return ids if ids[-1:] == [eos] else [*ids, eos]
 
         if self.prompt_column:
-            prompts = self.tokenizer(batch[self.prompt_column])["input_ids"]
-            completions = self.tokenizer(batch[self.completion_column], add_special_tokens=False)["input_ids"]
+            prompts = self.tokenizer(batch[self.prompt_column], verbose=False)["input_ids"]
+            completions = self.tokenizer(
+                batch[self.completion_column], add_special_tokens=False, verbose=False
+            )["input_ids"]
             labels = [[IGNORE_INDEX] * len(p) + ended(c) for p, c in zip(prompts, completions, strict=True)]
             input_ids = [p + ended(c) for p, c in zip(prompts, completions, strict=True)]
         else:
@@ -405,7 +408,9 @@ class LanguageModelingData(TaskDataModule):
                 (i, text) for i, text in zip(indices, batch[self.text_column], strict=True) if text.strip()
             ]
             indices = [i for i, _ in kept]
-            input_ids = [ended(ids) for ids in self.tokenizer([text for _, text in kept])["input_ids"]]
+            input_ids = [
+                ended(ids) for ids in self.tokenizer([text for _, text in kept], verbose=False)["input_ids"]
+            ]
             labels = [list(ids) for ids in input_ids]
         if not self.packing:
             input_ids = [ids[: self.max_length] for ids in input_ids]
@@ -441,7 +446,7 @@ class LanguageModelingData(TaskDataModule):
 
     def _encode_prompts(self, batch: dict[str, list]) -> dict[str, list]:
         """Prompts to continue, keeping each one's last `max_length` tokens (nearest what comes next)."""
-        encoded = self.tokenizer(batch[self.prompt_column or self.text_column])
+        encoded = self.tokenizer(batch[self.prompt_column or self.text_column], verbose=False)
         return {
             key: [row[-self.max_length :] for row in encoded[key]] for key in ("input_ids", "attention_mask")
         }

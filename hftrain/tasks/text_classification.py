@@ -89,6 +89,11 @@ class TextClassification(TaskModule):
         return logits.argmax(-1)
 
     def _evaluate(self, batch: dict[str, torch.Tensor], metrics: MetricCollection, stage: str) -> None:
+        if "labels" not in batch:
+            raise HFTrainError(
+                f"The {'validation' if stage == 'val' else stage} data has no labels, so there is nothing to "
+                "score. Give a labelled file, or use `hftrain predict` to label it."
+            )
         outputs = self(**batch)
         self.log(f"{stage}/loss", outputs.loss, prog_bar=True, sync_dist=True, batch_size=len(batch["labels"]))
         metrics.update(self._predictions(outputs.logits.float()), batch["labels"].to(outputs.logits.dtype)
@@ -164,6 +169,11 @@ class TextClassificationData(TaskDataModule):
                         f"The {split} data ({self.source(split)}) has no text in column '{column}' at row "
                         f"{missing[0] + 1} ({len(missing)} such rows). Fill in or drop those rows."
                     )
+        for split, dataset in raw.items():
+            feature = dataset.features.get(self.label_column)
+            if isinstance(feature, datasets.ClassLabel) and all(v == -1 for v in dataset[self.label_column]):
+                # Hub convention for hidden labels (the GLUE test sets): the split is unlabeled
+                raw[split] = dataset.remove_columns(self.label_column)
         train = raw.get("train")
         if self.problem_type is None:
             self.problem_type = self._infer_problem_type(train) if train is not None else (

@@ -1,0 +1,429 @@
+"""Sequence to sequence: translation and summarization with an encoder-decoder (T5, BART, Marian, mT5 …).
+
+The model is `AutoModelForSeq2SeqLM`; it computes its loss from `labels` and builds its own decoder inputs
+by shifting them, so a batch is just tokenized sources and padded targets. Validation reports the loss and,
+with `predict_with_generate`, generates with a `GenerationConfig`, decodes, and scores the text: sacreBLEU
+and chrF for translation, ROUGE-1/2/L/Lsum for summarization, all on the 0-100 scale people quote.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import datasets
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.functional.text.rouge import _normalize_and_tokenize_text, _rouge_lsum_score
+from torchmetrics.text import CHRFScore, ROUGEScore, SacreBLEUScore
+from transformers import (
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    DataCollatorForSeq2Seq,
+    GenerationConfig,
+    PreTrainedTokenizerBase,
+)
+
+from hftrain.core.data import TaskDataModule
+from hftrain.core.errors import HFTrainError
+from hftrain.core.module import TaskModule
+
+Task = Literal["translation", "summarization"]
+
+# the column holding `{source_lang: …, target_lang: …}` pairs in Hub translation datasets (wmt16, opus_books)
+TRANSLATION_COLUMN = "translation"
+
+
+class RougeLsum(Metric):
+    """ROUGE-Lsum with summaries split into sentences at newlines, as the `rouge-score` package does.
+
+    torchmetrics' `ROUGEScore` splits sentences for Lsum with nltk's punkt model, which it downloads on first
+    use and fails offline; newline splitting is what the published `rouge-score` figures use (the HF
+    examples put one sentence per line before scoring). Tokenization is `ROUGEScore`'s own.
+    """
+
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, use_stemmer: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stemmer = _porter_stemmer() if use_stemmer else None
+        self.add_state("fmeasure", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("total", torch.tensor(0), dist_reduce_fx="sum")
+
+    def _sentences(self, text: str) -> list[list[str]]:
+        return [_normalize_and_tokenize_text(line, self.stemmer) for line in text.split("\n")]
+
+    def update(self, preds: list[str], target: list[list[str]]) -> None:
+        for pred, references in zip(preds, target):
+            pred_sentences = self._sentences(pred)
+            # several references: the best, as ROUGEScore(accumulate="best") does for the other keys
+            self.fmeasure += max(
+                float(_rouge_lsum_score(pred_sentences, self._sentences(ref))["fmeasure"]) for ref in references
+            )
+            self.total += 1
+
+    def compute(self) -> torch.Tensor:
+        return (self.fmeasure / self.total.clamp(min=1)).float()
+
+
+def _porter_stemmer():
+    try:
+        from nltk.stem.porter import PorterStemmer
+    except ImportError as err:
+        raise HFTrainError(
+            "ROUGE with stemming needs nltk: `pip install nltk`, or set model.rouge_use_stemmer=false."
+        ) from err
+    return PorterStemmer()
+
+
+def generation_metrics(task: Task, rouge_use_stemmer: bool = True) -> MetricCollection:
+    """The text metrics of a task, updated with `(predictions, [[reference], …])`."""
+    if task == "translation":
+        # n_word_order=0 is sacrebleu's chrF (2 would be chrF++)
+        return MetricCollection({"bleu": SacreBLEUScore(tokenize="13a"), "chrf": CHRFScore(n_word_order=0)})
+    if rouge_use_stemmer:
+        _porter_stemmer()
+    return MetricCollection(
+        {
+            "rouge": ROUGEScore(use_stemmer=rouge_use_stemmer, rouge_keys=("rouge1", "rouge2", "rougeL")),
+            "rougeLsum": RougeLsum(use_stemmer=rouge_use_stemmer),
+        },
+        compute_groups=False,
+    )
+
+
+def scores(metrics: MetricCollection) -> dict[str, torch.Tensor]:
+    """Compute `metrics` on the 0-100 scale; ROUGE keeps only its F-measure (`rouge1`, not `rouge1_fmeasure`)."""
+    values = {}
+    for name, value in metrics.compute().items():
+        if not name.endswith(("_precision", "_recall")):
+            values[name.removesuffix("_fmeasure")] = value * 100
+    return values
+
+
+@dataclass(eq=False, repr=False, kw_only=True)
+class Seq2Seq(TaskModule):
+    """Fine-tune an encoder-decoder for translation or summarization.
+
+    Args:
+        task: `translation` (sacreBLEU and chrF, best checkpoint by BLEU) or `summarization` (ROUGE-1/2/L/Lsum,
+            best by ROUGE-L).
+        tokenizer_name: Tokenizer used to decode generated text; defaults to `model_name_or_path`.
+        predict_with_generate: Generate during validation and test and score the text; off, only the loss is
+            reported (much faster) and the best checkpoint is picked by validation loss.
+        num_beams: Beams for beam search (1 is greedy). Unset keeps the model's generation config.
+        max_new_tokens: Longest generated output in tokens.
+        length_penalty: Exponent on the length in beam scores (> 1 favours longer outputs). Unset keeps the
+            model's generation config.
+        no_repeat_ngram_size: Forbid repeating any n-gram of this size (a common summarization setting). Unset
+            keeps the model's generation config.
+        rouge_use_stemmer: Stem words before ROUGE matching, as in the HF summarization example and published
+            ROUGE figures (needs nltk).
+        logged_examples: Source/reference/prediction triples written to TensorBoard as text each validation.
+    """
+
+    task: Task = "translation"
+    tokenizer_name: str | None = None
+    predict_with_generate: bool = True
+    num_beams: int | None = None
+    max_new_tokens: int = 128
+    length_penalty: float | None = None
+    no_repeat_ngram_size: int | None = None
+    rouge_use_stemmer: bool = True
+    logged_examples: int = 3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.model = self.load_pretrained(AutoModelForSeq2SeqLM)
+        self.generation_config = self._generation_config()
+        self.tokenizer = self._load_tokenizer()
+        if self.predict_with_generate:
+            metrics = generation_metrics(self.task, self.rouge_use_stemmer)
+            self.val_metrics = metrics.clone()
+            self.test_metrics = metrics.clone()
+            self.monitor = "val/bleu" if self.task == "translation" else "val/rougeL"
+            self.monitor_mode = "max"
+        self._examples: list[tuple[str, str, str]] = []
+
+    def _generation_config(self) -> GenerationConfig:
+        """The model's own generation config with the settings given here on top."""
+        config = GenerationConfig.from_dict(self.model.generation_config.to_dict())
+        overrides = {
+            "num_beams": self.num_beams,
+            "max_new_tokens": self.max_new_tokens,
+            "length_penalty": self.length_penalty,
+            "no_repeat_ngram_size": self.no_repeat_ngram_size,
+        }
+        config.update(**{k: v for k, v in overrides.items() if v is not None})
+        try:
+            config.validate(strict=True)
+        except ValueError as err:
+            raise HFTrainError(
+                f"The generation settings are invalid: {err} Check model.num_beams, max_new_tokens, "
+                "length_penalty and no_repeat_ngram_size."
+            ) from err
+        return config
+
+    def _load_tokenizer(self) -> PreTrainedTokenizerBase:
+        name = self.tokenizer_name or self.model_name_or_path
+        try:
+            return AutoTokenizer.from_pretrained(name, revision=self.revision, trust_remote_code=self.trust_remote_code)
+        except (OSError, ValueError) as err:
+            raise HFTrainError(
+                f"Could not load the tokenizer '{name}' that decodes generated text: {err}. Set "
+                "model.tokenizer_name to a folder or Hub id holding the model's tokenizer."
+            ) from err
+
+    # ------------------------------------------------------------------ generation and decoding
+
+    def generate(self, batch: dict[str, torch.Tensor]) -> list[str]:
+        """Generate for a batch with this module's generation config; return the decoded, stripped texts."""
+        output = self.model.generate(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            generation_config=self.generation_config,
+        )
+        return self.decode(output)
+
+    def decode(self, ids: torch.Tensor) -> list[str]:
+        """Token ids to text without special tokens; -100 (ignored label positions) read as padding."""
+        ids = torch.where(ids == -100, self.tokenizer.pad_token_id, ids)
+        return [text.strip() for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    # ------------------------------------------------------------------ steps
+
+    def _evaluate(self, batch: dict[str, torch.Tensor], batch_idx: int, stage: str) -> None:
+        loss = self(**batch).loss
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["input_ids"]))
+        if not self.predict_with_generate:
+            return
+        predictions = self.generate(batch)
+        references = self.decode(batch["labels"])
+        getattr(self, f"{stage}_metrics").update(predictions, [[ref] for ref in references])
+        if stage == "val" and len(self._examples) < self.logged_examples:
+            sources = self.decode(batch["input_ids"])
+            self._examples.extend(zip(sources, references, predictions))
+            del self._examples[self.logged_examples :]
+
+    def _log_scores(self, stage: str) -> None:
+        if self.predict_with_generate:
+            metrics = getattr(self, f"{stage}_metrics")
+            self.log_dict({f"{stage}/{k}": v for k, v in scores(metrics).items()}, prog_bar=stage == "val")
+            metrics.reset()
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val")
+        if self._examples and isinstance(self.logger, TensorBoardLogger):
+            rows = [
+                f"| {_cell(src)} | {_cell(ref)} | {_cell(pred)} |" for src, ref, pred in self._examples
+            ]
+            table = "\n".join(["| source | reference | prediction |", "|---|---|---|", *rows])
+            self.logger.experiment.add_text("val/examples", table, global_step=self.global_step)
+        self._examples = []
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores("test")
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> list[dict[str, str]]:
+        sources = self.decode(batch["input_ids"])
+        return [{"source": s, "prediction": p} for s, p in zip(sources, self.generate(batch))]
+
+    def export(self, folder, tokenizer=None, state_dict=None) -> Path:
+        """Export with the evaluation's generation settings, so `generate` on `hf_model/` decodes the same way."""
+        self.model.generation_config = self.generation_config
+        return super().export(folder, tokenizer or self.tokenizer, state_dict)
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a Markdown table cell (TensorBoard renders text summaries as Markdown)."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+@dataclass(eq=False, repr=False, kw_only=True)
+class Seq2SeqData(TaskDataModule):
+    """Source/target text pairs: Hub translation or summarization datasets, JSONL/CSV files, or parallel text.
+
+    Three shapes are read. With `source_lang` and `target_lang` set, pairs come from a `translation` column of
+    `{lang: text}` dicts (wmt16, opus_books), or from parallel text files: `train_file: data/train.en` with
+    `source_lang: en`, `target_lang: ro` reads `data/train.en` and `data/train.ro`, one sentence per line.
+    Without them, pairs come from two flat columns (`source_column`, `target_column`), e.g. xsum's `document`
+    and `summary`. Sources are truncated to `max_length` tokens (the HF examples' `max_source_length`).
+
+    Args:
+        source_lang: Source language key of a `translation` column, or the suffix of the source text files.
+        target_lang: Target language key, or the suffix of the target text files.
+        source_column: Column with the source text, when not using `source_lang`/`target_lang`.
+        target_column: Column with the target text (summary, translation), likewise.
+        source_prefix: Text put before every source, e.g. `"translate English to Romanian: "` or
+            `"summarize: "` for T5, which was pretrained with such task prefixes.
+        max_target_length: Longest target in tokens; longer targets are truncated.
+    """
+
+    source_lang: str | None = None
+    target_lang: str | None = None
+    source_column: str = "source"
+    target_column: str = "target"
+    source_prefix: str = ""
+    max_target_length: int = 128
+
+    def __post_init__(self) -> None:
+        if (self.source_lang is None) != (self.target_lang is None):
+            raise HFTrainError(
+                f"Set both data.source_lang and data.target_lang (got {self.source_lang!r} and "
+                f"{self.target_lang!r}), or neither to read the flat columns data.source_column and "
+                "data.target_column."
+            )
+        if self.max_target_length < 1:
+            raise HFTrainError(f"data.max_target_length must be a positive integer, got {self.max_target_length}.")
+        super().__post_init__()
+
+    @property
+    def parallel(self) -> bool:
+        return self.source_lang is not None
+
+    # ------------------------------------------------------------------ parallel text files
+
+    def supported_suffixes(self) -> list[str]:
+        return sorted([*super().supported_suffixes(), *([f".{self.source_lang}"] if self.parallel else [])])
+
+    def target_file(self, source_file: str | Path) -> Path:
+        """The target side of a parallel text file: the same name with the target language's suffix."""
+        return Path(source_file).with_suffix(f".{self.target_lang}")
+
+    def read_file(self, path: Path) -> datasets.Dataset:
+        """Read a parallel pair `x.<source_lang>` + `x.<target_lang>` into the Hub `translation` shape.
+
+        Without the target file (text to translate with `predict`) only sources are read; the splits that
+        need targets fail in `check_data`, naming the missing file.
+        """
+        if not self.parallel or path.suffix != f".{self.source_lang}":
+            return super().read_file(path)
+        sources = _read_lines(path)
+        target_path = self.target_file(path)
+        if not target_path.is_file():
+            return datasets.Dataset.from_dict({TRANSLATION_COLUMN: [{self.source_lang: s} for s in sources]})
+        targets = _read_lines(target_path)
+        if len(sources) != len(targets):
+            raise HFTrainError(
+                f"The parallel files {path} ({len(sources)} lines) and {target_path} ({len(targets)} lines) "
+                "differ in length; line N of one must translate line N of the other. Fix or re-export them."
+            )
+        pairs = [{self.source_lang: s, self.target_lang: t} for s, t in zip(sources, targets)]
+        return datasets.Dataset.from_dict({TRANSLATION_COLUMN: pairs})
+
+    # ------------------------------------------------------------------ checks
+
+    def _languages(self, dataset: datasets.Dataset) -> list[str]:
+        feature = dataset.features[TRANSLATION_COLUMN]
+        if isinstance(feature, datasets.Translation):
+            return list(feature.languages)
+        return list(feature) if isinstance(feature, dict) else []
+
+    def pairs(self, dataset: datasets.Dataset) -> tuple[list, list | None]:
+        """Source and target texts of a split; targets are None where the split has none (predict data)."""
+        if self.parallel:
+            has_targets = self.target_lang in self._languages(dataset)
+            rows = dataset[TRANSLATION_COLUMN]
+            return [r[self.source_lang] for r in rows], [r[self.target_lang] for r in rows] if has_targets else None
+        has_targets = self.target_column in dataset.column_names
+        return dataset[self.source_column], dataset[self.target_column] if has_targets else None
+
+    def check_data(self, raw: datasets.DatasetDict) -> None:
+        if self.parallel:
+            self.require_columns(raw, {"source_lang": TRANSLATION_COLUMN})
+        else:
+            self.require_columns(
+                raw,
+                {"source_column": self.source_column, "target_column": self.target_column},
+                optional=("target_column",),
+            )
+        for split, dataset in raw.items():
+            if self.parallel:
+                self._check_languages(dataset, split)
+            sources, targets = self.pairs(dataset)
+            self._check_texts(sources, split, target=False)
+            if targets is not None:
+                self._check_texts(targets, split, target=True)
+
+    def _check_languages(self, dataset: datasets.Dataset, split: str) -> None:
+        """The `translation` dicts must hold both languages (the source alone in predict data)."""
+        languages = self._languages(dataset)
+        file = getattr(self, f"{split}_file", None)
+        if self.source_lang in languages and self.target_lang not in languages and file and split != "predict":
+            raise HFTrainError(
+                f"The {split} data has no targets: {file} has no parallel file {self.target_file(file)}. Add it "
+                f"(line N translating line N of {file}), or check data.target_lang."
+            )
+        for lang in (self.source_lang, self.target_lang):
+            if lang not in languages and (split != "predict" or lang == self.source_lang):
+                raise HFTrainError(
+                    f"The {split} data ({self.source(split)}) has no language '{lang}' in its "
+                    f"'{TRANSLATION_COLUMN}' column; it has {', '.join(languages) or 'none'}. Set "
+                    "data.source_lang and data.target_lang to two of them."
+                )
+
+    def _check_texts(self, texts: list, split: str, target: bool) -> None:
+        """Sources must be text; targets must be non-empty text (an empty target teaches the model to stop)."""
+        bad = [i for i, text in enumerate(texts) if not isinstance(text, str) or (target and not text.strip())]
+        if not bad:
+            return
+        file = getattr(self, f"{split}_file", None)
+        if self.parallel and file and Path(file).suffix == f".{self.source_lang}":
+            where = f"{self.target_file(file) if target else file}, line {bad[0] + 1}"
+        else:
+            column = (self.target_column if target else self.source_column) if not self.parallel else (
+                f"{TRANSLATION_COLUMN}.{self.target_lang if target else self.source_lang}")
+            where = f"the {split} data ({self.source(split)}), row {bad[0] + 1}, column '{column}'"
+        raise HFTrainError(
+            f"Empty or missing {'target' if target else 'source'} text at {where} ({len(bad)} such rows). Every "
+            "pair needs a source and a non-empty target: fill in or drop those rows."
+        )
+
+    # ------------------------------------------------------------------ tokenization
+
+    def preprocess(self, raw: datasets.DatasetDict) -> datasets.DatasetDict:
+        processed = datasets.DatasetDict()
+        for split, dataset in raw.items():
+            sources, targets = self.pairs(dataset)
+            texts = datasets.Dataset.from_dict(
+                {"source": sources} if targets is None else {"source": sources, "target": targets}
+            )
+            processed[split] = texts.map(
+                self._tokenize,
+                batched=True,
+                remove_columns=texts.column_names,
+                num_proc=self.preprocessing_num_workers,
+                desc=f"Tokenizing {split}",
+            )
+        return processed
+
+    def _tokenize(self, batch: dict[str, list[str]]) -> dict[str, list]:
+        sources = [self.source_prefix + text for text in batch["source"]]
+        encoded = self.tokenizer(sources, max_length=self.max_length, truncation=True)
+        if "target" in batch:
+            targets = self.tokenizer(text_target=batch["target"], max_length=self.max_target_length, truncation=True)
+            encoded["labels"] = targets["input_ids"]
+        return encoded
+
+    @property
+    def collator(self) -> DataCollatorForSeq2Seq:
+        """Pads sources with the pad token and labels with -100 (ignored by the loss); the model builds its
+        decoder inputs by shifting the labels, so the collator needs no model."""
+        return DataCollatorForSeq2Seq(self.tokenizer, label_pad_token_id=-100)
+
+
+def _read_lines(path: Path) -> list[str]:
+    """One example per line. Only `\\n` ends a line: `str.splitlines` would also split at characters such as
+    U+2028 inside a sentence and shift one side of a parallel corpus against the other."""
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
