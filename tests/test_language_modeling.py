@@ -302,3 +302,18 @@ def test_configs_instantiate(name, tiny_gpt2, counting_files):
     )
     assert isinstance(run.model, LanguageModeling)
     assert isinstance(run.datamodule, LanguageModelingData)
+
+
+def test_generation_settings_are_checked_early_and_saved_with_the_export(tiny_gpt2, tmp_path):
+    import shutil
+
+    from transformers import GenerationConfig
+
+    with pytest.raises(HFTrainError, match="Sampling needs model.temperature > 0"):
+        LanguageModeling(model_name_or_path=tiny_gpt2, temperature=0.0)
+    # a model published with sampling settings (as Llama 3 is), fine-tuned for greedy decoding
+    sampling_model = shutil.copytree(tiny_gpt2, tmp_path / "sampling-model")
+    GenerationConfig(do_sample=True, temperature=0.6, top_p=0.9).save_pretrained(sampling_model)
+    model = LanguageModeling(model_name_or_path=str(sampling_model), do_sample=False, max_new_tokens=7)
+    saved = GenerationConfig.from_pretrained(model.export(tmp_path / "hf_model"))
+    assert (saved.do_sample, saved.max_new_tokens, saved.temperature) == (False, 7, None)

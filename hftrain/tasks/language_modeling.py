@@ -86,6 +86,12 @@ class LanguageModeling(TaskModule):
             raise HFTrainError(
                 f"model.lora_rank must be a positive integer (or unset), got {self.lora_rank}."
             )
+        if self.do_sample and (self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0):
+            raise HFTrainError(
+                "Sampling needs model.temperature > 0, model.top_p in (0, 1] and model.top_k >= 0 (0: no "
+                f"top-k), got {self.temperature}, {self.top_p} and {self.top_k}. For greedy decoding set "
+                "model.do_sample=false."
+            )
         # generation happens in the module (validation samples, predict), so it needs the model's tokenizer
         self.tokenizer = with_pad_token(self._load_tokenizer(), self.model_name_or_path)
         model = self.load_pretrained(AutoModelForCausalLM, pad_token_id=self.tokenizer.pad_token_id)
@@ -94,10 +100,18 @@ class LanguageModeling(TaskModule):
             "do_sample": self.do_sample,
             "pad_token_id": self.tokenizer.pad_token_id,
         }
-        if self.do_sample:
-            generation.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+        # greedy decoding clears the pretrained sampling settings: transformers refuses to save both
+        sampling = {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
+        generation.update(sampling if self.do_sample else dict.fromkeys(sampling))
         # saved with the model, so the exported hf_model/ generates the same way in a pipeline
         model.generation_config.update(**generation)
+        try:
+            model.generation_config.validate(strict=True)
+        except ValueError as err:
+            raise HFTrainError(
+                f"The generation settings of '{self.model_name_or_path}' with this run's are invalid: {err} "
+                "Change model.do_sample / temperature / top_k / top_p, or the model's generation_config.json."
+            ) from err
         self.model = self._add_lora(model) if self.lora_rank else model
         # token-weighted: each update adds a batch's mean loss times its number of scored tokens, and the
         # sums (not the batch means) are what DDP adds up across ranks
