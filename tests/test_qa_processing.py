@@ -1,4 +1,4 @@
-"""Question answering pre- and post-processing on hand-built inputs: windows, labels, answers, metrics, DDP."""
+"""Question answering pre- and post-processing on hand-built inputs: windows, labels, answers, metrics."""
 
 import collections
 import json
@@ -36,7 +36,9 @@ def labelled_windows(tokenizer, question, context, answer_text, answer_start, ma
     for w in range(len(encoding["input_ids"])):
         layout = window_layout(encoding, w, context_index(tokenizer), tokenizer.cls_token_id)
         span = (answer_start, answer_start + len(answer_text)) if answer_text else None
-        start, end = answer_token_span(layout["offset_mapping"], layout["context_span"], layout["cls_index"], span)
+        start, end = answer_token_span(
+            layout["offset_mapping"], layout["context_span"], layout["cls_index"], span
+        )
         windows.append((encoding["input_ids"][w], layout, start, end))
     return windows
 
@@ -64,7 +66,7 @@ def tiny_bert_tokenizer_dir(tmp_path_factory):
 
 
 def boundary_answer(tokenizer) -> tuple[str, int]:
-    """Three words of CONTEXT across the end of the first window: no window but a later one holds them whole."""
+    """Three words of CONTEXT across the end of the first window: only later windows hold them whole."""
     windows = labelled_windows(tokenizer, "what was it?", CONTEXT, "", -1)
     layout = windows[0][1]
     cut = layout["offset_mapping"][layout["context_span"][1]][0]
@@ -85,7 +87,7 @@ def test_every_window_holding_the_answer_is_labelled_with_it_and_the_others_with
     texts = [labelled_text(tokenizer, CONTEXT, w) for w in windows]
     assert answer in texts
     assert set(texts) == {answer, ""}
-    for (_, layout, _, _), text in zip(windows, texts):
+    for (_, layout, _, _), text in zip(windows, texts, strict=True):
         first, last = layout["context_span"]
         offsets = layout["offset_mapping"]
         inside = offsets[first][0] <= start_char and start_char + len(answer) <= offsets[last][1]
@@ -119,7 +121,11 @@ def window(context_tokens: list[tuple[int, int]], question_tokens: int = 3):
     """A window layout [CLS] question [SEP] context [SEP] with the given context offsets."""
     offsets = [[0, 0]] + [[0, 1]] * question_tokens + [[0, 0]] + [list(o) for o in context_tokens] + [[0, 0]]
     first = question_tokens + 2
-    return {"offset_mapping": offsets, "context_span": [first, first + len(context_tokens) - 1], "cls_index": 0}
+    return {
+        "offset_mapping": offsets,
+        "context_span": [first, first + len(context_tokens) - 1],
+        "cls_index": 0,
+    }
 
 
 WORDS = "alpha beta gamma delta epsilon"
@@ -169,14 +175,19 @@ def test_squad_v2_answers_nothing_when_the_null_score_beats_the_best_span_by_mor
     start = logits_with(11, {0: 6.0, 6: 4.0})
     end = logits_with(11, {0: 6.0, 6: 6.0})  # null 12, best span 10: a difference of 2
     candidates = [window_candidates(start, end, layout, WORDS)]
-    assert best_answer(candidates, version_2_with_negative=True, null_score_diff_threshold=threshold).text == expected
+    assert (
+        best_answer(candidates, version_2_with_negative=True, null_score_diff_threshold=threshold).text
+        == expected
+    )
     assert best_answer(candidates, version_2_with_negative=False).text == "beta"
 
 
 def test_the_null_score_is_the_smallest_over_windows():
     layout = window(WORD_OFFSETS)
     sure = window_candidates(logits_with(11, {0: 9.0}), logits_with(11, {0: 9.0}), layout, WORDS)
-    unsure = window_candidates(logits_with(11, {0: -5.0, 7: 1.0}), logits_with(11, {0: -5.0, 7: 1.0}), layout, WORDS)
+    unsure = window_candidates(
+        logits_with(11, {0: -5.0, 7: 1.0}), logits_with(11, {0: -5.0, 7: 1.0}), layout, WORDS
+    )
     assert best_answer([sure, unsure], version_2_with_negative=True).text == "gamma"
 
 
@@ -268,7 +279,10 @@ def test_squad_v2_scores_and_has_ans_no_ans_split_equal_the_official_squad_v2_ev
     update_squad_metrics(metrics, everything, version_2_with_negative=True)
     for group, subset in (("all", everything), ("HasAns", PREDICTIONS), ("NoAns", UNANSWERABLE)):
         scores = [official_v2_scores(text, gold) for text, gold in subset.values()]
-        expected = {"exact_match": 100 * np.mean([s[0] for s in scores]), "f1": 100 * np.mean([s[1] for s in scores])}
+        expected = {
+            "exact_match": 100 * np.mean([s[0] for s in scores]),
+            "f1": 100 * np.mean([s[1] for s in scores]),
+        }
         assert {k: float(v) for k, v in metrics[group].compute().items()} == pytest.approx(expected), group
 
 
@@ -276,7 +290,9 @@ def test_under_ddp_every_question_is_scored_exactly_once_even_when_the_sampler_r
     everything = {**PREDICTIONS, **UNANSWERABLE}
     ids = list(everything)
     world_size = 4
-    padded = ids + ids[: -len(ids) % world_size]  # DistributedSampler repeats the first ones to even out ranks
+    padded = (
+        ids + ids[: -len(ids) % world_size]
+    )  # DistributedSampler repeats the first ones to even out ranks
     per_rank = [{i: everything[i] for i in padded[rank::world_size]} for rank in range(world_size)]
     assert sum(map(len, per_rank)) > len(ids)
     merged = merge_rank_predictions(per_rank)
@@ -298,12 +314,34 @@ def test_under_ddp_every_question_is_scored_exactly_once_even_when_the_sampler_r
 
 
 def test_nested_squad_json_is_flattened_to_one_row_per_question(tmp_path):
-    nested = {"version": "v2.0", "data": [{"title": "T", "paragraphs": [{"context": "Paris is in France.", "qas": [
-        {"id": "a", "question": "Where is Paris?", "answers": [{"text": "France", "answer_start": 12}],
-         "is_impossible": False},
-        {"id": "b", "question": "Where is Rome?", "answers": [],
-         "plausible_answers": [{"text": "France", "answer_start": 12}], "is_impossible": True},
-    ]}]}]}
+    nested = {
+        "version": "v2.0",
+        "data": [
+            {
+                "title": "T",
+                "paragraphs": [
+                    {
+                        "context": "Paris is in France.",
+                        "qas": [
+                            {
+                                "id": "a",
+                                "question": "Where is Paris?",
+                                "answers": [{"text": "France", "answer_start": 12}],
+                                "is_impossible": False,
+                            },
+                            {
+                                "id": "b",
+                                "question": "Where is Rome?",
+                                "answers": [],
+                                "plausible_answers": [{"text": "France", "answer_start": 12}],
+                                "is_impossible": True,
+                            },
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
     path = tmp_path / "squad.json"
     path.write_text(json.dumps(nested))
     rows = flatten_squad(is_nested_squad(path))
@@ -318,12 +356,17 @@ def test_nested_squad_json_is_flattened_to_one_row_per_question(tmp_path):
 def test_the_collator_keeps_whole_questions_together_and_pads_on_the_right(tokenizer):
     left = AutoTokenizer.from_pretrained(tokenizer.name_or_path, padding_side="left")
     encoding = tokenize_windows(tokenizer, ["what?", "who?"], [CONTEXT, "a good film"], 32, 8)
-    rows = [{"id": "x", "question": "what?", "context": CONTEXT, "answers": ["good"]},
-            {"id": "y", "question": "who?", "context": "a good film", "answers": []}]
+    rows = [
+        {"id": "x", "question": "what?", "context": CONTEXT, "answers": ["good"]},
+        {"id": "y", "question": "who?", "context": "a good film", "answers": []},
+    ]
     for w, example in enumerate(encoding["overflow_to_sample_mapping"]):
         layout = window_layout(encoding, w, 1, tokenizer.cls_token_id)
-        for key, value in {"input_ids": encoding["input_ids"][w], "attention_mask": encoding["attention_mask"][w],
-                           **layout}.items():
+        for key, value in {
+            "input_ids": encoding["input_ids"][w],
+            "attention_mask": encoding["attention_mask"][w],
+            **layout,
+        }.items():
             rows[example].setdefault(key, []).append(value)
     batch = QuestionAnsweringCollator(left)(rows)
     windows = len(rows[0]["input_ids"]) + 1

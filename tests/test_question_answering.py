@@ -1,4 +1,4 @@
-"""Question answering end to end on a tiny random BERT: hand-written SQuAD files, fit, metrics, export, predict."""
+"""Question answering end to end on a tiny random BERT: hand-written SQuAD files, fit, export, predict."""
 
 import json
 import random
@@ -22,15 +22,21 @@ def squad_file(path, examples: list[dict]) -> str:
     paragraphs = []
     for i, example in enumerate(examples):
         answer = example.get("answer")
-        qa = {"id": example.get("id", f"q{i}"), "question": example["question"], "is_impossible": answer is None,
-              "answers": [] if answer is None else [{"text": answer, "answer_start": example["context"].index(answer)}]}
+        qa = {
+            "id": example.get("id", f"q{i}"),
+            "question": example["question"],
+            "is_impossible": answer is None,
+            "answers": []
+            if answer is None
+            else [{"text": answer, "answer_start": example["context"].index(answer)}],
+        }
         paragraphs.append({"context": example["context"], "qas": [qa]})
     path.write_text(json.dumps({"version": "v2.0", "data": [{"title": "t", "paragraphs": paragraphs}]}))
     return str(path)
 
 
 def sentiment_questions(n: int, seed: int) -> list[dict]:
-    """Which word is good? Contexts of filler words with one sentiment word, answer at the start, middle or end;
+    """Which word is good? Filler words with one sentiment word, at the start, middle or end of the context;
     a quarter has no positive word and no answer. Long contexts span several windows at max_length 32."""
     rng = random.Random(seed)
     examples = []
@@ -45,10 +51,23 @@ def sentiment_questions(n: int, seed: int) -> list[dict]:
 
 def write_config(path, model_path: str, files: dict[str, str], version_2: bool = True, **trainer) -> str:
     config = {
-        "model": {"class_path": MODEL, "init_args": {"model_name_or_path": model_path, "learning_rate": 3e-3,
-                                                      "version_2_with_negative": version_2}},
-        "data": {"class_path": DATA, "init_args": {**{f"{s}_file": f for s, f in files.items()}, "max_length": 32,
-                                                    "doc_stride": 8, "batch_size": 8}},
+        "model": {
+            "class_path": MODEL,
+            "init_args": {
+                "model_name_or_path": model_path,
+                "learning_rate": 3e-3,
+                "version_2_with_negative": version_2,
+            },
+        },
+        "data": {
+            "class_path": DATA,
+            "init_args": {
+                **{f"{s}_file": f for s, f in files.items()},
+                "max_length": 32,
+                "doc_stride": 8,
+                "batch_size": 8,
+            },
+        },
         "trainer": {"max_epochs": 2, "enable_progress_bar": False, "enable_model_summary": False, **trainer},
     }
     path.write_text(yaml.safe_dump(config))
@@ -59,39 +78,58 @@ def write_config(path, model_path: str, files: dict[str, str], version_2: bool =
 def trained(tiny_bert, tmp_path_factory):
     """One v2-mode fit on nested SQuAD JSON, then predict with the exported model: its run folder."""
     folder = tmp_path_factory.mktemp("qa-run")
-    files = {"train": squad_file(folder / "train.json", sentiment_questions(48, seed=1)),
-             "validation": squad_file(folder / "dev.json", sentiment_questions(16, seed=2)),
-             "predict": squad_file(folder / "predict.json", sentiment_questions(12, seed=3))}
+    files = {
+        "train": squad_file(folder / "train.json", sentiment_questions(48, seed=1)),
+        "validation": squad_file(folder / "dev.json", sentiment_questions(16, seed=2)),
+        "predict": squad_file(folder / "predict.json", sentiment_questions(12, seed=3)),
+    }
     config = write_config(folder / "qa.yaml", tiny_bert, files)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)
         patch.setenv("HFTRAIN_CACHE", str(folder / "cache"))
         main(["fit", "--config", config])
         run = folder / "runs" / "qa" / "version_0"
-        main(["predict", "--config", config, "--model.model_name_or_path", str(run / "hf_model"),
-              "--prediction_writer.output_file", str(run / "predictions.jsonl")])
+        main(
+            [
+                "predict",
+                "--config",
+                config,
+                "--model.model_name_or_path",
+                str(run / "hf_model"),
+                "--prediction_writer.output_file",
+                str(run / "predictions.jsonl"),
+            ]
+        )
     return {"run": run, "files": files, "config": config}
 
 
 def test_fit_logs_squad_v2_metrics_over_whole_questions(trained):
     results = json.loads((trained["run"] / "results.json").read_text())
     final = results["final"]
-    for key in ("val/exact_match", "val/f1", "val/HasAns_exact_match", "val/HasAns_f1", "val/NoAns_exact_match",
-                "val/NoAns_f1", "val/loss"):
+    for key in (
+        "val/exact_match",
+        "val/f1",
+        "val/HasAns_exact_match",
+        "val/HasAns_f1",
+        "val/NoAns_exact_match",
+        "val/NoAns_f1",
+        "val/loss",
+    ):
         assert key in final
     for key in ("val/exact_match", "val/f1", "val/HasAns_f1", "val/NoAns_f1"):
         assert 0 <= final[key] <= 100
     assert results["monitor"] == "val/f1"
     # 16 questions, 4 unanswerable: the overall score is the count-weighted mean of HasAns and NoAns
     assert final["val/exact_match"] == pytest.approx(
-        (12 * final["val/HasAns_exact_match"] + 4 * final["val/NoAns_exact_match"]) / 16, abs=1e-3)
+        (12 * final["val/HasAns_exact_match"] + 4 * final["val/NoAns_exact_match"]) / 16, abs=1e-3
+    )
 
 
 def test_predict_writes_one_answer_per_question_taken_from_its_context(trained):
     rows = [json.loads(line) for line in (trained["run"] / "predictions.jsonl").read_text().splitlines()]
     questions = sentiment_questions(12, seed=3)
     assert [r["id"] for r in rows] == [f"q{i}" for i in range(12)]
-    for row, example in zip(rows, questions):
+    for row, example in zip(rows, questions, strict=True):
         assert set(row) == {"id", "question", "answer", "score"}
         assert row["question"] == example["question"]
         assert row["answer"] in example["context"]
@@ -118,7 +156,9 @@ def module_answers(model_path: str, predict_file: str) -> dict[str, str]:
     from lightning.pytorch import Trainer
 
     module = QuestionAnswering(model_name_or_path=model_path)
-    data = QuestionAnsweringData(tokenizer_name=model_path, predict_file=predict_file, max_length=64, doc_stride=8)
+    data = QuestionAnsweringData(
+        tokenizer_name=model_path, predict_file=predict_file, max_length=64, doc_stride=8
+    )
     trainer = Trainer(logger=False, enable_progress_bar=False, enable_checkpointing=False)
     batches = trainer.predict(module, datamodule=data)
     return {row["id"]: row["answer"] for batch in batches for row in batch}
@@ -131,8 +171,10 @@ def test_the_exported_model_gives_the_same_answers_without_hftrain(trained, tmp_
     ours = module_answers(model_path, predict)
     model = AutoModelForQuestionAnswering.from_pretrained(model_path).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    theirs = {f"q{i}": pipeline_style_answer(model, tokenizer, q["question"], q["context"])
-              for i, q in enumerate(questions)}
+    theirs = {
+        f"q{i}": pipeline_style_answer(model, tokenizer, q["question"], q["context"])
+        for i, q in enumerate(questions)
+    }
     assert ours == theirs
 
 
@@ -146,21 +188,47 @@ def test_the_exported_model_works_with_the_transformers_question_answering_pipel
     predict = squad_file(tmp_path / "predict.json", questions)
     ours = module_answers(model_path, predict)
     qa = pipeline("question-answering", model=model_path, tokenizer=model_path)
-    theirs = {f"q{i}": qa(question=q["question"], context=q["context"], max_answer_len=30, max_seq_len=64,
-                          doc_stride=8, align_to_words=False)["answer"] for i, q in enumerate(questions)}
+    theirs = {
+        f"q{i}": qa(
+            question=q["question"],
+            context=q["context"],
+            max_answer_len=30,
+            max_seq_len=64,
+            doc_stride=8,
+            align_to_words=False,
+        )["answer"]
+        for i, q in enumerate(questions)
+    }
     assert ours == theirs
 
 
 def test_flat_jsonl_rows_in_squad_shape_are_read(tiny_bert, tmp_path):
     examples = sentiment_questions(6, seed=4)
     path = tmp_path / "train.jsonl"
-    path.write_text("".join(
-        json.dumps({"id": str(i), "question": e["question"], "context": e["context"],
-                    "answers": {"text": [e["answer"]] if e["answer"] else [],
-                                "answer_start": [e["context"].index(e["answer"])] if e["answer"] else []}}) + "\n"
-        for i, e in enumerate(examples)))
-    data = QuestionAnsweringData(tokenizer_name=tiny_bert, train_file=str(path), validation_split_percentage=0,
-                                 max_length=32, doc_stride=8)
+    path.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": str(i),
+                    "question": e["question"],
+                    "context": e["context"],
+                    "answers": {
+                        "text": [e["answer"]] if e["answer"] else [],
+                        "answer_start": [e["context"].index(e["answer"])] if e["answer"] else [],
+                    },
+                }
+            )
+            + "\n"
+            for i, e in enumerate(examples)
+        )
+    )
+    data = QuestionAnsweringData(
+        tokenizer_name=tiny_bert,
+        train_file=str(path),
+        validation_split_percentage=0,
+        max_length=32,
+        doc_stride=8,
+    )
     data.setup("fit")
     train = data.datasets["train"]
     assert len(train) > len(examples)  # long contexts give several windows
@@ -170,9 +238,15 @@ def test_flat_jsonl_rows_in_squad_shape_are_read(tiny_bert, tmp_path):
 @pytest.mark.parametrize(
     ("broken", "message"),
     [
-        ({"answer_start": 3}, "answer_start of 3 at row 2 (id 'q1') that does not point at its answer text 'good'"),
+        (
+            {"answer_start": 3},
+            "answer_start of 3 at row 2 (id 'q1') that does not point at its answer text 'good'",
+        ),
         ({"context": "   "}, "empty context at row 2 (id 'q1', column 'context')"),
-        ({"question": "which " * 40 + "word?"}, "question too long for data.max_length=32 at row 2 (id 'q1')"),
+        (
+            {"question": "which " * 40 + "word?"},
+            "question too long for data.max_length=32 at row 2 (id 'q1')",
+        ),
     ],
 )
 def test_bad_rows_are_a_clear_error_naming_the_row(tiny_bert, tmp_path, broken, message):
@@ -186,13 +260,20 @@ def test_bad_rows_are_a_clear_error_naming_the_row(tiny_bert, tmp_path, broken, 
     paragraph["qas"][0]["answers"][0]["answer_start"] = broken.get("answer_start", 13)
     path.write_text(json.dumps(squad))
     with pytest.raises(HFTrainError, match="train.json") as error:
-        QuestionAnsweringData(tokenizer_name=tiny_bert, train_file=str(path), max_length=32, doc_stride=8,
-                              validation_split_percentage=0)
+        QuestionAnsweringData(
+            tokenizer_name=tiny_bert,
+            train_file=str(path),
+            max_length=32,
+            doc_stride=8,
+            validation_split_percentage=0,
+        )
     assert message in str(error.value)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(minilm_path() is None or not (SHARED_DATA / "squad").is_dir(), reason="needs MiniLM and data")
+@pytest.mark.skipif(
+    minilm_path() is None or not (SHARED_DATA / "squad").is_dir(), reason="needs MiniLM and data"
+)
 def test_minilm_on_the_squad_slice_reaches_f1_30(tmp_path, monkeypatch):
     """The documented real-data run (docs/question_answering.md): about 30 minutes on 2 CPU cores."""
     import subprocess
@@ -201,12 +282,28 @@ def test_minilm_on_the_squad_slice_reaches_f1_30(tmp_path, monkeypatch):
     from conftest import REPO
 
     split = tmp_path / "squad-split"
-    subprocess.run([sys.executable, str(REPO / "scripts" / "squad_split_by_article.py"),
-                    str(SHARED_DATA / "squad" / "dev-v2.0-first5.json"), str(split)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "squad_split_by_article.py"),
+            str(SHARED_DATA / "squad" / "dev-v2.0-first5.json"),
+            str(split),
+        ],
+        check=True,
+    )
     config = yaml.safe_load((REPO / "configs" / "qa" / "squad_slice_v1.yaml").read_text())
-    config["data"]["init_args"].update(train_file=str(split / "train.json"),
-                                       validation_file=str(split / "eval_answerable.json"))
+    config["data"]["init_args"].update(
+        train_file=str(split / "train.json"), validation_file=str(split / "eval_answerable.json")
+    )
     (tmp_path / "squad_slice_v1.yaml").write_text(yaml.safe_dump(config))
-    main(["fit", "--config", str(tmp_path / "squad_slice_v1.yaml"), "--model.model_name_or_path", minilm_path()])
+    main(
+        [
+            "fit",
+            "--config",
+            str(tmp_path / "squad_slice_v1.yaml"),
+            "--model.model_name_or_path",
+            minilm_path(),
+        ]
+    )
     results = json.loads((tmp_path / "runs" / "squad_slice_v1" / "version_0" / "results.json").read_text())
     assert results["best"]["val/f1"] >= 30

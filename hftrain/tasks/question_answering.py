@@ -71,7 +71,9 @@ class QuestionAnswering(TaskModule):
         self.monitor_mode = "max"
         self._predictions: dict[str, tuple[str, list[str]]] = {}
 
-    def answer(self, batch: dict[str, Any]) -> tuple[torch.Tensor | None, list[tuple[dict[str, Any], Answer]]]:
+    def answer(
+        self, batch: dict[str, Any]
+    ) -> tuple[torch.Tensor | None, list[tuple[dict[str, Any], Answer]]]:
         """Run the model on a batch of whole questions (see `QuestionAnsweringCollator`): the loss when the
         batch has labels, and each question with its answer."""
         examples = batch.pop("examples")
@@ -143,8 +145,12 @@ class QuestionAnswering(TaskModule):
         batch = {k: v for k, v in batch.items() if k not in ("start_positions", "end_positions")}
         _, answered = self.answer(batch)
         return [
-            {"id": example["id"], "question": example["question"], "answer": answer.text,
-             "score": answer.probability}
+            {
+                "id": example["id"],
+                "question": example["question"],
+                "answer": answer.text,
+                "score": answer.probability,
+            }
             for example, answer in answered
         ]
 
@@ -187,8 +193,12 @@ class QuestionAnsweringData(TaskDataModule):
                 f"data.doc_stride must be at least 0 and below data.max_length ({self.max_length}), got "
                 f"{self.doc_stride}."
             )
-        columns = {"question_column": self.question_column, "context_column": self.context_column,
-                   "answer_column": self.answer_column, "id_column": self.id_column}
+        columns = {
+            "question_column": self.question_column,
+            "context_column": self.context_column,
+            "answer_column": self.answer_column,
+            "id_column": self.id_column,
+        }
         self.require_columns(raw, columns, optional=("answer_column",))
         for split, dataset in raw.items():
             self._check_split(split, dataset)
@@ -201,13 +211,15 @@ class QuestionAnsweringData(TaskDataModule):
             seen: set[str] = set()
             row = next(i for i, x in enumerate(ids) if x in seen or seen.add(x))
             raise HFTrainError(
-                f"{where} repeats the id '{ids[row]}' at row {row + 1}: ids must be unique, since each question "
-                f"is scored once by id. Give every question its own id (column '{self.id_column}')."
+                f"{where} repeats the id '{ids[row]}' at row {row + 1}: ids must be unique, since each "
+                f"question is scored once by id. Give every question its own id (column '{self.id_column}')."
             )
         contexts, questions = dataset[self.context_column], dataset[self.question_column]
-        for row, (context, question) in enumerate(zip(contexts, questions)):
-            for name, text, setting in (("context", context, "context_column"),
-                                        ("question", question, "question_column")):
+        for row, (context, question) in enumerate(zip(contexts, questions, strict=True)):
+            for name, text, setting in (
+                ("context", context, "context_column"),
+                ("question", question, "question_column"),
+            ):
                 if not isinstance(text, str) or not text.strip():
                     raise HFTrainError(
                         f"{where} has an empty {name} at row {row + 1} (id '{ids[row]}', column "
@@ -217,26 +229,26 @@ class QuestionAnsweringData(TaskDataModule):
             if room <= self.doc_stride:
                 raise HFTrainError(
                     f"{where} has a question too long for data.max_length={self.max_length} at row {row + 1} "
-                    f"(id '{ids[row]}'): it leaves {room} tokens per window for the context, which must be more "
-                    f"than data.doc_stride={self.doc_stride}. Raise data.max_length, lower data.doc_stride, or "
-                    "shorten or drop the question."
+                    f"(id '{ids[row]}'): it leaves {room} tokens per window for the context, which must be "
+                    f"more than data.doc_stride={self.doc_stride}. Raise data.max_length, lower "
+                    "data.doc_stride, or shorten or drop the question."
                 )
         if self.answer_column not in dataset.column_names:
             return
-        for row, (context, answers) in enumerate(zip(contexts, dataset[self.answer_column])):
+        for row, (context, answers) in enumerate(zip(contexts, dataset[self.answer_column], strict=True)):
             texts, starts = answers.get("text") or [], answers.get("answer_start") or []
             if len(texts) != len(starts):
                 raise HFTrainError(
                     f"{where} has {len(texts)} answer texts but {len(starts)} answer_start values at row "
                     f"{row + 1} (id '{ids[row]}'). Give one answer_start per answer text."
                 )
-            for text, start in zip(texts, starts):
+            for text, start in zip(texts, starts, strict=True):
                 if not text or context[start : start + len(text)] != text:
                     found = context.find(text) if text else -1
                     hint = f" The text does occur at {found}." if found >= 0 else ""
                     raise HFTrainError(
-                        f"{where} has an answer_start of {start} at row {row + 1} (id '{ids[row]}') that does not "
-                        f"point at its answer text {text!r}: the context there reads "
+                        f"{where} has an answer_start of {start} at row {row + 1} (id '{ids[row]}') that "
+                        f"does not point at its answer text {text!r}: the context there reads "
                         f"{context[start : start + len(text)]!r}.{hint} Fix answer_start (a character offset "
                         "into the context) or the answer text."
                     )
@@ -255,23 +267,29 @@ class QuestionAnsweringData(TaskDataModule):
         return processed
 
     def _layouts(self, batch: dict[str, list]):
-        """Tokenize a batch into windows; yield (example index, window layout, model inputs, answer labels)."""
+        """Tokenize a batch into windows; yield (example index, window layout, model inputs with labels)."""
         encoding = tokenize_windows(
-            self.tokenizer, batch[self.question_column], batch[self.context_column], self.max_length,
+            self.tokenizer,
+            batch[self.question_column],
+            batch[self.context_column],
+            self.max_length,
             self.doc_stride,
         )
         model_keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoding]
         answers = batch.get(self.answer_column)
         for window, example in enumerate(encoding["overflow_to_sample_mapping"]):
-            layout = window_layout(encoding, window, context_index(self.tokenizer), self.tokenizer.cls_token_id)
+            layout = window_layout(
+                encoding, window, context_index(self.tokenizer), self.tokenizer.cls_token_id
+            )
             inputs = {k: encoding[k][window] for k in model_keys}
             if answers is not None:
                 first = answers[example]
                 span = None
                 if first["text"]:
                     span = (first["answer_start"][0], first["answer_start"][0] + len(first["text"][0]))
-                start, end = answer_token_span(layout["offset_mapping"], layout["context_span"],
-                                               layout["cls_index"], span)
+                start, end = answer_token_span(
+                    layout["offset_mapping"], layout["context_span"], layout["cls_index"], span
+                )
                 inputs.update(start_positions=start, end_positions=end)
             yield example, layout, inputs
 

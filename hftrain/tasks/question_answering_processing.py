@@ -31,7 +31,7 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "start_position
 
 
 def is_nested_squad(path: Path) -> dict | None:
-    """The parsed file if `path` is SQuAD's nested `{"data": [{"paragraphs": [{"qas": ...}]}]}` JSON, else None."""
+    """The parsed file if `path` is SQuAD's nested JSON (`data` / `paragraphs` / `qas`), else None."""
     try:
         with path.open(encoding="utf-8") as f:
             parsed = json.load(f)
@@ -102,12 +102,14 @@ def context_index(tokenizer: PreTrainedTokenizerBase) -> int:
 
 def context_room(tokenizer: PreTrainedTokenizerBase, questions: list[str], max_length: int) -> list[int]:
     """Tokens left for the context in a window next to each question (see `tokenize_windows`)."""
-    lengths = [len(ids) for ids in tokenizer([q.lstrip() for q in questions], add_special_tokens=False)["input_ids"]]
+    lengths = [
+        len(ids) for ids in tokenizer([q.lstrip() for q in questions], add_special_tokens=False)["input_ids"]
+    ]
     return [max_length - n - tokenizer.num_special_tokens_to_add(pair=True) for n in lengths]
 
 
 def window_layout(encoding, window: int, context_seq: int, cls_token_id: int | None) -> dict[str, Any]:
-    """Where the context lies in one window: its first and last token, their character offsets, the [CLS] index."""
+    """Where the context lies in one window: its first and last token, token offsets, the [CLS] index."""
     sequence_ids = encoding.sequence_ids(window)
     context_tokens = [i for i, s in enumerate(sequence_ids) if s == context_seq]
     input_ids = encoding["input_ids"][window]
@@ -140,7 +142,7 @@ def answer_token_span(
 
 @dataclass(frozen=True)
 class Span:
-    """A candidate answer: its text, its score (start + end logit) and its character offsets in the context."""
+    """A candidate answer: its text, score (start + end logit) and character offsets in the context."""
 
     text: str
     score: float
@@ -177,7 +179,11 @@ def window_candidates(
             if e < s or e - s + 1 > max_answer_length:
                 continue
             start_char, end_char = offsets[s][0], offsets[e][1]
-            spans.append(Span(context[start_char:end_char], float(start_logits[s] + end_logits[e]), start_char, end_char))
+            spans.append(
+                Span(
+                    context[start_char:end_char], float(start_logits[s] + end_logits[e]), start_char, end_char
+                )
+            )
     spans.sort(key=lambda span: span.score, reverse=True)
     return spans[:n_best_size], null_score
 
