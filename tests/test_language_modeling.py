@@ -207,7 +207,9 @@ def test_fit_halves_perplexity_and_exports_a_pipeline_model(tiny_gpt2, counting_
     assert results["best"]["val/perplexity"] <= start / 2, (start, results["history"])
 
     events = EventAccumulator(str(run), size_guidance={"tensors": 0}).Reload()
-    assert "val/generations/text_summary" in events.Tags()["tensors"]
+    samples = events.Tensors("val/generations/text_summary")
+    assert len(samples) == 4  # one table per validation (none for the sanity check)
+    assert '| `"10 11 12"` | `"' in samples[-1].tensor_proto.string_val[0].decode()
 
     cli("predict", *common, "--ckpt_path=best")
     predictions = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]

@@ -8,6 +8,7 @@ and continues a few configured prompts so the TensorBoard log shows what the mod
 """
 
 import copy
+import json
 import re
 from dataclasses import dataclass
 from itertools import chain
@@ -198,8 +199,13 @@ class LanguageModeling(TaskModule):
             completions = self.generate(self.validation_prompts)
         if not self.trainer.is_global_zero:
             return
-        pairs = zip(self.validation_prompts, completions, strict=True)
-        text = "\n\n".join(f"**{prompt}**{completion}" for prompt, completion in pairs)
+        # a markdown table of quoted strings, so newlines and spaces in the text show as they are
+        cells = [
+            [json.dumps(t, ensure_ascii=False).replace("|", "\\|") for t in pair]
+            for pair in zip(self.validation_prompts, completions, strict=True)
+        ]
+        rows = [f"| `{prompt}` | `{completion}` |" for prompt, completion in cells]
+        text = "\n".join(["| prompt | completion |", "|---|---|", *rows])
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_text("val/generations", text, self.global_step)
