@@ -12,9 +12,11 @@ and continue in it (resume for `fit`; metrics and predictions written beside the
 
 import os
 import sys
+import zipfile
 from pathlib import Path
 
 import torch
+import yaml
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -83,15 +85,33 @@ class HFTrainCLI(LightningCLI):
         parser.link_arguments("data.label_names", "model.init_args.label_names", apply_on="instantiate")
         parser.link_arguments("data.problem_type", "model.init_args.problem_type", apply_on="instantiate")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path not in (None, "best", "last", "hpc", "registry"):
+            self._check_checkpoint(Path(ckpt_path))
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         logger = config.trainer.logger
-        if not (hasattr(logger, "class_path") and logger.class_path.endswith("TensorBoardLogger")):
-            return
-        if logger.init_args.name is None:
-            logger.init_args.name = self._run_name(config)
-        if config.get("ckpt_path") in ("best", "last"):
-            config.ckpt_path = self._find_checkpoint(config.ckpt_path, logger.init_args)
+        if hasattr(logger, "class_path") and logger.class_path.endswith("TensorBoardLogger"):
+            if logger.init_args.name is None:
+                logger.init_args.name = self._run_name(config)
+            if config.get("ckpt_path") in ("best", "last"):
+                config.ckpt_path = self._find_checkpoint(config.ckpt_path, logger.init_args)
+
+    @staticmethod
+    def _check_checkpoint(path: Path) -> None:
+        """A missing or torn checkpoint is named before any model loads (torch checkpoints are zip files,
+        and a truncated zip has no central directory)."""
+        if not path.is_file():
+            raise HFTrainError(f"--ckpt_path {path} does not exist. Check the path, or use `best` / `last`.")
+        if not zipfile.is_zipfile(path):
+            raise HFTrainError(
+                f"--ckpt_path {path} is not a complete checkpoint (truncated or not written by torch.save). "
+                "Use another checkpoint of the run, e.g. `--ckpt_path last` or a file in checkpoints/."
+            )
 
     def after_fit(self) -> None:
         """End a fit with the two things a user looks for: where the run is and how good it got."""
@@ -150,9 +170,32 @@ class HFTrainCLI(LightningCLI):
 def main(args: list[str] | None = None) -> None:
     """Run the CLI; user errors print one paragraph and exit 2 (`HFTRAIN_DEBUG=1` shows the traceback)."""
     try:
+        _check_yaml_files(sys.argv[1:] if args is None else args)
         HFTrainCLI(args=args)
-    except HFTrainError as err:
-        if os.environ.get("HFTRAIN_DEBUG") == "1":
+    except Exception as err:
+        user_error = _find_user_error(err)
+        if user_error is None or os.environ.get("HFTRAIN_DEBUG") == "1":
             raise
-        print(f"hftrain: error: {err}", file=sys.stderr)
+        print(f"hftrain: error: {user_error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _check_yaml_files(args: list) -> None:
+    """Name a config file that is not valid YAML (jsonargparse's message does not say which file)."""
+    for flag, value in zip(args, args[1:]):
+        if str(flag) in ("--config", "-c") and Path(value).is_file():
+            try:
+                yaml.safe_load(Path(value).read_text())
+            except yaml.YAMLError as err:
+                raise HFTrainError(f"The config file {value} is not valid YAML: {err}") from err
+
+
+def _find_user_error(err: BaseException | None) -> HFTrainError | None:
+    """The `HFTrainError` behind `err`: jsonargparse re-raises errors from constructors as its own."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, HFTrainError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None

@@ -144,6 +144,8 @@ class TaskDataModule(LightningDataModule):
         try:
             dataset = datasets.load_dataset(builder, data_files={"data": str(path)}, split="data", **options)
         except Exception as err:  # noqa: BLE001 - datasets wraps reader errors in many types
+            if "corresponds to no data" in str(err):  # a header without rows: report it as an empty split
+                return datasets.Dataset.from_dict({})
             cause = err.__cause__ or err
             raise HFTrainError(
                 f"Could not read {path}: {type(cause).__name__}: {cause}. Check that the file is valid "

@@ -6,6 +6,7 @@ with `predict_with_generate`, generates with a `GenerationConfig`, decodes, and 
 and chrF for translation, ROUGE-1/2/L/Lsum for summarization, all on the 0-100 scale people quote.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -109,7 +110,6 @@ class Seq2Seq(TaskModule):
     Args:
         task: `translation` (sacreBLEU and chrF, best checkpoint by BLEU) or `summarization` (ROUGE-1/2/L/Lsum,
             best by ROUGE-L).
-        tokenizer_name: Tokenizer used to decode generated text; defaults to `model_name_or_path`.
         predict_with_generate: Generate during validation and test and score the text; off, only the loss is
             reported (much faster) and the best checkpoint is picked by validation loss.
         num_beams: Beams for beam search (1 is greedy). Unset keeps the model's generation config.
@@ -124,7 +124,6 @@ class Seq2Seq(TaskModule):
     """
 
     task: Task = "translation"
-    tokenizer_name: str | None = None
     predict_with_generate: bool = True
     num_beams: int | None = None
     max_new_tokens: int = 128
@@ -155,9 +154,10 @@ class Seq2Seq(TaskModule):
             "length_penalty": self.length_penalty,
             "no_repeat_ngram_size": self.no_repeat_ngram_size,
         }
-        config.update(**{k: v for k, v in overrides.items() if v is not None})
         try:
-            config.validate(strict=True)
+            if self.num_beams is not None and self.num_beams < 1:
+                raise ValueError(f"num_beams must be 1 or more, got {self.num_beams}.")
+            config.update(**{k: v for k, v in overrides.items() if v is not None})
         except ValueError as err:
             raise HFTrainError(
                 f"The generation settings are invalid: {err} Check model.num_beams, max_new_tokens, "
@@ -166,13 +166,14 @@ class Seq2Seq(TaskModule):
         return config
 
     def _load_tokenizer(self) -> PreTrainedTokenizerBase:
-        name = self.tokenizer_name or self.model_name_or_path
+        """The model's own tokenizer, to decode what it generates (the data module's is linked to the same name)."""
+        name = self.model_name_or_path
         try:
             return AutoTokenizer.from_pretrained(name, revision=self.revision, trust_remote_code=self.trust_remote_code)
         except (OSError, ValueError) as err:
             raise HFTrainError(
-                f"Could not load the tokenizer '{name}' that decodes generated text: {err}. Set "
-                "model.tokenizer_name to a folder or Hub id holding the model's tokenizer."
+                f"Could not load the tokenizer of '{name}', needed to decode generated text: {err}. A seq2seq "
+                "model folder must hold its tokenizer files (save_pretrained both model and tokenizer there)."
             ) from err
 
     # ------------------------------------------------------------------ generation and decoding
@@ -298,13 +299,16 @@ class Seq2SeqData(TaskDataModule):
         return Path(source_file).with_suffix(f".{self.target_lang}")
 
     def read_file(self, path: Path) -> datasets.Dataset:
-        """Read a parallel pair `x.<source_lang>` + `x.<target_lang>` into the Hub `translation` shape.
+        """Read a file and check its texts, so errors name the file and row before any split is carved out.
 
+        A parallel pair `x.<source_lang>` + `x.<target_lang>` is read into the Hub `translation` shape.
         Without the target file (text to translate with `predict`) only sources are read; the splits that
         need targets fail in `check_data`, naming the missing file.
         """
         if not self.parallel or path.suffix != f".{self.source_lang}":
-            return super().read_file(path)
+            dataset = super().read_file(path)
+            self._check_texts(dataset, lambda role: f"{path}, row")
+            return dataset
         sources = _read_lines(path)
         target_path = self.target_file(path)
         if not target_path.is_file():
@@ -316,47 +320,50 @@ class Seq2SeqData(TaskDataModule):
                 "differ in length; line N of one must translate line N of the other. Fix or re-export them."
             )
         pairs = [{self.source_lang: s, self.target_lang: t} for s, t in zip(sources, targets)]
-        return datasets.Dataset.from_dict({TRANSLATION_COLUMN: pairs})
+        dataset = datasets.Dataset.from_dict({TRANSLATION_COLUMN: pairs})
+        self._check_texts(dataset, lambda role: f"{target_path if role == 'target' else path}, line")
+        return dataset
 
     # ------------------------------------------------------------------ checks
 
     def _languages(self, dataset: datasets.Dataset) -> list[str]:
-        feature = dataset.features[TRANSLATION_COLUMN]
+        feature = dataset.features.get(TRANSLATION_COLUMN)
         if isinstance(feature, datasets.Translation):
             return list(feature.languages)
         return list(feature) if isinstance(feature, dict) else []
 
-    def pairs(self, dataset: datasets.Dataset) -> tuple[list, list | None]:
-        """Source and target texts of a split; targets are None where the split has none (predict data)."""
+    def texts(self, dataset: datasets.Dataset, role: Literal["source", "target"]) -> list | None:
+        """The source or target texts of a dataset; None where it has none (predict data has no targets)."""
         if self.parallel:
-            has_targets = self.target_lang in self._languages(dataset)
-            rows = dataset[TRANSLATION_COLUMN]
-            return [r[self.source_lang] for r in rows], [r[self.target_lang] for r in rows] if has_targets else None
-        has_targets = self.target_column in dataset.column_names
-        return dataset[self.source_column], dataset[self.target_column] if has_targets else None
+            lang = self.source_lang if role == "source" else self.target_lang
+            if lang not in self._languages(dataset):
+                return None
+            return [row[lang] for row in dataset[TRANSLATION_COLUMN]]
+        column = self.source_column if role == "source" else self.target_column
+        return dataset[column] if column in dataset.column_names else None
 
     def check_data(self, raw: datasets.DatasetDict) -> None:
         if self.parallel:
             self.require_columns(raw, {"source_lang": TRANSLATION_COLUMN})
+            for split, dataset in raw.items():
+                self._check_languages(dataset, split)
         else:
             self.require_columns(
                 raw,
                 {"source_column": self.source_column, "target_column": self.target_column},
                 optional=("target_column",),
             )
-        for split, dataset in raw.items():
-            if self.parallel:
-                self._check_languages(dataset, split)
-            sources, targets = self.pairs(dataset)
-            self._check_texts(sources, split, target=False)
-            if targets is not None:
-                self._check_texts(targets, split, target=True)
+        if self.dataset_name:  # local files were checked as they were read
+            for split, dataset in raw.items():
+                if not getattr(self, f"{split}_file"):
+                    self._check_texts(dataset, lambda role, split=split: f"the {split} data ({self.source(split)}), row")
 
     def _check_languages(self, dataset: datasets.Dataset, split: str) -> None:
         """The `translation` dicts must hold both languages (the source alone in predict data)."""
         languages = self._languages(dataset)
         file = getattr(self, f"{split}_file", None)
-        if self.source_lang in languages and self.target_lang not in languages and file and split != "predict":
+        text_file = file and Path(file).suffix == f".{self.source_lang}"
+        if text_file and self.target_lang not in languages and split != "predict":
             raise HFTrainError(
                 f"The {split} data has no targets: {file} has no parallel file {self.target_file(file)}. Add it "
                 f"(line N translating line N of {file}), or check data.target_lang."
@@ -369,29 +376,30 @@ class Seq2SeqData(TaskDataModule):
                     "data.source_lang and data.target_lang to two of them."
                 )
 
-    def _check_texts(self, texts: list, split: str, target: bool) -> None:
-        """Sources must be text; targets must be non-empty text (an empty target teaches the model to stop)."""
-        bad = [i for i, text in enumerate(texts) if not isinstance(text, str) or (target and not text.strip())]
-        if not bad:
-            return
-        file = getattr(self, f"{split}_file", None)
-        if self.parallel and file and Path(file).suffix == f".{self.source_lang}":
-            where = f"{self.target_file(file) if target else file}, line {bad[0] + 1}"
-        else:
-            column = (self.target_column if target else self.source_column) if not self.parallel else (
-                f"{TRANSLATION_COLUMN}.{self.target_lang if target else self.source_lang}")
-            where = f"the {split} data ({self.source(split)}), row {bad[0] + 1}, column '{column}'"
-        raise HFTrainError(
-            f"Empty or missing {'target' if target else 'source'} text at {where} ({len(bad)} such rows). Every "
-            "pair needs a source and a non-empty target: fill in or drop those rows."
-        )
+    def _check_texts(self, dataset: datasets.Dataset, where: Callable[[str], str]) -> None:
+        """Sources must be text and targets non-empty text (an empty target teaches the model to stop at once).
+
+        `where(role)` says where the rows of that role live, e.g. `"data/train.de, line"`.
+        """
+        for role in ("source", "target"):
+            texts = self.texts(dataset, role)
+            bad = [] if texts is None else [
+                i for i, text in enumerate(texts) if not isinstance(text, str) or (role == "target" and not text.strip())
+            ]
+            if bad:
+                column = f"{TRANSLATION_COLUMN}.{getattr(self, f'{role}_lang')}" if self.parallel else getattr(
+                    self, f"{role}_column")
+                raise HFTrainError(
+                    f"Empty or missing {role} text at {where(role)} {bad[0] + 1} ('{column}'; {len(bad)} such rows). "
+                    "Every pair needs a source and a non-empty target: fill in or drop those rows."
+                )
 
     # ------------------------------------------------------------------ tokenization
 
     def preprocess(self, raw: datasets.DatasetDict) -> datasets.DatasetDict:
         processed = datasets.DatasetDict()
         for split, dataset in raw.items():
-            sources, targets = self.pairs(dataset)
+            sources, targets = self.texts(dataset, "source"), self.texts(dataset, "target")
             texts = datasets.Dataset.from_dict(
                 {"source": sources} if targets is None else {"source": sources, "target": targets}
             )
@@ -420,10 +428,12 @@ class Seq2SeqData(TaskDataModule):
 
 
 def _read_lines(path: Path) -> list[str]:
-    """One example per line. Only `\\n` ends a line: `str.splitlines` would also split at characters such as
-    U+2028 inside a sentence and shift one side of a parallel corpus against the other."""
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
+    """One example per line; blank lines at the end of the file are dropped (Multi30k ends with one).
+
+    Only `\\n` ends a line: `str.splitlines` would also split at characters such as U+2028 inside a
+    sentence and shift one side of a parallel corpus against the other.
+    """
+    lines = [line.removesuffix("\r") for line in path.read_text(encoding="utf-8").split("\n")]
+    while lines and not lines[-1].strip():
         lines.pop()
-    return [line.removesuffix("\r") for line in lines]
+    return lines

@@ -1,0 +1,150 @@
+"""A catalogue of bad inputs: each gets one clear message, exit status 2, no traceback, and leaves an
+existing run folder byte-for-byte as it was."""
+
+import pytest
+from conftest import sentiment_rows, write_csv
+from helpers import classification_config, run_cli, tree_digest
+
+
+def _files(tmp_path, **replace):
+    files = {
+        "train": str(write_csv(tmp_path / "train.csv", sentiment_rows(40, 1))),
+        "validation": str(write_csv(tmp_path / "dev.csv", sentiment_rows(16, 2))),
+    }
+    files.update(replace)
+    return files
+
+
+def missing_column(tmp_path, model):
+    return ["--config", classification_config(tmp_path / "bad.yaml", model, _files(tmp_path), data__text_column="review")]
+
+
+def label_outside_the_set(tmp_path, model):
+    rows = sentiment_rows(16, 2)
+    rows[5]["label"] = "meh"
+    dev = str(write_csv(tmp_path / "dev_meh.csv", rows))
+    return ["--config", classification_config(tmp_path / "bad.yaml", model, _files(tmp_path, validation=dev))]
+
+
+def label_outside_given_names(tmp_path, model):
+    config = classification_config(tmp_path / "bad.yaml", model, _files(tmp_path), data__label_names=["pos", "other"])
+    return ["--config", config]
+
+
+def empty_split(tmp_path, model):
+    (tmp_path / "empty.csv").write_text("text,label\n")
+    return ["--config", classification_config(tmp_path / "bad.yaml", model, _files(tmp_path, validation=str(tmp_path / "empty.csv")))]
+
+
+def missing_file(tmp_path, model):
+    return ["--config", classification_config(tmp_path / "bad.yaml", model, _files(tmp_path, train="nowhere/train.csv"))]
+
+
+def unsupported_file_type(tmp_path, model):
+    (tmp_path / "train.xlsx").write_bytes(b"PK\x03\x04")
+    return ["--config", classification_config(tmp_path / "bad.yaml", model, _files(tmp_path, train=str(tmp_path / "train.xlsx")))]
+
+
+def non_utf8_file(tmp_path, model):
+    (tmp_path / "latin1.csv").write_bytes("text,label\ncaf\xe9 cr\xe8me was great,pos\n".encode("latin-1") * 3)
+    return ["--config", classification_config(tmp_path / "bad.yaml", model, _files(tmp_path, train=str(tmp_path / "latin1.csv")))]
+
+
+def row_without_text(tmp_path, model):
+    (tmp_path / "holes.csv").write_text("text,label\nthe film was great,pos\n,neg\na bad plot,neg\n")
+    return ["--config", classification_config(tmp_path / "bad.yaml", model, _files(tmp_path, train=str(tmp_path / "holes.csv")))]
+
+
+def unknown_config_key(tmp_path, model):
+    return ["--config", classification_config(tmp_path / "bad.yaml", model, _files(tmp_path), model__learning_rat=0.1)]
+
+
+def wrong_type(tmp_path, model):
+    return ["--config", classification_config(tmp_path / "bad.yaml", model, _files(tmp_path), data__batch_size="lots")]
+
+
+def negative_batch_size(tmp_path, model):
+    return ["--config", classification_config(tmp_path / "bad.yaml", model, _files(tmp_path), data__batch_size=-4)]
+
+
+def bad_validation_percentage(tmp_path, model):
+    files = {"train": str(write_csv(tmp_path / "train.csv", sentiment_rows(40, 1)))}
+    return ["--config", classification_config(tmp_path / "bad.yaml", model, files, data__validation_split_percentage=150)]
+
+
+def malformed_yaml(tmp_path, model):
+    (tmp_path / "bad.yaml").write_text("model:\n  class_path: [unclosed\n  init_args: {\n")
+    return ["--config", tmp_path / "bad.yaml"]
+
+
+def model_folder_missing(tmp_path, model):
+    return ["--config", classification_config(tmp_path / "bad.yaml", str(tmp_path / "no-such-model"), _files(tmp_path))]
+
+
+def hub_id_without_network(tmp_path, model):
+    return ["--config", classification_config(tmp_path / "bad.yaml", "some-org/some-model", _files(tmp_path))]
+
+
+def hub_dataset_without_network(tmp_path, model):
+    config = classification_config(tmp_path / "bad.yaml", model, {}, data__dataset_name="glue", data__dataset_config_name="mrpc")
+    return ["--config", config]
+
+
+def no_data_at_all(tmp_path, model):
+    return ["--config", classification_config(tmp_path / "bad.yaml", model, {})]
+
+
+def best_checkpoint_without_a_run(tmp_path, model):
+    return ["--config", classification_config(tmp_path / "other.yaml", model, _files(tmp_path)), "--ckpt_path", "best"]
+
+
+def truncated_checkpoint(tmp_path, model):
+    (tmp_path / "broken.ckpt").write_bytes(b"PK\x03\x04 not a whole checkpoint")
+    return ["--config", classification_config(tmp_path / "bad.yaml", model, _files(tmp_path)), "--ckpt_path", tmp_path / "broken.ckpt"]
+
+
+def checkpoint_path_missing(tmp_path, model):
+    return ["--config", classification_config(tmp_path / "bad.yaml", model, _files(tmp_path)), "--ckpt_path", tmp_path / "gone.ckpt"]
+
+
+CASES = {
+    missing_column: ["no column 'review'", "data.text_column", "train.csv"],
+    label_outside_the_set: ["'meh'", "row 6", "not in the label set", "dev_meh.csv"],
+    label_outside_given_names: ["'neg'", "not in the label set ['pos', 'other']"],
+    empty_split: ["validation split", "empty.csv", "has no rows"],
+    missing_file: ["nowhere/train.csv", "does not exist"],
+    unsupported_file_type: ["unsupported file type '.xlsx'", ".csv"],
+    non_utf8_file: ["Could not read", "latin1.csv", "UTF-8"],
+    row_without_text: ["no text in column 'text'", "row 2", "holes.csv"],
+    unknown_config_key: ["learning_rat"],
+    wrong_type: ["batch_size", "lots"],
+    negative_batch_size: ["data.batch_size must be a positive integer", "-4"],
+    bad_validation_percentage: ["validation_split_percentage", "150"],
+    malformed_yaml: ["bad.yaml"],
+    model_folder_missing: ["Could not load the model", "no-such-model"],
+    hub_id_without_network: ["Could not load the model 'some-org/some-model'", "offline"],
+    hub_dataset_without_network: ["Could not load the dataset 'glue' (mrpc)", "local files"],
+    no_data_at_all: ["No data given", "data.train_file"],
+    best_checkpoint_without_a_run: ["--ckpt_path best", "no earlier run", "runs/other"],
+    truncated_checkpoint: ["broken.ckpt", "not a complete checkpoint"],
+    checkpoint_path_missing: ["gone.ckpt", "does not exist"],
+}
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=[c.__name__ for c in CASES])
+def test_bad_input_gets_a_clear_error_and_changes_nothing(case, tiny_bert, tmp_path, capsys):
+    earlier_run = tmp_path / "runs" / "bad" / "version_0"
+    (earlier_run / "checkpoints").mkdir(parents=True)
+    (earlier_run / "checkpoints" / "last.ckpt").write_bytes(b"weights of an earlier run")
+    (earlier_run / "results.json").write_text('{"best": {"val/accuracy": 0.9}}\n')
+    (earlier_run / "config.yaml").write_text("earlier: config\n")
+    before = tree_digest(tmp_path / "runs")
+
+    status = run_cli("fit", *case(tmp_path, tiny_bert))
+
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert "Traceback" not in err
+    for expected in CASES[case]:
+        assert expected in err, f"{expected!r} not in: {err}"
+    assert tree_digest(tmp_path / "runs") == before
