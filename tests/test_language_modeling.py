@@ -155,18 +155,39 @@ def test_prompt_completion_takes_loss_on_completion_only(tiny_gpt2, tmp_path):
     assert prompt_batch["attention_mask"].tolist()[1][0] == 0
 
 
-def test_perplexity_is_exp_of_token_weighted_mean_nll(tiny_gpt2, tmp_path):
-    # documents of very different lengths, batched in threes: padding, and batch means that would mislead
-    docs = ["1 2 3", "5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20", "42", "7 8 9 10", "60 61 62 63 64 65 66"]
+# documents of very different lengths: padding, and batch means that would mislead
+UNEVEN = [
+    "1 2 3",
+    "5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20",
+    "42",
+    "7 8 9 10",
+    "60 61 62 63 64 65 66",
+    "3 4",
+]
+
+
+@pytest.mark.parametrize(
+    "devices, eval_batch_size",
+    [(1, 4), pytest.param(2, 1, marks=pytest.mark.slow, id="ddp")],  # under DDP, ranks score unequal counts
+)
+def test_perplexity_is_exp_of_token_weighted_mean_nll(devices, eval_batch_size, tiny_gpt2, tmp_path):
+    docs = UNEVEN
     data = LanguageModelingData(
         tokenizer_name=tiny_gpt2,
         train_file=write_paragraphs(tmp_path / "train.txt", docs),
         validation_file=write_paragraphs(tmp_path / "valid.txt", docs),
         packing=False,
-        eval_batch_size=3,
+        eval_batch_size=eval_batch_size,
     )
     model = LanguageModeling(model_name_or_path=tiny_gpt2)
-    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp_spawn" if devices > 1 else "auto",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     metrics = trainer.validate(model, datamodule=data, verbose=False)[0]
 
     tokenizer, nll, count = data.tokenizer, 0.0, 0
