@@ -167,6 +167,8 @@ class TaskDataModule(LightningDataModule):
             return path
         if split == "validation" and self.train_file and not self.validation_file:
             return f"{self.train_file} (held-out part)"
+        if split == "predict" and self.test_file:
+            return self.test_file  # predict falls back to the test split
         return f"{self.dataset_name}[{split}]"
 
     def load_raw(self) -> datasets.DatasetDict:
