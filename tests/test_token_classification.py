@@ -170,13 +170,18 @@ def test_tags_given_as_class_label_ids_keep_their_names(tiny_bert, tmp_path):
         features=features,
     )
     table.to_parquet(tmp_path / "train.parquet")
-    ner = data_module(tiny_bert, train_file=str(tmp_path / "train.parquet"), validation_split_percentage=0)
-    assert ner.label_names == names
-    ner.setup("fit")
-    first = ner.datasets["train"][0]
-    assert [label for label in first["labels"] if label != -100] == [
-        names.index(t) for t in rows[0]["ner_tags"]
-    ]
+    # learnt from the ClassLabel, or given in another order: the ids are mapped by name either way
+    for given, expected in ((None, names), (names[::-1], names[::-1])):
+        ner = data_module(
+            tiny_bert,
+            train_file=str(tmp_path / "train.parquet"),
+            validation_split_percentage=0,
+            label_names=given,
+        )
+        assert ner.label_names == expected
+        ner.setup("fit")
+        labels = [label for label in ner.datasets["train"][0]["labels"] if label != -100]
+        assert labels == [expected.index(t) for t in rows[0]["ner_tags"]]
 
 
 def test_first_subword_carries_the_tag_unless_all_subwords_are_labelled(tiny_bert, tmp_path):

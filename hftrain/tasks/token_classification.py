@@ -132,10 +132,13 @@ class TokenClassificationCollator:
 
     tokenizer: PreTrainedTokenizerBase
 
+    def __post_init__(self) -> None:
+        self.pad = DataCollatorForTokenClassification(self.tokenizer, label_pad_token_id=IGNORE)
+
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         extras = {key: [f[key] for f in features] for key in ("word_ids", "words") if key in features[0]}
         inputs = [{k: v for k, v in f.items() if k not in extras} for f in features]
-        batch = dict(DataCollatorForTokenClassification(self.tokenizer)(inputs))
+        batch = dict(self.pad(inputs))
         if "word_ids" in extras:
             width = batch["input_ids"].shape[1]
             left = self.tokenizer.padding_side == "left"
@@ -256,6 +259,7 @@ class TokenClassificationData(TaskDataModule):
         for split, dataset in raw.items():
             has_tags = self.tag_column in dataset.column_names and split != "predict"
             tags = dataset[self.tag_column] if has_tags else None
+            class_names = self._class_names(dataset)
             for row, words in enumerate(dataset[self.tokens_column]):
                 if not isinstance(words, list) or not words or not all(isinstance(w, str) for w in words):
                     raise HFTrainError(
@@ -264,12 +268,17 @@ class TokenClassificationData(TaskDataModule):
                         "words."
                     )
                 if tags is not None:
-                    self._tag_ids(split, row, words, tags[row])
+                    self._tag_ids(split, row, words, tags[row], class_names)
+
+    def _class_names(self, dataset: datasets.Dataset) -> list[str] | None:
+        """The names of a tag column of ClassLabel ids (Hub datasets), else None."""
+        inner = getattr(dataset.features.get(self.tag_column), "feature", None)
+        return list(inner.names) if isinstance(inner, datasets.ClassLabel) else None
 
     def _discover_labels(self, train: datasets.Dataset) -> list[str]:
-        inner = getattr(train.features[self.tag_column], "feature", None)
-        if isinstance(inner, datasets.ClassLabel):
-            return list(inner.names)
+        names = self._class_names(train)
+        if names is not None:
+            return names
         values = {tag for row in train[self.tag_column] for tag in row or []}
         if any(not isinstance(v, str) for v in values):
             raise HFTrainError(
@@ -278,8 +287,11 @@ class TokenClassificationData(TaskDataModule):
             )
         return sorted(values)
 
-    def _tag_ids(self, split: str, row: int, words: list[str], tags: Any) -> list[int]:
-        """One sentence's tags as ids; a wrong count or an unknown tag is an error naming the row."""
+    def _tag_ids(
+        self, split: str, row: int, words: list[str], tags: Any, class_names: list[str] | None
+    ) -> list[int]:
+        """One sentence's tags as ids (`class_names`: those of ClassLabel tags); a wrong count or an unknown
+        tag is an error naming the row."""
         if not self.label_names:
             raise HFTrainError("The tag set is unknown: give a training split or set data.label_names.")
         if not isinstance(tags, list) or len(tags) != len(words):
@@ -291,10 +303,12 @@ class TokenClassificationData(TaskDataModule):
         index = {name: i for i, name in enumerate(self.label_names)}
         ids = []
         for word, tag in enumerate(tags):
-            if isinstance(tag, int) and 0 <= tag < len(self.label_names):
-                ids.append(tag)
-            elif tag in index:
+            if class_names is not None:  # ClassLabel ids go by name: label_names may order them otherwise
+                tag = class_names[tag]
+            if tag in index:
                 ids.append(index[tag])
+            elif isinstance(tag, int) and 0 <= tag < len(self.label_names):
+                ids.append(tag)
             else:
                 raise HFTrainError(
                     f"{self._where(split, row, word)} has the tag {tag!r} (word {word + 1}, "
@@ -328,10 +342,13 @@ class TokenClassificationData(TaskDataModule):
         )
         with_tags = self.tag_column in batch and split != "predict"
         continuation = self._continuation_ids()
+        class_names = self._class_names(self.raw[split])
         word_ids, labels = [], []
         for i, sentence in enumerate(sentences):
             tag_ids = (
-                self._tag_ids(split, rows[i], sentence, batch[self.tag_column][i]) if with_tags else None
+                self._tag_ids(split, rows[i], sentence, batch[self.tag_column][i], class_names)
+                if with_tags
+                else None
             )
             firsts, targets, previous = [], [], None
             for word in encoded.word_ids(i):
