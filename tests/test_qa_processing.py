@@ -7,7 +7,6 @@ import string
 
 import numpy as np
 import pytest
-from torchmetrics import MetricCollection
 from torchmetrics.text import SQuAD
 from transformers import AutoTokenizer
 
@@ -267,7 +266,7 @@ UNANSWERABLE = {"n1": ("", []), "n2": ("Beyonce", []), "n3": ("", [])}
 
 
 def test_exact_match_and_f1_equal_the_official_squad_v1_1_evaluation():
-    metrics = MetricCollection({"all": SQuAD()})
+    metrics = {"all": SQuAD()}
     update_squad_metrics(metrics, PREDICTIONS, version_2_with_negative=False)
     ours = {k: float(v) for k, v in metrics["all"].compute().items()}
     assert ours == pytest.approx(official_v1(PREDICTIONS))
@@ -275,7 +274,7 @@ def test_exact_match_and_f1_equal_the_official_squad_v1_1_evaluation():
 
 def test_squad_v2_scores_and_has_ans_no_ans_split_equal_the_official_squad_v2_evaluation():
     everything = {**PREDICTIONS, **UNANSWERABLE}
-    metrics = MetricCollection({"all": SQuAD(), "HasAns": SQuAD(), "NoAns": SQuAD()})
+    metrics = {"all": SQuAD(), "HasAns": SQuAD(), "NoAns": SQuAD()}
     update_squad_metrics(metrics, everything, version_2_with_negative=True)
     for group, subset in (("all", everything), ("HasAns", PREDICTIONS), ("NoAns", UNANSWERABLE)):
         scores = [official_v2_scores(text, gold) for text, gold in subset.values()]
@@ -302,12 +301,12 @@ def test_under_ddp_every_question_is_scored_exactly_once_even_when_the_sampler_r
     # each rank scores its share; torchmetrics sums the states across ranks
     rank_metrics = []
     for share in shares:
-        metrics = MetricCollection({"all": SQuAD()})
+        metrics = {"all": SQuAD()}
         update_squad_metrics(metrics, {i: merged[i] for i in share}, version_2_with_negative=False)
         rank_metrics.append(metrics["all"])
     f1 = sum(float(m.f1_score) for m in rank_metrics)
     total = sum(int(m.total) for m in rank_metrics)
-    single = MetricCollection({"all": SQuAD()})
+    single = {"all": SQuAD()}
     update_squad_metrics(single, everything, version_2_with_negative=False)
     assert total == len(ids)
     assert 100 * f1 / total == pytest.approx(float(single["all"].compute()["f1"]))

@@ -307,3 +307,31 @@ def test_minilm_on_the_squad_slice_reaches_f1_30(tmp_path, monkeypatch):
     )
     results = json.loads((tmp_path / "runs" / "squad_slice_v1" / "version_0" / "results.json").read_text())
     assert results["best"]["val/f1"] >= 30
+
+
+@pytest.mark.slow
+def test_under_ddp_every_question_is_scored_once_and_the_metrics_match_one_process(trained, tmp_path):
+    """Two CPU processes; 13 questions, so Lightning's sampler repeats one to give both ranks 7."""
+    from lightning.pytorch import Trainer
+
+    model_path = str(trained["run"] / "hf_model")
+    questions = squad_file(tmp_path / "dev.json", sentiment_questions(13, seed=5))
+
+    def validate(**trainer_args) -> dict[str, float]:
+        module = QuestionAnswering(model_name_or_path=model_path, version_2_with_negative=True)
+        data = QuestionAnsweringData(
+            tokenizer_name=model_path,
+            validation_file=questions,
+            max_length=32,
+            doc_stride=8,
+            eval_batch_size=2,
+        )
+        trainer = Trainer(logger=False, enable_progress_bar=False, enable_checkpointing=False, **trainer_args)
+        return trainer.validate(module, datamodule=data)[0]
+
+    single = validate(devices=1)
+    ddp = validate(accelerator="cpu", devices=2, strategy="ddp_spawn")
+    # the loss is a plain mean over batches, repeated question included (as in every Lightning task)
+    squad_keys = [k for k in single if k != "val/loss"]
+    assert len(squad_keys) == 6
+    assert {k: ddp[k] for k in squad_keys} == pytest.approx({k: single[k] for k in squad_keys})

@@ -13,7 +13,6 @@ from typing import Any
 import datasets
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from torchmetrics import MetricCollection
 from torchmetrics.text import SQuAD
 from transformers import AutoModelForQuestionAnswering
 
@@ -65,8 +64,8 @@ class QuestionAnswering(TaskModule):
             )
         self.model = self.load_pretrained(AutoModelForQuestionAnswering)
         groups = ("all", "HasAns", "NoAns") if self.version_2_with_negative else ("all",)
-        self.val_metrics = MetricCollection({group: SQuAD() for group in groups})
-        self.test_metrics = MetricCollection({group: SQuAD() for group in groups})
+        self.val_metrics = torch.nn.ModuleDict({group: SQuAD() for group in groups})
+        self.test_metrics = torch.nn.ModuleDict({group: SQuAD() for group in groups})
         self.monitor = "val/f1"
         self.monitor_mode = "max"
         self._predictions: dict[str, tuple[str, list[str]]] = {}
@@ -107,7 +106,7 @@ class QuestionAnswering(TaskModule):
         for example, answer in answered:
             self._predictions[example["id"]] = (answer.text, example["answers"])
 
-    def _score(self, metrics: MetricCollection, stage: str) -> None:
+    def _score(self, metrics: torch.nn.ModuleDict, stage: str) -> None:
         """Score every question exactly once across ranks, then log EM/F1 (and HasAns/NoAns in v2 mode)."""
         predictions = gather_predictions(self._predictions)
         self._predictions = {}
