@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, SHARED_DATA
 from lightning.pytorch import Trainer
 
 from hftrain.cli import HFTrainCLI
@@ -340,3 +340,23 @@ def test_generation_settings_are_checked_early_and_saved_with_the_export(tiny_gp
     model = LanguageModeling(model_name_or_path=str(sampling_model), do_sample=False, max_new_tokens=7)
     saved = GenerationConfig.from_pretrained(model.export(tmp_path / "hf_model"))
     assert (saved.do_sample, saved.max_new_tokens, saved.temperature) == (False, 7, None)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED_DATA / "wikitext2").is_dir(), reason="needs ../shared/data/wikitext2")
+def test_wikitext2_local_config_learns(tmp_path):
+    """The documented WikiText-2 run, shortened: a smaller model, 40 steps, part of the test set."""
+    wikitext = SHARED_DATA / "wikitext2"
+    model = tmp_path / "gpt2-wikitext2"
+    with (wikitext / "valid.txt").open() as lines:
+        load_script("make_lm_model").make_model(model, lines, vocab_size=2048, n_layer=2, n_embd=64, n_head=2)
+    args = [
+        f"--config={REPO / 'configs' / 'lm' / 'wikitext2_local.yaml'}",
+        f"--model.init_args.model_name_or_path={model}",
+        f"--data.init_args.train_file={wikitext / 'valid.txt'}",
+        f"--data.init_args.test_file={wikitext / 'test.txt'}",
+        "--trainer.limit_test_batches=20",
+    ]
+    fit = cli("fit", *args, "--trainer.max_epochs=1", "--trainer.limit_train_batches=40")
+    tested = cli("test", *args, "--ckpt_path=best").trainer.callback_metrics
+    assert tested["test/perplexity"] < 0.5 * 2048, fit.trainer.callback_metrics  # a random model scores ~2048
