@@ -265,14 +265,12 @@ class CausalLMCollator:
     """
 
     tokenizer: PreTrainedTokenizerBase
-    pad_to_multiple_of: int | None = None
 
     def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
         labels = [f["labels"] for f in features] if "labels" in features[0] else None
         batch = self.tokenizer.pad(
             [{"input_ids": f["input_ids"], "attention_mask": f["attention_mask"]} for f in features],
             padding_side="left" if labels is None else "right",
-            pad_to_multiple_of=self.pad_to_multiple_of,
             return_tensors="pt",
         )
         if labels is not None:
