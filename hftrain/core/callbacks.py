@@ -46,10 +46,13 @@ def _numbers(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
 
 
 class ModelCheckpoint(pl_callbacks.ModelCheckpoint):
-    """Lightning's `ModelCheckpoint` whose `monitor` defaults to the task's main validation metric.
+    """Lightning's `ModelCheckpoint` whose `monitor` defaults to the task's main validation metric, and whose
+    `last.ckpt` always holds the latest weights.
 
     With `monitor` unset it watches the module's `monitor` (`val/accuracy` for classification,
     `val/f1` for NER, …) in the module's `monitor_mode`, so one config serves every task.
+    Lightning 2.6 rewrites `last.ckpt` at epoch end only when a top-k checkpoint was saved at the same
+    step: after an epoch without improvement it would hold stale weights and a resume would repeat work.
     """
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -58,6 +61,21 @@ class ModelCheckpoint(pl_callbacks.ModelCheckpoint):
             self.mode = pl_module.monitor_mode
             self.kth_value = torch.tensor(math.inf if self.mode == "min" else -math.inf)
         super().setup(trainer, pl_module, stage)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def _refresh_last(self, trainer: Trainer) -> None:
+        # skipped when this step was already saved (top-k saved, and last with it)
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class EarlyStopping(pl_callbacks.EarlyStopping):
