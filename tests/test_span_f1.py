@@ -175,6 +175,7 @@ def test_extract_spans_reads_conlleval_and_strict_differently():
 
 def test_detect_scheme():
     assert detect_scheme(["O", "B-PER", "I-PER"]) == "IOB2"
+    assert detect_scheme(["O", "I-PER", "I-LOC"]) == "IOB1"  # the original CoNLL-2003 tags
     assert detect_scheme(["O", "I-NP", "E-NP"]) == "IOE2"
     assert detect_scheme(["O", "B-X", "I-X", "E-X", "S-X"]) == "IOBES"
     assert detect_scheme(["O", "B-X", "I-X", "L-X", "U-X"]) == "BILOU"

@@ -99,7 +99,8 @@ def split_tag(tag: str) -> tuple[str, str]:
 def detect_scheme(label_names: list[str]) -> Scheme | None:
     """The tagging scheme the label set is written in, or None when it is not one (POS tags, say).
 
-    IOB1 and IOB2 use the same prefixes, so B/I/O label sets are taken as IOB2, the common one.
+    IOB1 and IOB2 use the same prefixes, so B/I/O label sets are taken as IOB2, the common one; a set
+    with I- tags and no B- tags is IOB1 (as the original CoNLL-2003 files).
     """
     prefixes = set()
     for name in label_names:
@@ -107,6 +108,8 @@ def detect_scheme(label_names: list[str]) -> Scheme | None:
             return None
         prefixes.add(name[0])
     prefixes.discard("O")
+    if prefixes == {"I"}:
+        return "IOB1"
     for scheme in ("IOB2", "IOE2", "IOBES", "BILOU"):
         if prefixes and prefixes <= set(SCHEME_PREFIXES[scheme]):
             return scheme
