@@ -14,6 +14,14 @@ _EXPORTS = {
     "TaskDataModule": "hftrain.core.data",
     "TextClassification": "hftrain.tasks.text_classification",
     "TextClassificationData": "hftrain.tasks.text_classification",
+    "TokenClassification": "hftrain.tasks.token_classification",
+    "TokenClassificationData": "hftrain.tasks.token_classification",
+    "QuestionAnswering": "hftrain.tasks.question_answering",
+    "QuestionAnsweringData": "hftrain.tasks.question_answering",
+    "Seq2Seq": "hftrain.tasks.seq2seq",
+    "Seq2SeqData": "hftrain.tasks.seq2seq",
+    "LanguageModeling": "hftrain.tasks.language_modeling",
+    "LanguageModelingData": "hftrain.tasks.language_modeling",
 }
 
 
