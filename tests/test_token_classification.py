@@ -12,6 +12,7 @@ from conftest import FILLER, NEGATIVE, POSITIVE, REPO, SHARED_DATA, minilm_path
 from helpers import run_cli
 from transformers import pipeline
 
+from hftrain.cli import HFTrainCLI
 from hftrain.core.callbacks import read_results
 from hftrain.core.errors import HFTrainError
 from hftrain.tasks.token_classification import TokenClassification, TokenClassificationData
@@ -275,11 +276,34 @@ def test_tags_outside_a_span_scheme_are_scored_by_accuracy(tiny_bert):
         )
 
 
-@pytest.mark.parametrize("name", ["conll2003.yaml", "conll2003_minilm_local.yaml"])
-def test_shipped_configs_parse(name, capsys):
-    assert run_cli("fit", "--config", REPO / "configs" / "ner" / name, "--print_config") == 0
-    printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["class_path"] == TASK
+def test_hub_config_instantiates(tiny_bert, tmp_path, monkeypatch):
+    """configs/ner/conll2003.yaml with the tiny model and a local file shaped like the Hub's conll2003."""
+    names = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+    tags = datasets.List(datasets.ClassLabel(names=names))
+    rows = [
+        {"tokens": r["tokens"], "ner_tags": [names.index(t) for t in r["ner_tags"]]} for r in ner_rows(8, 7)
+    ]
+    datasets.Dataset.from_list(
+        rows,
+        features=datasets.Features({"tokens": datasets.List(datasets.Value("string")), "ner_tags": tags}),
+    ).to_parquet(tmp_path / "train.parquet")
+    monkeypatch.chdir(REPO)
+    cli = HFTrainCLI(
+        [
+            "--config",
+            "configs/ner/conll2003.yaml",
+            "--model.model_name_or_path",
+            tiny_bert,
+            "--data.dataset_name",
+            "null",
+            "--data.train_file",
+            str(tmp_path / "train.parquet"),
+            "--trainer.logger",
+            "false",
+        ],
+        run=False,
+    )
+    assert cli.model.tags == names and cli.model.scheme == "IOB2" and cli.model.monitor == "val/f1"
 
 
 @pytest.mark.skipif(
@@ -287,8 +311,6 @@ def test_shipped_configs_parse(name, capsys):
 )
 def test_local_config_reads_the_shared_conll_files(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # the config's paths are relative to the repository
-    from hftrain.cli import HFTrainCLI
-
     cli = HFTrainCLI(
         [
             "--config",
