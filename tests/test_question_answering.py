@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 import yaml
-from conftest import FILLER, NEGATIVE, POSITIVE, SHARED_DATA, minilm_path
+from conftest import FILLER, NEGATIVE, POSITIVE, REPO, SHARED_DATA, minilm_path
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
 from hftrain.cli import main
@@ -279,8 +279,6 @@ def test_minilm_on_the_squad_slice_reaches_f1_30(tmp_path, monkeypatch):
     import subprocess
     import sys
 
-    from conftest import REPO
-
     split = tmp_path / "squad-split"
     subprocess.run(
         [
@@ -335,3 +333,32 @@ def test_under_ddp_every_question_is_scored_once_and_the_metrics_match_one_proce
     squad_keys = [k for k in single if k != "val/loss"]
     assert len(squad_keys) == 6
     assert {k: ddp[k] for k in squad_keys} == pytest.approx({k: single[k] for k in squad_keys})
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "configs" / "qa").glob("*.yaml")), ids=lambda p: p.name)
+def test_qa_config_instantiates(config, tiny_bert, tmp_path):
+    """Every shipped QA config builds its model and data (with the tiny model, and a local file in place of
+    its Hub dataset or split files)."""
+    from hftrain.cli import HFTrainCLI
+
+    files = squad_file(tmp_path / "train.json", sentiment_questions(8, seed=6))
+    cli = HFTrainCLI(
+        args=[
+            "--config",
+            str(config),
+            "--model.model_name_or_path",
+            tiny_bert,
+            "--data.dataset_name",
+            "null",
+            "--data.train_file",
+            files,
+            "--data.validation_file",
+            files,
+        ],
+        run=False,
+    )
+    expected = yaml.safe_load(config.read_text())
+    assert cli.model.version_2_with_negative == expected["model"]["init_args"].get(
+        "version_2_with_negative", False
+    )
+    assert (cli.datamodule.max_length, cli.datamodule.doc_stride) == (384, 128)
