@@ -56,11 +56,12 @@ class RougeLsum(Metric):
         return [_normalize_and_tokenize_text(line, self.stemmer) for line in text.split("\n")]
 
     def update(self, preds: list[str], target: list[list[str]]) -> None:
-        for pred, references in zip(preds, target):
+        for pred, references in zip(preds, target, strict=True):
             pred_sentences = self._sentences(pred)
             # several references: the best, as ROUGEScore(accumulate="best") does for the other keys
             self.fmeasure += max(
-                float(_rouge_lsum_score(pred_sentences, self._sentences(ref))["fmeasure"]) for ref in references
+                float(_rouge_lsum_score(pred_sentences, self._sentences(ref))["fmeasure"])
+                for ref in references
             )
             self.total += 1
 
@@ -95,7 +96,7 @@ def generation_metrics(task: Task, rouge_use_stemmer: bool = True) -> MetricColl
 
 
 def scores(metrics: MetricCollection) -> dict[str, torch.Tensor]:
-    """Compute `metrics` on the 0-100 scale; ROUGE keeps only its F-measure (`rouge1`, not `rouge1_fmeasure`)."""
+    """Compute `metrics` on the 0-100 scale; of ROUGE only the F-measure (`rouge1`, not `rouge1_fmeasure`)."""
     values = {}
     for name, value in metrics.compute().items():
         if not name.endswith(("_precision", "_recall")):
@@ -108,8 +109,8 @@ class Seq2Seq(TaskModule):
     """Fine-tune an encoder-decoder for translation or summarization.
 
     Args:
-        task: `translation` (sacreBLEU and chrF, best checkpoint by BLEU) or `summarization` (ROUGE-1/2/L/Lsum,
-            best by ROUGE-L).
+        task: `translation` (sacreBLEU and chrF, best checkpoint by BLEU) or `summarization`
+            (ROUGE-1/2/L/Lsum, best by ROUGE-L).
         predict_with_generate: Generate during validation and test and score the text; off, only the loss is
             reported (much faster) and the best checkpoint is picked by validation loss.
         num_beams: Beams for beam search (1 is greedy). Unset keeps the model's generation config.
@@ -166,14 +167,16 @@ class Seq2Seq(TaskModule):
         return config
 
     def _load_tokenizer(self) -> PreTrainedTokenizerBase:
-        """The model's own tokenizer, to decode what it generates (the data module's is linked to the same name)."""
+        """The model's tokenizer, to decode what it generates (the data's is linked to the same name)."""
         name = self.model_name_or_path
         try:
-            return AutoTokenizer.from_pretrained(name, revision=self.revision, trust_remote_code=self.trust_remote_code)
+            return AutoTokenizer.from_pretrained(
+                name, revision=self.revision, trust_remote_code=self.trust_remote_code
+            )
         except (OSError, ValueError) as err:
             raise HFTrainError(
-                f"Could not load the tokenizer of '{name}', needed to decode generated text: {err}. A seq2seq "
-                "model folder must hold its tokenizer files (save_pretrained both model and tokenizer there)."
+                f"Could not load the tokenizer of '{name}', needed to decode generated text: {err}. A "
+                "seq2seq model folder must hold its tokenizer files (save the tokenizer there too)."
             ) from err
 
     # ------------------------------------------------------------------ generation and decoding
@@ -204,7 +207,7 @@ class Seq2Seq(TaskModule):
         getattr(self, f"{stage}_metrics").update(predictions, [[ref] for ref in references])
         if stage == "val" and len(self._examples) < self.logged_examples:
             sources = self.decode(batch["input_ids"])
-            self._examples.extend(zip(sources, references, predictions))
+            self._examples.extend(zip(sources, references, predictions, strict=True))
             del self._examples[self.logged_examples :]
 
     def _log_scores(self, stage: str) -> None:
@@ -219,9 +222,7 @@ class Seq2Seq(TaskModule):
     def on_validation_epoch_end(self) -> None:
         self._log_scores("val")
         if self._examples and isinstance(self.logger, TensorBoardLogger):
-            rows = [
-                f"| {_cell(src)} | {_cell(ref)} | {_cell(pred)} |" for src, ref, pred in self._examples
-            ]
+            rows = [f"| {_cell(src)} | {_cell(ref)} | {_cell(pred)} |" for src, ref, pred in self._examples]
             table = "\n".join(["| source | reference | prediction |", "|---|---|---|", *rows])
             self.logger.experiment.add_text("val/examples", table, global_step=self.global_step)
         self._examples = []
@@ -234,10 +235,10 @@ class Seq2Seq(TaskModule):
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> list[dict[str, str]]:
         sources = self.decode(batch["input_ids"])
-        return [{"source": s, "prediction": p} for s, p in zip(sources, self.generate(batch))]
+        return [{"source": s, "prediction": p} for s, p in zip(sources, self.generate(batch), strict=True)]
 
     def export(self, folder, tokenizer=None, state_dict=None) -> Path:
-        """Export with the evaluation's generation settings, so `generate` on `hf_model/` decodes the same way."""
+        """Export with the evaluation's generation settings, so `generate` on `hf_model/` decodes alike."""
         self.model.generation_config = self.generation_config
         return super().export(folder, tokenizer or self.tokenizer, state_dict)
 
@@ -282,7 +283,9 @@ class Seq2SeqData(TaskDataModule):
                 "data.target_column."
             )
         if self.max_target_length < 1:
-            raise HFTrainError(f"data.max_target_length must be a positive integer, got {self.max_target_length}.")
+            raise HFTrainError(
+                f"data.max_target_length must be a positive integer, got {self.max_target_length}."
+            )
         super().__post_init__()
 
     @property
@@ -319,7 +322,7 @@ class Seq2SeqData(TaskDataModule):
                 f"The parallel files {path} ({len(sources)} lines) and {target_path} ({len(targets)} lines) "
                 "differ in length; line N of one must translate line N of the other. Fix or re-export them."
             )
-        pairs = [{self.source_lang: s, self.target_lang: t} for s, t in zip(sources, targets)]
+        pairs = [{self.source_lang: s, self.target_lang: t} for s, t in zip(sources, targets, strict=True)]
         dataset = datasets.Dataset.from_dict({TRANSLATION_COLUMN: pairs})
         self._check_texts(dataset, lambda role: f"{target_path if role == 'target' else path}, line")
         return dataset
@@ -356,7 +359,9 @@ class Seq2SeqData(TaskDataModule):
         if self.dataset_name:  # local files were checked as they were read
             for split, dataset in raw.items():
                 if not getattr(self, f"{split}_file"):
-                    self._check_texts(dataset, lambda role, split=split: f"the {split} data ({self.source(split)}), row")
+                    self._check_texts(
+                        dataset, lambda role, split=split: f"the {split} data ({self.source(split)}), row"
+                    )
 
     def _check_languages(self, dataset: datasets.Dataset, split: str) -> None:
         """The `translation` dicts must hold both languages (the source alone in predict data)."""
@@ -365,8 +370,8 @@ class Seq2SeqData(TaskDataModule):
         text_file = file and Path(file).suffix == f".{self.source_lang}"
         if text_file and self.target_lang not in languages and split != "predict":
             raise HFTrainError(
-                f"The {split} data has no targets: {file} has no parallel file {self.target_file(file)}. Add it "
-                f"(line N translating line N of {file}), or check data.target_lang."
+                f"The {split} data has no targets: {file} has no parallel file {self.target_file(file)}. "
+                f"Add it (line N translating line N of {file}), or check data.target_lang."
             )
         for lang in (self.source_lang, self.target_lang):
             if lang not in languages and (split != "predict" or lang == self.source_lang):
@@ -377,21 +382,30 @@ class Seq2SeqData(TaskDataModule):
                 )
 
     def _check_texts(self, dataset: datasets.Dataset, where: Callable[[str], str]) -> None:
-        """Sources must be text and targets non-empty text (an empty target teaches the model to stop at once).
+        """Sources must be text and targets non-empty text (an empty target teaches the model to stop).
 
         `where(role)` says where the rows of that role live, e.g. `"data/train.de, line"`.
         """
         for role in ("source", "target"):
             texts = self.texts(dataset, role)
-            bad = [] if texts is None else [
-                i for i, text in enumerate(texts) if not isinstance(text, str) or (role == "target" and not text.strip())
-            ]
+            bad = (
+                []
+                if texts is None
+                else [
+                    i
+                    for i, text in enumerate(texts)
+                    if not isinstance(text, str) or (role == "target" and not text.strip())
+                ]
+            )
             if bad:
-                column = f"{TRANSLATION_COLUMN}.{getattr(self, f'{role}_lang')}" if self.parallel else getattr(
-                    self, f"{role}_column")
+                column = (
+                    f"{TRANSLATION_COLUMN}.{getattr(self, f'{role}_lang')}"
+                    if self.parallel
+                    else getattr(self, f"{role}_column")
+                )
                 raise HFTrainError(
-                    f"Empty or missing {role} text at {where(role)} {bad[0] + 1} ('{column}'; {len(bad)} such rows). "
-                    "Every pair needs a source and a non-empty target: fill in or drop those rows."
+                    f"Empty or missing {role} text at {where(role)} {bad[0] + 1} ('{column}'; {len(bad)} "
+                    "such rows). Every pair needs a source and a non-empty target: fill in or drop them."
                 )
 
     # ------------------------------------------------------------------ tokenization
@@ -416,7 +430,9 @@ class Seq2SeqData(TaskDataModule):
         sources = [self.source_prefix + text for text in batch["source"]]
         encoded = self.tokenizer(sources, max_length=self.max_length, truncation=True)
         if "target" in batch:
-            targets = self.tokenizer(text_target=batch["target"], max_length=self.max_target_length, truncation=True)
+            targets = self.tokenizer(
+                text_target=batch["target"], max_length=self.max_target_length, truncation=True
+            )
             encoded["labels"] = targets["input_ids"]
         return encoded
 

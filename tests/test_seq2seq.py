@@ -1,0 +1,430 @@
+"""Seq2seq: data shapes and checks, the batch the model sees, metric values, a translation the model learns.
+
+The tiny T5 uses the unigram tokenizer of `scripts/make_seq2seq_model.py` trained on the test text; the tiny
+BART a byte-level BPE, so both tokenizer families the task meets in practice are exercised.
+"""
+
+import importlib.util
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import REPO, SHARED_DATA
+
+from hftrain.cli import HFTrainCLI, main
+from hftrain.core.callbacks import read_results
+from hftrain.core.errors import HFTrainError
+from hftrain.tasks.seq2seq import Seq2Seq, Seq2SeqData, generation_metrics, scores
+
+# a word-for-word substitution cipher: learnable only if labels, collator, generation and decoding are right
+SOURCE_WORDS = "red blue green cat dog bird runs eats sleeps big small old".split()
+TARGET_WORDS = "rot blau gruen katze hund vogel laeuft isst schlaeft gross klein alt".split()
+CIPHER = dict(zip(SOURCE_WORDS, TARGET_WORDS, strict=True))
+
+
+def cipher_rows(n: int, seed: int) -> list[dict[str, str]]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        words = [rng.choice(SOURCE_WORDS) for _ in range(rng.randint(3, 6))]
+        rows.append({"source": " ".join(words), "target": " ".join(CIPHER[w] for w in words)})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def make_model_script():
+    spec = importlib.util.spec_from_file_location(
+        "make_seq2seq_model", REPO / "scripts" / "make_seq2seq_model.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory) -> str:
+    """A 2-layer random T5 with a T5-style unigram tokenizer holding every cipher word as one piece.
+
+    The vocabulary is written out rather than trained: the unigram trainer, given two dozen distinct words,
+    keeps only character-sized pieces, and a word-level vocabulary keeps the learning test short.
+    """
+    from tokenizers import models
+
+    script = make_model_script()
+    folder = tmp_path_factory.mktemp("tiny-t5")
+    pieces = [(script.PAD, 0.0), (script.EOS, 0.0), (script.UNK, 0.0)]
+    pieces += [(f"▁{word}", -1.0) for word in SOURCE_WORDS + TARGET_WORDS]
+    pieces += [(char, -10.0) for char in "abcdefghijklmnopqrstuvwxyz:.▁"]
+    tokenizer = script.t5_tokenizer(
+        script.unigram_backend(models.Unigram(pieces, unk_id=2)), model_max_length=64
+    )
+    tokenizer.save_pretrained(folder)
+    script.small_t5(tokenizer, d_model=64, layers=2, heads=4, d_ff=128, dropout=0.0).save_pretrained(folder)
+    return str(folder)
+
+
+def test_model_script_tokenizer_is_t5_like():
+    tokenizer = make_model_script().train_unigram_tokenizer(
+        ["a red cat runs", "ein roter hund"] * 50, vocab_size=40
+    )
+    assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (0, 1, 2)
+    ids = tokenizer("a red cat").input_ids
+    assert ids[-1] == 1 and tokenizer.decode(ids, skip_special_tokens=True) == "a red cat"
+
+
+@pytest.fixture(scope="session")
+def tiny_bart(tmp_path_factory) -> str:
+    """A 1-layer random BART with a byte-level BPE tokenizer, BART's special tokens and post-processing."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import BartConfig, BartForConditionalGeneration, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bart")
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    backend.train_from_iterator([" ".join(SOURCE_WORDS + TARGET_WORDS)] * 10, trainer)
+    backend.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+        model_max_length=64,
+    )
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BartConfig(
+        vocab_size=len(tokenizer),
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=64,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        decoder_start_token_id=2,
+        forced_eos_token_id=2,
+    )
+    BartForConditionalGeneration(config).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture
+def cipher_files(tmp_path) -> dict[str, str]:
+    return {
+        "train": write_jsonl(tmp_path / "train.jsonl", cipher_rows(1280, seed=1)),
+        "validation": write_jsonl(tmp_path / "dev.jsonl", cipher_rows(48, seed=2)),
+        "predict": write_jsonl(
+            tmp_path / "predict.jsonl", [{"source": r["source"]} for r in cipher_rows(8, 3)]
+        ),
+    }
+
+
+def texts(data: Seq2SeqData, split: str) -> tuple[list | None, list | None]:
+    return data.texts(data.raw[split], "source"), data.texts(data.raw[split], "target")
+
+
+def write_parallel(folder: Path, stem: str, rows: list[dict[str, str]], src="en", tgt="de") -> str:
+    (folder / f"{stem}.{src}").write_text("".join(r["source"] + "\n" for r in rows))
+    (folder / f"{stem}.{tgt}").write_text("".join(r["target"] + "\n" for r in rows))
+    return str(folder / f"{stem}.{src}")
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def test_batches_pad_labels_with_ignore_index_and_add_the_prefix(tiny_t5, cipher_files):
+    data = Seq2SeqData(
+        tokenizer_name=tiny_t5,
+        train_file=cipher_files["train"],
+        validation_file=cipher_files["validation"],
+        source_prefix="translate: ",
+        batch_size=8,
+    )
+    data.setup("fit")
+    batch = next(iter(data.val_dataloader()))
+    assert set(batch) == {"input_ids", "attention_mask", "labels"}
+    tokenizer = data.tokenizer
+    first = data.raw["validation"][0]
+    assert (
+        tokenizer.decode(batch["input_ids"][0], skip_special_tokens=True) == "translate: " + first["source"]
+    )
+    labels = batch["labels"]
+    lengths = (labels != -100).sum(-1)
+    assert lengths.min() < labels.shape[1], "rows of different length must be padded"
+    assert not (labels == tokenizer.pad_token_id).any(), "label padding must be -100, not the pad token"
+    row = labels[0][labels[0] != -100]
+    assert row[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(row, skip_special_tokens=True) == first["target"]
+
+
+def test_reads_hub_translation_shape_flat_columns_and_parallel_text(tiny_t5, tmp_path):
+    rows = cipher_rows(6, seed=4)
+    nested = write_jsonl(
+        tmp_path / "nested.jsonl", [{"translation": {"en": r["source"], "de": r["target"]}} for r in rows]
+    )
+    flat = tmp_path / "flat.csv"
+    flat.write_text("document,summary\n" + "".join(f"{r['source']},{r['target']}\n" for r in rows))
+    parallel = write_parallel(tmp_path, "train", rows)
+    shapes = [
+        {"train_file": nested, "source_lang": "en", "target_lang": "de"},
+        {"train_file": str(flat), "source_column": "document", "target_column": "summary"},
+        {"train_file": parallel, "source_lang": "en", "target_lang": "de"},
+    ]
+    for shape in shapes:
+        data = Seq2SeqData(tokenizer_name=tiny_t5, validation_split_percentage=0, **shape)
+        sources, targets = texts(data, "train")
+        assert (sources, targets) == ([r["source"] for r in rows], [r["target"] for r in rows]), shape
+
+
+def test_parallel_predict_file_needs_no_target_side(tiny_t5, tmp_path):
+    (tmp_path / "new.en").write_text("red cat\nbig dog\n")
+    data = Seq2SeqData(
+        tokenizer_name=tiny_t5, predict_file=str(tmp_path / "new.en"), source_lang="en", target_lang="de"
+    )
+    assert texts(data, "predict") == (["red cat", "big dog"], None)
+
+
+def test_parallel_files_of_unequal_length_name_both_files_and_counts(tiny_t5, tmp_path):
+    source = write_parallel(tmp_path, "train", cipher_rows(5, seed=5))
+    (tmp_path / "train.de").write_text("eins\nzwei\n")
+    with pytest.raises(HFTrainError, match=r"train\.en \(5 lines\) and .*train\.de \(2 lines\)"):
+        Seq2SeqData(tokenizer_name=tiny_t5, train_file=source, source_lang="en", target_lang="de")
+
+
+def test_bad_input_errors_say_where(tiny_t5, tmp_path):
+    rows = cipher_rows(4, seed=6)
+    source = write_parallel(tmp_path, "train", rows)
+    lines = [r["target"] for r in rows]
+    lines[2] = " "
+    (tmp_path / "train.de").write_text("\n".join(lines) + "\n")
+    with pytest.raises(HFTrainError, match=r"target text at .*train\.de, line 3"):
+        Seq2SeqData(tokenizer_name=tiny_t5, train_file=source, source_lang="en", target_lang="de")
+
+    (tmp_path / "train.de").unlink()
+    with pytest.raises(HFTrainError, match=r"no parallel file .*train\.de"):
+        Seq2SeqData(tokenizer_name=tiny_t5, train_file=source, source_lang="en", target_lang="de")
+
+    nested = write_jsonl(tmp_path / "nested.jsonl", [{"translation": {"en": "a", "ro": "b"}}] * 3)
+    with pytest.raises(HFTrainError, match=r"no language 'de' in its 'translation' column; it has en, ro"):
+        Seq2SeqData(tokenizer_name=tiny_t5, train_file=nested, source_lang="en", target_lang="de")
+
+    flat = write_jsonl(tmp_path / "flat.jsonl", [{"document": "a", "summary": "b"}] * 3)
+    with pytest.raises(HFTrainError, match=r"no column 'source' \(data.source_column\).*document, summary"):
+        Seq2SeqData(tokenizer_name=tiny_t5, train_file=flat)
+
+    empty = write_jsonl(
+        tmp_path / "empty.jsonl", [{"source": "a", "target": "b"}, {"source": "c", "target": ""}]
+    )
+    with pytest.raises(HFTrainError, match=r"target text at .*empty.jsonl, row 2 \('target'"):
+        Seq2SeqData(tokenizer_name=tiny_t5, train_file=empty, validation_split_percentage=0)
+
+    with pytest.raises(HFTrainError, match="both data.source_lang and data.target_lang"):
+        Seq2SeqData(tokenizer_name=tiny_t5, train_file=flat, source_lang="en")
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def test_translation_metrics_match_sacrebleu():
+    import sacrebleu
+
+    preds = ["the cat sat on the mat", "a quick brown fox jumps", "hello there general kenobi"]
+    refs = ["the cat sat on a mat", "the quick brown fox jumped", "hello there general kenobi"]
+    metrics = generation_metrics("translation")
+    metrics.update(preds[:2], [[r] for r in refs[:2]])
+    metrics.update(preds[2:], [[r] for r in refs[2:]])
+    values = scores(metrics)
+    assert values["bleu"].item() == pytest.approx(sacrebleu.corpus_bleu(preds, [refs]).score, abs=0.01)
+    assert values["chrf"].item() == pytest.approx(sacrebleu.corpus_chrf(preds, [refs]).score, abs=0.01)
+
+
+def test_summarization_metrics_match_rouge_score():
+    from rouge_score import rouge_scorer
+
+    # sentences in the other order: ROUGE-L matches one of them, ROUGE-Lsum both
+    preds = ["the city is calm\npolice killed the gunman.", "a storm hit the coast on monday"]
+    refs = ["the gunman was shot by police.\ncalm returned to the city", "a storm hit the east coast"]
+    keys = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
+    scorer = rouge_scorer.RougeScorer(keys, use_stemmer=False)
+    expected = {
+        k: 100 * sum(scorer.score(r, p)[k].fmeasure for p, r in zip(preds, refs, strict=True)) / 2
+        for k in keys
+    }
+    metrics = generation_metrics("summarization", rouge_use_stemmer=False)
+    metrics.update(preds, [[r] for r in refs])
+    values = {k: v.item() for k, v in scores(metrics).items()}
+    assert values == pytest.approx(expected, abs=0.01)
+    assert values["rougeLsum"] != pytest.approx(values["rougeL"]), "Lsum must score sentence by sentence"
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def test_learns_a_substitution_cipher(tiny_t5, cipher_files):
+    """The whole path must be right for a tiny T5 to translate word for word after a short CPU run."""
+    main(
+        [
+            "fit",
+            "--model",
+            "hftrain.tasks.seq2seq.Seq2Seq",
+            f"--model.model_name_or_path={tiny_t5}",
+            "--model.learning_rate=3e-3",
+            "--model.warmup_steps=0.1",
+            "--data",
+            "hftrain.tasks.seq2seq.Seq2SeqData",
+            f"--data.train_file={cipher_files['train']}",
+            f"--data.validation_file={cipher_files['validation']}",
+            "--data.batch_size=32",
+            "--trainer.max_epochs=10",
+            "--trainer.check_val_every_n_epoch=5",
+            "--trainer.num_sanity_val_steps=0",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
+    run = Path("runs/seq2seq/version_0")
+    results = read_results(run)
+    assert results["monitor"] == "val/bleu"
+    assert results["best"]["val/bleu"] >= 50, results["history"]
+    assert {"val/loss", "val/chrf"} <= set(results["best"])
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run), size_guidance={"tensors": 0}).Reload()
+    assert "val/examples/text_summary" in events.Tags()["tensors"]
+
+    main(
+        [
+            "predict",
+            "--config",
+            str(run / "config.yaml"),
+            f"--data.predict_file={cipher_files['predict']}",
+            "--ckpt_path=best",
+        ]
+    )
+    predictions = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    rows = cipher_rows(8, seed=3)
+    assert [p["source"] for p in predictions] == [r["source"] for r in rows]
+    pairs = [
+        (p, t)
+        for row, r in zip(predictions, rows, strict=True)
+        for p, t in zip(row["prediction"].split(), r["target"].split(), strict=False)
+    ]
+    assert sum(p == t for p, t in pairs) >= 0.6 * len(pairs), predictions
+
+    # the exported folder (best weights, generation settings, tokenizer) generates what predict wrote
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    exported = AutoModelForSeq2SeqLM.from_pretrained(run / "hf_model")
+    tokenizer = AutoTokenizer.from_pretrained(run / "hf_model")
+    inputs = tokenizer([r["source"] for r in rows], padding=True, return_tensors="pt")
+    outputs = tokenizer.batch_decode(exported.generate(**inputs), skip_special_tokens=True)
+    assert outputs == [p["prediction"] for p in predictions]
+
+
+def test_summarization_with_bart_reports_rouge_and_exports(tiny_bart, tmp_path):
+    rows = [{"document": r["source"] + " " + r["source"], "summary": r["target"]} for r in cipher_rows(24, 7)]
+    train = write_jsonl(tmp_path / "sum.jsonl", rows)
+    main(
+        [
+            "fit",
+            "--model",
+            "hftrain.tasks.seq2seq.Seq2Seq",
+            f"--model.model_name_or_path={tiny_bart}",
+            "--model.task=summarization",
+            "--model.num_beams=2",
+            "--model.max_new_tokens=8",
+            "--model.rouge_use_stemmer=false",
+            "--data",
+            "hftrain.tasks.seq2seq.Seq2SeqData",
+            f"--data.train_file={train}",
+            "--data.source_column=document",
+            "--data.target_column=summary",
+            "--data.validation_split_percentage=25",
+            "--data.batch_size=8",
+            "--trainer.max_epochs=1",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
+    run = Path("runs/seq2seq/version_0")
+    results = read_results(run)
+    assert results["monitor"] == "val/rougeL"
+    assert {"val/loss", "val/rouge1", "val/rouge2", "val/rougeL", "val/rougeLsum"} <= set(results["final"])
+    from transformers import GenerationConfig
+
+    generation = GenerationConfig.from_pretrained(run / "hf_model")
+    assert (generation.num_beams, generation.max_new_tokens) == (2, 8)
+
+
+def test_without_generation_only_loss_is_reported(tiny_t5, cipher_files):
+    model = Seq2Seq(model_name_or_path=tiny_t5, predict_with_generate=False)
+    assert (model.monitor, model.monitor_mode) == ("val/loss", "min")
+    assert not hasattr(model, "val_metrics")
+
+
+def test_invalid_generation_settings_are_a_user_error(tiny_t5):
+    for setting in ({"num_beams": 0}, {"max_new_tokens": 0}):
+        with pytest.raises(HFTrainError, match="generation settings are invalid"):
+            Seq2Seq(model_name_or_path=tiny_t5, **setting)
+
+
+# ---------------------------------------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize(
+    "config", ["translation/wmt16_en_ro.yaml", "summarization/xsum.yaml", "translation/multi30k_en_de.yaml"]
+)
+def test_shipped_configs_build(config, tiny_t5, cipher_files):
+    """Every key of the shipped configs is accepted; model and data are swapped for local tiny ones."""
+    path = REPO / "configs" / config
+    task = yaml.safe_load(path.read_text())["model"]["init_args"].get("task", "translation")
+    cli = HFTrainCLI(
+        args=[
+            f"--config={path}",
+            f"--model.init_args.model_name_or_path={tiny_t5}",
+            f"--model.init_args.rouge_use_stemmer={task != 'summarization'}",
+            "--data.init_args.dataset_name=null",
+            "--data.init_args.source_lang=null",
+            "--data.init_args.target_lang=null",
+            "--data.init_args.source_column=source",
+            "--data.init_args.target_column=target",
+            f"--data.init_args.train_file={cipher_files['train']}",
+            f"--data.init_args.validation_file={cipher_files['validation']}",
+            "--data.init_args.test_file=null",
+            "--trainer.precision=32",
+        ],
+        run=False,
+    )
+    assert isinstance(cli.model, Seq2Seq) and isinstance(cli.datamodule, Seq2SeqData)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "multi30k").is_dir(), reason="shared multi30k data absent")
+def test_reads_multi30k_parallel_files(tiny_t5):
+    folder = SHARED_DATA / "multi30k"
+    data = Seq2SeqData(
+        tokenizer_name=tiny_t5,
+        train_file=str(folder / "val.en"),
+        source_lang="en",
+        target_lang="de",
+        validation_split_percentage=0,
+    )
+    sources, targets = texts(data, "train")
+    assert len(sources) == len(targets) == 1014
+    assert targets[0].startswith("Eine Gruppe von Männern")
