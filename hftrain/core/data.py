@@ -24,6 +24,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from hftrain import __version__
 from hftrain.core.errors import HFTrainError
+from hftrain.core.sampling import LengthGroupedSampler, sequence_lengths
 
 SPLITS = ("train", "validation", "test", "predict")
 
@@ -82,6 +83,8 @@ class TaskDataModule(LightningDataModule):
         preprocessing_num_workers: Processes for tokenization (`datasets.map(num_proc=...)`).
         cache_dir: Where tokenized splits are cached; defaults to `$HFTRAIN_CACHE` or `~/.cache/hftrain`.
         seed: Seed for carving the validation split, so it is the same in every run.
+        group_by_length: Batch training examples of similar length together (shuffled in groups, as the HF
+            Trainer's `group_by_length`), so batches carry little padding: faster, same accuracy.
     """
 
     tokenizer_name: str | None = None
@@ -100,10 +103,12 @@ class TaskDataModule(LightningDataModule):
     preprocessing_num_workers: int | None = None
     cache_dir: str | None = None
     seed: int = 42
+    group_by_length: bool = False
 
     # settings that change how batches are served but not what the tokenized data holds
     loader_settings: ClassVar[frozenset[str]] = frozenset(
-        {"batch_size", "eval_batch_size", "num_workers", "preprocessing_num_workers", "cache_dir"}
+        {"batch_size", "eval_batch_size", "num_workers", "preprocessing_num_workers", "cache_dir",
+         "group_by_length"}
     )
 
     def __post_init__(self) -> None:
@@ -349,10 +354,15 @@ class TaskDataModule(LightningDataModule):
         if self.datasets is None or split not in self.datasets:
             setting = "dataset_name or data.train_file" if split == "train" else f"{split}_file"
             raise HFTrainError(f"There is no {split} split to load: set data.{setting}.")
+        sampler = None
+        if train and self.group_by_length:
+            lengths = sequence_lengths(self.datasets[split], self.tokenizer.model_input_names[0])
+            sampler = LengthGroupedSampler(lengths, self.batch_size, self.seed)
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size if train else self.eval_batch_size or self.batch_size,
-            shuffle=train,
+            shuffle=train and sampler is None,
+            sampler=sampler,
             collate_fn=self.collator,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),

@@ -1,0 +1,111 @@
+"""Length-grouped batching: a random permutation whose batches have similar lengths, resumable mid-epoch,
+intact under DDP sharding, and switched on by `data.group_by_length`."""
+
+import random
+
+import numpy as np
+import pytest
+from conftest import FILLER, write_csv
+from lightning.pytorch.trainer.connectors.data_connector import _get_distributed_sampler
+from lightning.pytorch.utilities.data import _is_dataloader_shuffled
+from torch.utils.data import DataLoader
+
+from hftrain.core.sampling import LengthGroupedSampler, pad_fraction
+from hftrain.tasks.text_classification import TextClassificationData
+
+_rng = random.Random(0)
+LENGTHS = [_rng.randint(5, 120) for _ in range(1000)]
+
+
+def test_each_epoch_is_a_seeded_permutation_of_length_homogeneous_batches():
+    sampler = LengthGroupedSampler(LENGTHS, batch_size=16, seed=1)
+    first = list(sampler)
+    assert sorted(first) == list(range(len(LENGTHS))) and len(sampler) == len(LENGTHS)
+    assert list(LengthGroupedSampler(LENGTHS, batch_size=16, seed=1)) == first
+    assert list(LengthGroupedSampler(LENGTHS, batch_size=16, seed=2)) != first
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert sorted(second) == sorted(first) and second != first
+    shuffled = np.random.default_rng(0).permutation(len(LENGTHS))
+    assert pad_fraction(LENGTHS, first, 16) < 0.1 < 0.3 < pad_fraction(LENGTHS, shuffled, 16)
+    # the longest batch comes first, so an out-of-memory error shows on the first step
+    assert max(LENGTHS[i] for i in first[:16]) == max(LENGTHS)
+
+
+def test_batch_order_is_shuffled_not_longest_to_shortest_per_megabatch():
+    order = list(LengthGroupedSampler(LENGTHS, batch_size=10, seed=0, megabatch_mult=25))
+    batch_max = [max(LENGTHS[i] for i in order[s : s + 10]) for s in range(0, len(order), 10)]
+    assert batch_max[1:25] != sorted(batch_max[1:25], reverse=True)
+
+
+def test_resume_mid_epoch_serves_exactly_the_rest():
+    sampler = LengthGroupedSampler(LENGTHS, batch_size=16, seed=3)
+    sampler.set_epoch(2)
+    expected = list(sampler)
+    iterator = iter(sampler)
+    served = [next(iterator) for _ in range(100)]
+    state = sampler.state_dict()
+    assert state == {"epoch": 2, "seed": 3, "yielded": 100}
+    resumed = LengthGroupedSampler(LENGTHS, batch_size=16, seed=0)
+    resumed.load_state_dict(state)
+    assert served + list(resumed) == expected
+    assert list(resumed) == expected  # the next pass over the same epoch starts from the beginning again
+
+
+def test_stateful_dataloader_resumes_mid_epoch_with_the_next_batch():
+    StatefulDataLoader = pytest.importorskip("torchdata.stateful_dataloader").StatefulDataLoader
+
+    def loader():
+        sampler = LengthGroupedSampler(LENGTHS, batch_size=8, seed=0)
+        sampler.set_epoch(1)
+        return StatefulDataLoader(range(len(LENGTHS)), batch_size=8, sampler=sampler)
+
+    full = [b.tolist() for b in loader()]
+    first = loader()
+    iterator = iter(first)
+    head = [next(iterator).tolist() for _ in range(7)]
+    state = first.state_dict()
+    second = loader()
+    second.load_state_dict(state)
+    assert head + [b.tolist() for b in second] == full
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_ddp_shards_keep_batches_homogeneous_and_lose_nothing(world):
+    """Lightning wraps a custom sampler in `DistributedSamplerWrapper`; it must not reshuffle our order."""
+    sampler = LengthGroupedSampler(LENGTHS, 16, seed=0, num_replicas=world)
+    loader = DataLoader(range(len(LENGTHS)), batch_size=16, sampler=sampler)
+    shuffle = _is_dataloader_shuffled(loader)
+    assert not shuffle
+    shards = []
+    for rank in range(world):
+        shard = _get_distributed_sampler(loader, shuffle, overfit_batches=0, num_replicas=world, rank=rank)
+        shard.set_epoch(0)
+        shards.append(list(shard))
+        # less than half the padding of random batches (megabatches span W times more lengths here)
+        assert pad_fraction(LENGTHS, shards[-1], 16) < pad_fraction(LENGTHS, range(len(LENGTHS)), 16) / 2
+    served = [i for shard in shards for i in shard]
+    assert set(served) == set(range(len(LENGTHS)))
+    assert len(served) - len(LENGTHS) == -len(LENGTHS) % world  # DistributedSampler's padding, nothing more
+
+
+def test_data_module_groups_training_batches_by_length(tiny_bert, tmp_path):
+    rng = random.Random(0)
+    rows = [{"text": " ".join(rng.choices(FILLER, k=rng.randint(1, 40))), "label": rng.choice("ab")}
+            for _ in range(256)]
+    train = str(write_csv(tmp_path / "train.csv", rows))
+    options = {"tokenizer_name": tiny_bert, "train_file": train, "batch_size": 16}
+    grouped = TextClassificationData(**options, group_by_length=True)
+    plain = TextClassificationData(**options)
+    assert grouped.cache_path() == plain.cache_path()  # a loader setting: the tokenized cache is shared
+    grouped.setup("fit")
+    plain.setup("fit")
+
+    def padding(data):
+        batches = list(data.train_dataloader())
+        return sum((b["attention_mask"] == 0).sum().item() for b in batches) / sum(
+            b["attention_mask"].numel() for b in batches
+        )
+
+    assert isinstance(grouped.train_dataloader().sampler, LengthGroupedSampler)
+    assert padding(grouped) < padding(plain) / 2
