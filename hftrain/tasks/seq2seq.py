@@ -164,6 +164,9 @@ class Seq2Seq(TaskModule):
                 f"The generation settings are invalid: {err} Check model.num_beams, max_new_tokens, "
                 "length_penalty and no_repeat_ngram_size."
             ) from err
+        # marked as set on purpose: loaders (transformers 4.x pipelines) rebuild a config flagged as derived
+        # from the model config, dropping these settings
+        config._from_model_config = False
         return config
 
     def _load_tokenizer(self) -> PreTrainedTokenizerBase:
@@ -197,7 +200,7 @@ class Seq2Seq(TaskModule):
 
     # ------------------------------------------------------------------ steps
 
-    def _evaluate(self, batch: dict[str, torch.Tensor], batch_idx: int, stage: str) -> None:
+    def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> None:
         loss = self(**batch).loss
         self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["input_ids"]))
         if not self.predict_with_generate:
@@ -217,7 +220,7 @@ class Seq2Seq(TaskModule):
             metrics.reset()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "val")
+        self._evaluate(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
         self._log_scores("val")
@@ -228,7 +231,7 @@ class Seq2Seq(TaskModule):
         self._examples = []
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "test")
+        self._evaluate(batch, "test")
 
     def on_test_epoch_end(self) -> None:
         self._log_scores("test")
@@ -237,7 +240,12 @@ class Seq2Seq(TaskModule):
         sources = self.decode(batch["input_ids"])
         return [{"source": s, "prediction": p} for s, p in zip(sources, self.generate(batch), strict=True)]
 
-    def export(self, folder, tokenizer=None, state_dict=None) -> Path:
+    def export(
+        self,
+        folder: str | Path,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        state_dict: dict[str, torch.Tensor] | None = None,
+    ) -> Path:
         """Export with the evaluation's generation settings, so `generate` on `hf_model/` decodes alike."""
         self.model.generation_config = self.generation_config
         return super().export(folder, tokenizer or self.tokenizer, state_dict)
