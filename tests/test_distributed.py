@@ -30,7 +30,9 @@ def hftrain(*args, env: dict[str, str] | None = None, wait: bool = True):
     command = [sys.executable, "-m", "hftrain", *map(str, args)]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS), **(env or {})}
     if not wait:
-        return subprocess.Popen(command, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(
+            command, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
     done = subprocess.run(command, env=full_env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout + done.stderr
@@ -93,41 +95,67 @@ def test_two_nodes_on_localhost_form_one_world_of_two(config, tmp_path):
     assert read_results(runs / "version_0")["global_step"] == 96 // (2 * 8)
 
 
+@pytest.mark.slow
+def test_torchrun_script_runs_two_processes(config, tmp_path):
+    """scripts/torchrun_fit.sh with 2 CPU processes on one node (slow: a third DDP start-up)."""
+    (tmp_path / "configs").symlink_to(REPO / "configs")  # the script is run from the repository root
+    done = subprocess.run(
+        ["bash", REPO / "scripts" / "torchrun_fit.sh", config.name, *CPU_DDP, "--trainer.max_epochs", "1"],
+        env={
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+            "NPROC_PER_NODE": "2",
+            "MASTER_PORT": str(free_port()),
+        },
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert read_results(tmp_path / "runs" / "scale" / "version_0")["global_step"] == 96 // (2 * 8)
+
+
 class PauseForSignal(Callback):
-    """Test scaffolding: at step `PAUSE_AT_STEP`, touch `PAUSE_READY_FILE` and wait, like a job still
-    training when SLURM warns it of the end; the test then sends SIGUSR1 and, as SLURM does, kills it."""
+    """Test scaffolding: at step `PAUSE_AT_STEP`, write this process's id to `PAUSE_READY_FILE` and wait,
+    like a job still training when SLURM warns it; the test then signals it and, as SLURM does, kills it."""
 
     def on_train_batch_end(self, trainer: Trainer, *args) -> None:
         ready = os.environ.get("PAUSE_READY_FILE")
         if ready and trainer.global_step == int(os.environ["PAUSE_AT_STEP"]):
-            Path(ready).write_text("paused")
+            Path(ready).write_text(str(os.getpid()))
             time.sleep(600)
 
 
-def wait_for(path: Path, process: subprocess.Popen, seconds: float = 300) -> None:
+def wait_for(path: Path, process: subprocess.Popen, seconds: float = 300) -> str:
+    """The text of `path` once it has some, failing early if `process` ends first."""
     deadline = time.monotonic() + seconds
     while not (path.is_file() and path.stat().st_size > 0):
         if process.poll() is not None:
-            raise AssertionError(f"hftrain exited before {path.name} appeared:\n{process.stdout.read()}")
+            raise AssertionError(f"the job ended before {path.name} appeared:\n{process.stdout.read()}")
         if time.monotonic() > deadline:
             raise AssertionError(f"{path.name} did not appear within {seconds} s")
         time.sleep(0.2)
+    return path.read_text()
 
 
 def test_slurm_requeue_saves_a_checkpoint_and_the_requeued_job_resumes_from_it(config, tmp_path):
-    """One faked SLURM task; only `scontrol` is mocked. The job is signalled mid-epoch 2 of 2."""
+    """scripts/slurm/fit.sbatch as one faked SLURM task on CPU, signalled mid-epoch 2 of 2. `srun` passes
+    its command through (one task) and `scontrol` records its arguments; nothing of Lightning is mocked."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     scontrol_log = tmp_path / "scontrol.log"
-    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {scontrol_log}\n')
-    (bin_dir / "scontrol").chmod(0o755)
+    for name, body in {"srun": '"$@"', "scontrol": f'echo "$@" >> {scontrol_log}'}.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
     slurm = {
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "PATH": os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ["PATH"]]),
         "SLURM_JOB_ID": "4242",
         "SLURM_JOB_NAME": "hftrain",
+        "SLURM_JOB_NUM_NODES": "1",
+        "SLURM_NNODES": "1",
         "SLURM_NTASKS": "1",
         "SLURM_NTASKS_PER_NODE": "1",
-        "SLURM_NNODES": "1",
         "SLURM_PROCID": "0",
         "SLURM_LOCALID": "0",
         "SLURM_NODEID": "0",
@@ -136,37 +164,49 @@ def test_slurm_requeue_saves_a_checkpoint_and_the_requeued_job_resumes_from_it(c
     settings = yaml.safe_load(config.read_text())
     settings["trainer"]["callbacks"] = [{"class_path": "test_distributed.PauseForSignal"}]
     config.write_text(yaml.safe_dump(settings))
-    preset = REPO / "configs" / "trainer" / "slurm.yaml"
-    # exactly what scripts/slurm/fit.sbatch runs, with the GPU settings of the preset swapped for CPU ones
-    args = ["fit", "--config", config, "--config", preset, *CPU_DDP, "--trainer.num_nodes", 1]
-    args += ["--trainer.devices", 1, "--trainer.strategy", "auto"]
+    (tmp_path / "configs").symlink_to(REPO / "configs")  # the script is run from the repository root
+    # the slurm preset's GPU settings swapped for CPU ones
+    job = [REPO / "scripts" / "slurm" / "fit.sbatch", config.name, *CPU_DDP, "--trainer.strategy", "auto"]
     steps_per_epoch = 96 // 8
     run = tmp_path / "runs" / "scale" / "version_4242"  # the job id names the run folder
 
     ready = tmp_path / "paused"
     pause = {"PAUSE_READY_FILE": str(ready), "PAUSE_AT_STEP": str(steps_per_epoch + 3)}
-    job = hftrain(*args, env={**slurm, **pause}, wait=False)
+    first = sbatch(job, env={**slurm, **pause})
     try:
-        wait_for(ready, job)
-        job.send_signal(signal.SIGUSR1)  # what `#SBATCH --signal=SIGUSR1@90` sends before the time limit
-        wait_for(scontrol_log, job)  # Lightning asks SLURM to requeue once the checkpoint is saved
-        job.kill()  # SLURM ends the job after the requeue
-        output = job.communicate(timeout=60)[0]
+        # what `#SBATCH --signal=SIGUSR1@90` makes SLURM send to the tasks before the time limit
+        os.kill(int(wait_for(ready, first)), signal.SIGUSR1)
+        wait_for(scontrol_log, first)  # Lightning asks SLURM to requeue once the checkpoint is saved
     finally:
-        job.kill()
+        os.killpg(first.pid, signal.SIGKILL)  # SLURM ends the job after the requeue
+    output = first.communicate(timeout=60)[0]
     assert "SLURM auto-requeueing enabled" in output and "Handling auto-requeue signal" in output
     assert scontrol_log.read_text().split() == ["requeue", "4242"]
     assert (run / "hpc_ckpt_1.ckpt").is_file()
     assert not (run / "hf_model").exists()
 
-    # the requeued job: same job id, same command, no flag changed
-    output = hftrain(*args, env=slurm)
+    # the requeued job: same job id, same script, nothing changed
+    requeued = sbatch(job, env=slurm)
+    output = requeued.communicate(timeout=600)[0]
+    assert requeued.returncode == 0, output
     assert "Restoring states from the checkpoint path at runs/scale/version_4242/hpc_ckpt_1.ckpt" in output
     assert [p.name for p in run.parent.iterdir()] == ["version_4242"]
     results = read_results(run)
     assert results["global_step"] == 2 * steps_per_epoch  # an uninterrupted run's count
     assert [h["epoch"] for h in results["history"]] == [0, 1]
     assert (run / "hf_model" / "model.safetensors").is_file()
+
+
+def sbatch(command: list, env: dict[str, str]) -> subprocess.Popen:
+    """Run a batch script as SLURM would on the first node, in its own process group."""
+    return subprocess.Popen(
+        ["bash", *map(str, command)],
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS), **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def test_fsdp_preset_wraps_each_transformer_block():
