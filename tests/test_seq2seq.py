@@ -394,12 +394,10 @@ def test_invalid_generation_settings_are_a_user_error(tiny_t5):
 def test_shipped_configs_build(config, tiny_t5, cipher_files):
     """Every key of the shipped configs is accepted; model and data are swapped for local tiny ones."""
     path = REPO / "configs" / config
-    task = yaml.safe_load(path.read_text())["model"]["init_args"].get("task", "translation")
     cli = HFTrainCLI(
         args=[
             f"--config={path}",
             f"--model.init_args.model_name_or_path={tiny_t5}",
-            f"--model.init_args.rouge_use_stemmer={task != 'summarization'}",
             "--data.init_args.dataset_name=null",
             "--data.init_args.source_lang=null",
             "--data.init_args.target_lang=null",
@@ -413,6 +411,9 @@ def test_shipped_configs_build(config, tiny_t5, cipher_files):
         run=False,
     )
     assert isinstance(cli.model, Seq2Seq) and isinstance(cli.datamodule, Seq2SeqData)
+    settings = yaml.safe_load(path.read_text())["model"]["init_args"]
+    assert cli.model.task == settings.get("task", "translation")
+    assert cli.model.generation_config.num_beams == settings.get("num_beams")
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "multi30k").is_dir(), reason="shared multi30k data absent")
