@@ -343,15 +343,17 @@ class Seq2SeqData(TaskDataModule):
             return list(feature.languages)
         return list(feature) if isinstance(feature, dict) else []
 
-    def texts(self, dataset: datasets.Dataset, role: Literal["source", "target"]) -> list | None:
-        """The source or target texts of a dataset; None where it has none (predict data has no targets)."""
+    def has_texts(self, dataset: datasets.Dataset, role: Literal["source", "target"]) -> bool:
+        """Whether a dataset holds source (or target) texts: predict data may have no targets."""
         if self.parallel:
-            lang = self.source_lang if role == "source" else self.target_lang
-            if lang not in self._languages(dataset):
-                return None
-            return [row[lang] for row in dataset[TRANSLATION_COLUMN]]
-        column = self.source_column if role == "source" else self.target_column
-        return dataset[column] if column in dataset.column_names else None
+            return getattr(self, f"{role}_lang") in self._languages(dataset)
+        return getattr(self, f"{role}_column") in dataset.column_names
+
+    def texts(self, data: datasets.Dataset | dict[str, list], role: Literal["source", "target"]) -> list:
+        """The source or target texts of a dataset or of a batch of its rows."""
+        if self.parallel:
+            return [row[getattr(self, f"{role}_lang")] for row in data[TRANSLATION_COLUMN]]
+        return data[getattr(self, f"{role}_column")]
 
     def check_data(self, raw: datasets.DatasetDict) -> None:
         if self.parallel:
@@ -395,16 +397,12 @@ class Seq2SeqData(TaskDataModule):
         `where(role)` says where the rows of that role live, e.g. `"data/train.de, line"`.
         """
         for role in ("source", "target"):
-            texts = self.texts(dataset, role)
-            bad = (
-                []
-                if texts is None
-                else [
-                    i
-                    for i, text in enumerate(texts)
-                    if not isinstance(text, str) or (role == "target" and not text.strip())
-                ]
-            )
+            texts = self.texts(dataset, role) if self.has_texts(dataset, role) else []
+            bad = [
+                i
+                for i, text in enumerate(texts)
+                if not isinstance(text, str) or (role == "target" and not text.strip())
+            ]
             if bad:
                 column = (
                     f"{TRANSLATION_COLUMN}.{getattr(self, f'{role}_lang')}"
@@ -421,25 +419,22 @@ class Seq2SeqData(TaskDataModule):
     def preprocess(self, raw: datasets.DatasetDict) -> datasets.DatasetDict:
         processed = datasets.DatasetDict()
         for split, dataset in raw.items():
-            sources, targets = self.texts(dataset, "source"), self.texts(dataset, "target")
-            texts = datasets.Dataset.from_dict(
-                {"source": sources} if targets is None else {"source": sources, "target": targets}
-            )
-            processed[split] = texts.map(
+            processed[split] = dataset.map(
                 self._tokenize,
                 batched=True,
-                remove_columns=texts.column_names,
+                fn_kwargs={"with_targets": self.has_texts(dataset, "target")},
+                remove_columns=dataset.column_names,
                 num_proc=self.preprocessing_num_workers,
                 desc=f"Tokenizing {split}",
             )
         return processed
 
-    def _tokenize(self, batch: dict[str, list[str]]) -> dict[str, list]:
-        sources = [self.source_prefix + text for text in batch["source"]]
+    def _tokenize(self, batch: dict[str, list], with_targets: bool) -> dict[str, list]:
+        sources = [self.source_prefix + text for text in self.texts(batch, "source")]
         encoded = self.tokenizer(sources, max_length=self.max_length, truncation=True)
-        if "target" in batch:
+        if with_targets:
             targets = self.tokenizer(
-                text_target=batch["target"], max_length=self.max_target_length, truncation=True
+                text_target=self.texts(batch, "target"), max_length=self.max_target_length, truncation=True
             )
             encoded["labels"] = targets["input_ids"]
         return encoded
