@@ -1,8 +1,8 @@
 """Scale-out on CPU with gloo: a 2-process DDP fit, a 2-node run on localhost, and a SLURM requeue.
 
 Every run goes through `python -m hftrain fit` in a subprocess, as a user (or `srun`) starts it, so
-Lightning's own launcher and cluster environments are what is tested. FSDP needs a GPU in Lightning
-(`accelerator="gpu"` is enforced), so only its preset is checked here.
+Lightning's own launcher and cluster environments are what is tested. Lightning and torch run FSDP on
+GPUs only, so here only its preset and the export of a sharded checkpoint are checked.
 """
 
 import os
@@ -223,3 +223,32 @@ def test_fsdp_preset_wraps_each_transformer_block():
     assert strategy.kwargs["auto_wrap_policy"]._module_classes == {BertLayer}
     assert strategy._state_dict_type == "sharded"
     assert preset["precision"].endswith("-mixed")
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_export_gathers_a_sharded_best_checkpoint(tiny_bert, tmp_path):
+    """FSDP's sharded checkpoints (folders of torch.distributed.checkpoint shards, weights under `model`)
+    still become one hf_model/; written here by one process, as Lightning's FSDP writes them on a GPU."""
+    from types import SimpleNamespace
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from transformers import AutoModelForSequenceClassification
+
+    from hftrain.core.callbacks import ExportHFModel
+    from hftrain.tasks.text_classification import TextClassification
+
+    module = TextClassification(model_name_or_path=tiny_bert, label_names=["neg", "pos"])
+    best = {k: v.clone() for k, v in module.state_dict().items()}
+    dcp.save({"model": best}, checkpoint_id=tmp_path / "best.ckpt")
+    with torch.no_grad():  # the weights in memory move on after the best checkpoint
+        module.model.classifier.weight.add_(1.0)
+    trainer = SimpleNamespace(
+        log_dir=str(tmp_path),
+        is_global_zero=True,
+        checkpoint_callback=SimpleNamespace(best_model_path=str(tmp_path / "best.ckpt")),
+        datamodule=None,
+    )
+    ExportHFModel().on_fit_end(trainer, module)
+    exported = AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf_model")
+    torch.testing.assert_close(exported.classifier.weight, best["model.classifier.weight"])
