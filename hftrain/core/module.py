@@ -119,11 +119,18 @@ class TaskModule(LightningModule):
         for name, param in self.model.named_parameters():
             if param.requires_grad:
                 (no_decay if name.endswith("bias") or id(param) in norm_params else decay).append(param)
+        # the fused kernel updates all weights in one pass instead of a loop of small ops per tensor: several
+        # times faster on CPU and GPU, and the HF Trainer's default. Lightning refuses gradient clipping with
+        # it under fp16 loss scaling, so 16-mixed keeps the default implementation.
+        fused = self.trainer.precision != "16-mixed" and all(
+            p.device.type in ("cpu", "cuda") for p in decay + no_decay
+        )
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.learning_rate,
             betas=(self.adam_beta1, self.adam_beta2),
             eps=self.adam_epsilon,
+            fused=fused or None,
         )
         total = int(self.trainer.estimated_stepping_batches)
         warmup = int(self.warmup_steps * total) if self.warmup_steps < 1 else int(self.warmup_steps)
