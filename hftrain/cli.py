@@ -15,20 +15,27 @@ import sys
 import zipfile
 from pathlib import Path
 
+import datasets
 import torch
+import transformers
 import yaml
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
 
 from hftrain.core.callbacks import (
     ExportHFModel,
     ModelCheckpoint,
     PredictionWriter,
     ResultsWriter,
+    StopOnNonFiniteLoss,
     free_path,
     read_results,
 )
+from hftrain.core.checkpoint_io import AtomicCheckpointIO
 from hftrain.core.data import TaskDataModule
 from hftrain.core.errors import HFTrainError
 from hftrain.core.module import TaskModule
@@ -42,7 +49,8 @@ class SaveRunConfig(SaveConfigCallback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if not self.already_saved:
-            name = free_path(trainer.log_dir, "config", ".yaml").name if trainer.is_global_zero else None
+            log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask, not only rank 0
+            name = free_path(log_dir, "config", ".yaml").name if trainer.is_global_zero else None
             self.config_filename = trainer.strategy.broadcast(name)
         super().setup(trainer, pl_module, stage)
 
@@ -64,7 +72,12 @@ class HFTrainCLI(LightningCLI):
                     "init_args": {"save_dir": RUNS_DIR, "name": None},
                 },
                 # export first, so the results summary is the last thing a fit prints
-                "callbacks": [LearningRateMonitor(logging_interval="step"), ExportHFModel(), ResultsWriter()],
+                "callbacks": [
+                    LearningRateMonitor(logging_interval="step"),
+                    StopOnNonFiniteLoss(),
+                    ExportHFModel(),
+                    ResultsWriter(),
+                ],
             },
             parser_kwargs={"default_env": True, "env_prefix": "HFTRAIN"},
             args=args,
@@ -90,7 +103,25 @@ class HFTrainCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path not in (None, "best", "last", "hpc", "registry"):
-            self._check_checkpoint(Path(ckpt_path))
+            self._check_checkpoint(Path(ckpt_path), self.config[subcommand].model.class_path)
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not when the user chose another
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
+
+    def after_instantiate_classes(self) -> None:
+        """Refuse a tokenizer with more tokens than the model has embeddings (ids past the table crash
+        mid-run with an index error instead)."""
+        tokenizer = getattr(self.datamodule, "tokenizer", None)
+        embeddings = self.model.model.get_input_embeddings() if hasattr(self.model, "model") else None
+        if tokenizer is not None and embeddings is not None and len(tokenizer) > embeddings.num_embeddings:
+            raise HFTrainError(
+                f"The tokenizer '{self.datamodule.tokenizer_name}' has {len(tokenizer)} tokens but the model "
+                f"'{self.model.model_name_or_path}' has only {embeddings.num_embeddings} embeddings: they do not "
+                "belong together. Use the tokenizer saved with the model (the same folder or Hub id)."
+            )
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -100,11 +131,19 @@ class HFTrainCLI(LightningCLI):
                 logger.init_args.name = self._run_name(config)
             if config.get("ckpt_path") in ("best", "last"):
                 config.ckpt_path = self._find_checkpoint(config.ckpt_path, logger.init_args)
+            job_id = SLURMEnvironment.job_id() if SLURMEnvironment.detect() else None
+            unset = logger.init_args.version is None and config.trainer.default_root_dir is None
+            if job_id is not None and unset:
+                # a requeued SLURM job keeps its id, so it comes back to this run folder, where Lightning
+                # saved the requeue checkpoint (hpc_ckpt_N.ckpt in default_root_dir) and resumes from it
+                logger.init_args.version = job_id
+                run_dir = Path(logger.init_args.save_dir) / logger.init_args.name / f"version_{job_id}"
+                config.trainer.default_root_dir = str(run_dir)
 
     @staticmethod
-    def _check_checkpoint(path: Path) -> None:
-        """A missing or torn checkpoint is named before any model loads (torch checkpoints are zip files,
-        and a truncated zip has no central directory)."""
+    def _check_checkpoint(path: Path, model_class: str) -> None:
+        """A missing, torn or foreign checkpoint is named before any model loads (torch checkpoints are zip
+        files, and a truncated zip has no central directory)."""
         if not path.is_file():
             raise HFTrainError(f"--ckpt_path {path} does not exist. Check the path, or use `best` / `last`.")
         if not zipfile.is_zipfile(path):
@@ -112,21 +151,35 @@ class HFTrainCLI(LightningCLI):
                 f"--ckpt_path {path} is not a complete checkpoint (truncated or not written by torch.save). "
                 "Use another checkpoint of the run, e.g. `--ckpt_path last` or a file in checkpoints/."
             )
+        try:
+            hparams = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
+        except Exception as err:  # noqa: BLE001 - unpickling errors come in many types
+            raise HFTrainError(f"--ckpt_path {path} could not be read as a checkpoint: {err}") from err
+        written_by = hparams.get("_class_path")
+        if written_by and written_by != model_class:
+            raise HFTrainError(
+                f"--ckpt_path {path} was written by {written_by.rsplit('.', 1)[-1]}, but this config trains "
+                f"{model_class.rsplit('.', 1)[-1]}. Use a checkpoint of this task, or the config it was made with."
+            )
 
     def after_fit(self) -> None:
         """End a fit with the two things a user looks for: where the run is and how good it got."""
-        if not self.trainer.is_global_zero or self.trainer.log_dir is None:
+        log_dir = self.trainer.log_dir  # a broadcast under DDP: every rank asks, once
+        if log_dir is None or not self.trainer.is_global_zero:
             return
-        results = read_results(self.trainer.log_dir)
+        results = read_results(log_dir)
         best, monitor = results.get("best"), results.get("monitor")
         summary = f"best {monitor} = {best[monitor]:.4f} at epoch {best['epoch']}" if best else "no validation"
-        print(f"Run folder: {self.trainer.log_dir}  ({summary})", flush=True)
+        print(f"Run folder: {log_dir}  ({summary})", flush=True)
 
     @staticmethod
     def _run_name(config) -> str:
-        """The last config file's name (`mrpc` for `configs/glue/mrpc.yaml`), else the task's."""
-        if config.get("config"):
-            return Path(str(config.config[-1])).stem
+        """The name of the last config file that sets the model or data (`mrpc` for `configs/glue/mrpc.yaml`,
+        also with trainer presets layered after it), else of the last config file, else the task's."""
+        files = config.get("config") or []
+        tasks = [f for f in files if {"model", "data"} & set(yaml.safe_load(f.get_content()) or {})]
+        if files:
+            return Path(str((tasks or files)[-1])).stem
         return config.model.class_path.rsplit(".", 1)[-1].lower()
 
     @staticmethod
@@ -169,6 +222,10 @@ class HFTrainCLI(LightningCLI):
 
 def main(args: list[str] | None = None) -> None:
     """Run the CLI; user errors print one paragraph and exit 2 (`HFTRAIN_DEBUG=1` shows the traceback)."""
+    if rank_zero_only.rank > 0:  # a rank started by a launcher loads what rank 0 loads; rank 0 reports it
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+        datasets.disable_progress_bars()
     try:
         _check_yaml_files(sys.argv[1:] if args is None else args)
         HFTrainCLI(args=args)

@@ -107,6 +107,27 @@ def checkpoint_path_missing(tmp_path, model):
     return ["--config", classification_config(tmp_path / "bad.yaml", model, _files(tmp_path)), "--ckpt_path", tmp_path / "gone.ckpt"]
 
 
+def checkpoint_of_another_task(tmp_path, model):
+    import torch
+
+    qa = {"hyper_parameters": {"_class_path": "hftrain.tasks.question_answering.QuestionAnswering"}, "state_dict": {}}
+    torch.save(qa, tmp_path / "qa.ckpt")
+    return ["--config", classification_config(tmp_path / "bad.yaml", model, _files(tmp_path)), "--ckpt_path", tmp_path / "qa.ckpt"]
+
+
+def tokenizer_bigger_than_model(tmp_path, model):
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    small = tmp_path / "small-vocab-model"
+    BertModel(BertConfig(vocab_size=20, hidden_size=16, num_hidden_layers=1, num_attention_heads=1,
+                         intermediate_size=16)).save_pretrained(small)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(f"{model}/{name}", small / name)
+    return ["--config", classification_config(tmp_path / "bad.yaml", str(small), _files(tmp_path))]
+
+
 CASES = {
     missing_column: ["no column 'review'", "data.text_column", "train.csv"],
     label_outside_the_set: ["'meh'", "row 6", "not in the label set", "dev_meh.csv"],
@@ -128,6 +149,8 @@ CASES = {
     best_checkpoint_without_a_run: ["--ckpt_path best", "no earlier run", "runs/other"],
     truncated_checkpoint: ["broken.ckpt", "not a complete checkpoint"],
     checkpoint_path_missing: ["gone.ckpt", "does not exist"],
+    checkpoint_of_another_task: ["qa.ckpt", "written by QuestionAnswering", "trains TextClassification"],
+    tokenizer_bigger_than_model: ["embeddings", "do not belong together", "small-vocab-model"],
 }
 
 

@@ -8,6 +8,7 @@ them overwrites an earlier file the user may still need.
 import json
 import math
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +16,8 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch import callbacks as pl_callbacks
 from lightning.pytorch.utilities import rank_zero_info
+
+from hftrain.core.errors import HFTrainError
 
 RESULTS_FILE = "results.json"
 EXPORT_DIR = "hf_model"
@@ -53,6 +56,8 @@ class ModelCheckpoint(pl_callbacks.ModelCheckpoint):
     `val/f1` for NER, …) in the module's `monitor_mode`, so one config serves every task.
     Lightning 2.6 rewrites `last.ckpt` at epoch end only when a top-k checkpoint was saved at the same
     step: after an epoch without improvement it would hold stale weights and a resume would repeat work.
+    With `every_n_train_steps`, `last.ckpt` is also written every that many optimizer steps, which is
+    what an exact resume after a kill continues from.
     """
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -61,6 +66,17 @@ class ModelCheckpoint(pl_callbacks.ModelCheckpoint):
             self.mode = pl_module.monitor_mode
             self.kth_value = torch.tensor(math.inf if self.mode == "min" else -math.inf)
         super().setup(trainer, pl_module, stage)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        # with a monitored metric Lightning defers step saves to the next validation; `last.ckpt` must not
+        # wait, or a kill loses everything since the last epoch
+        n = self._every_n_train_steps
+        if n >= 1 and trainer.global_step % n == 0:
+            saved_before = self._last_global_step_saved
+            self._refresh_last(trainer)
+            # a validation right after this batch must still save its top-k (and a fresher last) checkpoint
+            self._last_global_step_saved = saved_before
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
@@ -120,25 +136,81 @@ class EarlyStopping(pl_callbacks.EarlyStopping):
         super().setup(trainer, pl_module, stage)
 
 
+class StopOnNonFiniteLoss(pl_callbacks.Callback):
+    """Stop training with a clear error when the loss becomes NaN or infinite, before a checkpoint of the
+    broken weights is written.
+
+    The check stays on the device (no host sync per step); it is read at each logging interval and
+    before every checkpoint save, so the last checkpoint on disk is always one of finite weights.
+    """
+
+    def __init__(self) -> None:
+        self._first_bad_step: torch.Tensor | None = None
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        if self._first_bad_step is None:
+            self._first_bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+        step = torch.full_like(self._first_bad_step, trainer.global_step)
+        bad = ~torch.isfinite(loss.detach()) & (self._first_bad_step < 0)
+        self._first_bad_step = torch.where(bad, step, self._first_bad_step)
+        if trainer.global_step % max(trainer.log_every_n_steps, 1) == 0:
+            self._raise_if_bad(trainer)
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._raise_if_bad(trainer)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._raise_if_bad(trainer)
+
+    def _raise_if_bad(self, trainer: Trainer) -> None:
+        if self._first_bad_step is None or int(self._first_bad_step) < 0:
+            return
+        last = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
+        raise HFTrainError(
+            f"The training loss became NaN or infinite at step {int(self._first_bad_step)}, so training stopped. "
+            f"Usual causes: a learning rate too high (model.learning_rate), or fp16 overflow (try "
+            f"trainer.precision bf16-mixed or 32-true). "
+            + (f"The last good checkpoint is {last}: fix the setting and resume with --ckpt_path last."
+               if last else "No checkpoint had been written yet.")
+        )
+
+
 class ExportHFModel(pl_callbacks.Callback):
     """At the end of `fit`, write the best checkpoint's weights as a `save_pretrained` folder `hf_model/`.
 
     The folder holds the model with its `id2label`, and the tokenizer, so
     `AutoModelFor….from_pretrained` and `transformers.pipeline` load it directly. Without a best
-    checkpoint (no validation), the final weights are written.
+    checkpoint (no validation), the final weights are written. A sharded best checkpoint (a folder, as FSDP
+    with `state_dict_type: sharded` writes) is gathered into full weights first.
     """
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not trainer.is_global_zero or trainer.log_dir is None or not hasattr(pl_module, "export"):
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank asks, once, before rank 0 goes on alone
+        if log_dir is None or not trainer.is_global_zero or not hasattr(pl_module, "export"):
             return
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         state_dict = None
         if best and Path(best).is_file():
             state_dict = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+        elif best and Path(best).is_dir():
+            state_dict = load_sharded_weights(Path(best))
         datamodule = trainer.datamodule
         tokenizer = getattr(datamodule, "tokenizer", None) if datamodule is not None else None
-        folder = pl_module.export(Path(trainer.log_dir) / EXPORT_DIR, tokenizer, state_dict)
+        folder = pl_module.export(Path(log_dir) / EXPORT_DIR, tokenizer, state_dict)
         rank_zero_info(f"Exported {'the best' if state_dict else 'the final'} model to {folder}")
+
+
+def load_sharded_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The module weights of a sharded checkpoint folder (Lightning's FSDP format: shards written by
+    torch.distributed.checkpoint, weights under `model`), gathered by torch into one state dict here."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save  # torch >= 2.3, FSDP runs only
+
+    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+        dcp_to_torch_save(folder, Path(tmp) / "full.pt")
+        return torch.load(Path(tmp) / "full.pt", map_location="cpu", weights_only=False)["model"]
 
 
 class ResultsWriter(pl_callbacks.Callback):
@@ -187,9 +259,10 @@ class ResultsWriter(pl_callbacks.Callback):
         self._merge(trainer, {"test": _numbers(trainer.callback_metrics, "test/")})
 
     def _merge(self, trainer: Trainer, update: dict[str, Any]) -> None:
-        if not trainer.is_global_zero or trainer.log_dir is None:
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank asks, once, before rank 0 goes on alone
+        if log_dir is None or not trainer.is_global_zero:
             return
-        folder = Path(trainer.log_dir)
+        folder = Path(log_dir)
         folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(folder / RESULTS_FILE, {**read_results(folder), **update})
 

@@ -19,12 +19,12 @@ import datasets
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from hftrain import __version__
 from hftrain.core.errors import HFTrainError
-from hftrain.core.sampling import LengthGroupedSampler, sequence_lengths
+from hftrain.core.sampling import EpochShuffleSampler, LengthGroupedSampler, sequence_lengths
 
 SPLITS = ("train", "validation", "test", "predict")
 
@@ -82,7 +82,8 @@ class TaskDataModule(LightningDataModule):
         num_workers: Dataloader worker processes (0 loads in the main process).
         preprocessing_num_workers: Processes for tokenization (`datasets.map(num_proc=...)`).
         cache_dir: Where tokenized splits are cached; defaults to `$HFTRAIN_CACHE` or `~/.cache/hftrain`.
-        seed: Seed for carving the validation split, so it is the same in every run.
+        seed: Seed for carving the validation split and shuffling the training data, so both are the same
+            in every run and in a resumed run.
         group_by_length: Batch training examples of similar length together (shuffled in groups, as the HF
             Trainer's `group_by_length`), so batches carry little padding: faster, same accuracy.
     """
@@ -350,7 +351,9 @@ class TaskDataModule(LightningDataModule):
                 f"{self.validation_split_percentage}."
             )
 
-    def _loader(self, split: str, train: bool = False) -> DataLoader:
+    def _loader(self, split: str, train: bool = False) -> StatefulDataLoader:
+        """A dataloader whose position (shuffle order and batches served) is saved in checkpoints, so a
+        run resumed mid-epoch continues with the very next batch (Lightning saves any stateful loader)."""
         if self.datasets is None or split not in self.datasets:
             setting = "dataset_name or data.train_file" if split == "train" else f"{split}_file"
             raise HFTrainError(f"There is no {split} split to load: set data.{setting}.")
@@ -358,10 +361,11 @@ class TaskDataModule(LightningDataModule):
         if train and self.group_by_length:
             lengths = sequence_lengths(self.datasets[split], self.tokenizer.model_input_names[0])
             sampler = LengthGroupedSampler(lengths, self.batch_size, self.seed)
-        return DataLoader(
+        elif train:
+            sampler = EpochShuffleSampler(len(self.datasets[split]), self.seed)
+        return StatefulDataLoader(
             self.datasets[split],
             batch_size=self.batch_size if train else self.eval_batch_size or self.batch_size,
-            shuffle=train and sampler is None,
             sampler=sampler,
             collate_fn=self.collator,
             num_workers=self.num_workers,
@@ -369,14 +373,14 @@ class TaskDataModule(LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> StatefulDataLoader:
         return self._loader("train", train=True)
 
-    def val_dataloader(self) -> DataLoader | list:
+    def val_dataloader(self) -> StatefulDataLoader | list:
         return self._loader("validation") if self.datasets is not None and "validation" in self.datasets else []
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> StatefulDataLoader:
         return self._loader("test")
 
-    def predict_dataloader(self) -> DataLoader:
+    def predict_dataloader(self) -> StatefulDataLoader:
         return self._loader("predict")

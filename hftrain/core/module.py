@@ -6,6 +6,7 @@ AdamW with weight-decay groups, the warmup schedule and the `save_pretrained` ex
 Being dataclasses, the constructor signature *is* the config schema that LightningCLI reads.
 """
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,25 @@ class TaskModule(LightningModule):
 
     def forward(self, **batch: torch.Tensor):
         return self.model(**batch)
+
+    def on_train_start(self) -> None:
+        """Give a resumed run its dataloader position back.
+
+        `configure_optimizers` reads `trainer.estimated_stepping_batches`, which builds the train loader
+        before the checkpoint is restored; Lightning then skips loading the saved loader state
+        (Lightning issue #20550) and a run resumed mid-epoch would start the epoch over. Load the pending
+        state and restart the fetcher's iterator, as Lightning's own resume path does.
+        """
+        fit_loop = self.trainer.fit_loop
+        if fit_loop.restarting and getattr(fit_loop, "_combined_loader_states_to_load", None):
+            fit_loop._load_combined_loader_states()
+            iter(fit_loop._data_fetcher)
+
+    def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Seed each batch's randomness (dropout) from the run's seed and the batch's position in training,
+        so a run resumed from a checkpoint draws exactly the masks an uninterrupted run draws."""
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        torch.manual_seed(seed * 1_000_003 + self.trainer.fit_loop.epoch_loop.total_batch_idx)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self(**batch).loss

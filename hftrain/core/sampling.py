@@ -25,7 +25,56 @@ from torch import distributed as dist
 from torch.utils.data import Sampler
 
 
-class LengthGroupedSampler(Sampler[int]):
+class EpochShuffleSampler(Sampler[int]):
+    """A random permutation of `range(size)` that depends only on `(seed, epoch)`, resumable mid-epoch.
+
+    torch's `RandomSampler` draws each epoch's order from a generator that runs on from epoch to epoch;
+    a run resumed from a checkpoint taken at an epoch's end gets that epoch's generator state back
+    (torchdata keeps the state from the epoch's start) and repeats its order. Here the order is a
+    function of the epoch number, which Lightning passes to `set_epoch` before every epoch, so a
+    resumed run shuffles exactly as an uninterrupted one.
+
+    Args:
+        size: Number of examples.
+        seed: Seed of the shuffle.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+        self.yielded = 0
+        self._resume_at = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def set_epoch(self, epoch: int) -> None:
+        # Lightning announces the epoch again after a resume has restored its position: keep that position
+        if epoch != self.epoch:
+            self.epoch, self._resume_at = epoch, 0
+
+    def order(self) -> np.ndarray:
+        """This epoch's full order of indices."""
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.order()
+        self.yielded, self._resume_at = self._resume_at, 0
+        for index in order[self.yielded :].tolist():
+            self.yielded += 1
+            yield index
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "seed": self.seed, "yielded": self.yielded}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue where `state` was taken: the next iteration serves the rest of that epoch's order."""
+        self.epoch, self.seed = state["epoch"], state["seed"]
+        self.yielded = self._resume_at = state["yielded"]
+
+
+class LengthGroupedSampler(EpochShuffleSampler):
     """A permutation of `range(len(lengths))` in which each run of `batch_size` indices has similar lengths.
 
     The order depends only on `(seed, epoch)`: call `set_epoch` before each epoch for a new order.
@@ -51,21 +100,11 @@ class LengthGroupedSampler(Sampler[int]):
     ) -> None:
         if batch_size < 1 or megabatch_mult < 1:
             raise ValueError(f"batch_size and megabatch_mult must be >= 1: {batch_size}, {megabatch_mult}")
+        super().__init__(len(lengths), seed)
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.batch_size = batch_size
-        self.seed = seed
         self.megabatch_mult = megabatch_mult
         self.num_replicas = num_replicas
-        self.epoch = 0
-        self.yielded = 0
-        self._resume_at = 0
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self._resume_at = 0
 
     def order(self) -> np.ndarray:
         """This epoch's full order of indices (vectorized: fine for millions of examples)."""
@@ -87,21 +126,6 @@ class LengthGroupedSampler(Sampler[int]):
         longest = self.lengths[steps[:, 0]].argmax()  # a step's first index is its longest
         steps[[0, longest]] = steps[[longest, 0]]
         return np.concatenate([steps.reshape(-1), order[full * step :]])
-
-    def __iter__(self) -> Iterator[int]:
-        order = self.order()
-        self.yielded, self._resume_at = self._resume_at, 0
-        for index in order[self.yielded :].tolist():
-            self.yielded += 1
-            yield index
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "seed": self.seed, "yielded": self.yielded}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue where `state` was taken: the next iteration serves the rest of that epoch's order."""
-        self.epoch, self.seed = state["epoch"], state["seed"]
-        self.yielded = self._resume_at = state["yielded"]
 
 
 def sequence_lengths(dataset: Any, column: str = "input_ids") -> np.ndarray:

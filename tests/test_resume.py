@@ -1,0 +1,91 @@
+"""Fault tolerance: a run killed at any step resumes to the very weights of an uninterrupted run, a kill
+during a checkpoint write leaves the previous checkpoint loadable, a NaN loss stops with a clear error."""
+
+import os
+import random
+import subprocess
+import sys
+
+import torch
+import yaml
+from conftest import REPO
+from helpers import classification_config, run_cli
+
+from hftrain.core.callbacks import read_results
+
+STEPS_PER_EPOCH = 12  # 96 training rows, batch 8
+
+
+def hftrain(*args, env_extra=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "hftrain", *map(str, args)], env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def resumable_config(path, model, files, fault=None):
+    config = classification_config(path, model, files, data__batch_size=8, trainer__max_epochs=2,
+                                   checkpoint__every_n_train_steps=3)
+    if fault:
+        content = yaml.safe_load(config.read_text())
+        content["trainer"]["callbacks"] = [fault]
+        config.write_text(yaml.safe_dump(content))
+    return config
+
+
+def weights(checkpoint) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def test_killed_run_resumes_to_the_uninterrupted_weights(tiny_bert, sentiment_files, tmp_path):
+    straight = resumable_config(tmp_path / "straight.yaml", tiny_bert, sentiment_files)
+    assert hftrain("fit", "--config", straight).returncode == 0
+
+    kill_step = random.Random().randint(4, 2 * STEPS_PER_EPOCH - 1)  # after the first last.ckpt (step 3)
+    killer = {"class_path": "faults.KillAtStep", "init_args": {"step": kill_step}}
+    killed = resumable_config(tmp_path / "killed.yaml", tiny_bert, sentiment_files, fault=killer)
+    first = hftrain("fit", "--config", killed)
+    assert first.returncode == -9, (kill_step, first.stderr[-2000:])
+    run = tmp_path / "runs" / "killed" / "version_0"
+    saved_step = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    assert saved_step == (kill_step - 1) // 3 * 3  # the kill comes before that step's own save
+
+    resumed = resumable_config(tmp_path / "killed.yaml", tiny_bert, sentiment_files)
+    second = hftrain("fit", "--config", resumed, "--ckpt_path", "last")
+    assert second.returncode == 0, second.stderr[-2000:]
+
+    reference = weights(tmp_path / "runs" / "straight" / "version_0" / "checkpoints" / "last.ckpt")
+    result = weights(run / "checkpoints" / "last.ckpt")
+    assert reference.keys() == result.keys()
+    worst = max((reference[k].float() - result[k].float()).abs().max().item() for k in reference)
+    assert worst <= 1e-5, f"killed at step {kill_step}: max weight difference {worst}"
+    expected, got = read_results(tmp_path / "runs" / "straight" / "version_0"), read_results(run)
+    assert got["global_step"] == expected["global_step"] == 2 * STEPS_PER_EPOCH
+    for key, value in expected["final"].items():
+        assert abs(got["final"][key] - value) <= 1e-5, key
+
+
+def test_kill_during_a_checkpoint_write_keeps_the_previous_one(tiny_bert, sentiment_files, tmp_path):
+    torn = {"class_path": "faults.KillDuringSave", "init_args": {"save": 2}}
+    config = resumable_config(tmp_path / "torn.yaml", tiny_bert, sentiment_files, fault=torn)
+    assert hftrain("fit", "--config", config).returncode == -9
+    checkpoints = tmp_path / "runs" / "torn" / "version_0" / "checkpoints"
+    assert (checkpoints / "last.ckpt.partial").is_file()  # the write really was cut off
+    assert torch.load(checkpoints / "last.ckpt", weights_only=False)["global_step"] == 3
+    clean = resumable_config(tmp_path / "torn.yaml", tiny_bert, sentiment_files)
+    resumed = hftrain("fit", "--config", clean, "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert read_results(checkpoints.parent)["global_step"] == 2 * STEPS_PER_EPOCH
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_good_checkpoints(tiny_bert, sentiment_files, tmp_path,
+                                                                              capsys):
+    config = classification_config(tmp_path / "nan.yaml", tiny_bert, sentiment_files, data__batch_size=8,
+                                   model__learning_rate=1e12, checkpoint__every_n_train_steps=1,
+                                   trainer__max_epochs=3)
+    assert run_cli("fit", "--config", config) == 2
+    err = capsys.readouterr().err
+    assert "loss became NaN or infinite at step" in err and "learning_rate" in err
+    last = tmp_path / "runs" / "nan" / "version_0" / "checkpoints" / "last.ckpt"
+    if last.exists():  # every checkpoint on disk holds finite weights
+        assert all(torch.isfinite(t).all() for t in weights(last).values() if t.is_floating_point())
