@@ -67,6 +67,7 @@ class HFTrainCLI(LightningCLI):
             save_config_callback=SaveRunConfig,
             seed_everything_default=42,
             trainer_defaults={
+                "gradient_clip_val": 1.0,  # the HF Trainer's max_grad_norm default
                 "logger": {
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                     "init_args": {"save_dir": RUNS_DIR, "name": None},
@@ -239,7 +240,7 @@ def main(args: list[str] | None = None) -> None:
 
 def _check_yaml_files(args: list) -> None:
     """Name a config file that is not valid YAML (jsonargparse's message does not say which file)."""
-    for flag, value in zip(args, args[1:]):
+    for flag, value in zip(args, args[1:], strict=False):
         if str(flag) in ("--config", "-c") and Path(value).is_file():
             try:
                 yaml.safe_load(Path(value).read_text())

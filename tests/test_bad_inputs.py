@@ -16,7 +16,10 @@ def _files(tmp_path, **replace):
 
 
 def missing_column(tmp_path, model):
-    return ["--config", classification_config(tmp_path / "bad.yaml", model, _files(tmp_path), data__text_column="review")]
+    return [
+        "--config",
+        classification_config(tmp_path / "bad.yaml", model, _files(tmp_path), data__text_column="review"),
+    ]
 
 
 def label_outside_the_set(tmp_path, model):
@@ -33,26 +36,41 @@ def label_outside_given_names(tmp_path, model):
 
 def empty_split(tmp_path, model):
     (tmp_path / "empty.csv").write_text("text,label\n")
-    return ["--config", classification_config(tmp_path / "bad.yaml", model, _files(tmp_path, validation=str(tmp_path / "empty.csv")))]
+    return [
+        "--config",
+        classification_config(tmp_path / "bad.yaml", model, _files(tmp_path, validation=str(tmp_path / "empty.csv"))),
+    ]
 
 
 def missing_file(tmp_path, model):
-    return ["--config", classification_config(tmp_path / "bad.yaml", model, _files(tmp_path, train="nowhere/train.csv"))]
+    return [
+        "--config",
+        classification_config(tmp_path / "bad.yaml", model, _files(tmp_path, train="nowhere/train.csv")),
+    ]
 
 
 def unsupported_file_type(tmp_path, model):
     (tmp_path / "train.xlsx").write_bytes(b"PK\x03\x04")
-    return ["--config", classification_config(tmp_path / "bad.yaml", model, _files(tmp_path, train=str(tmp_path / "train.xlsx")))]
+    return [
+        "--config",
+        classification_config(tmp_path / "bad.yaml", model, _files(tmp_path, train=str(tmp_path / "train.xlsx"))),
+    ]
 
 
 def non_utf8_file(tmp_path, model):
     (tmp_path / "latin1.csv").write_bytes("text,label\ncaf\xe9 cr\xe8me was great,pos\n".encode("latin-1") * 3)
-    return ["--config", classification_config(tmp_path / "bad.yaml", model, _files(tmp_path, train=str(tmp_path / "latin1.csv")))]
+    return [
+        "--config",
+        classification_config(tmp_path / "bad.yaml", model, _files(tmp_path, train=str(tmp_path / "latin1.csv"))),
+    ]
 
 
 def row_without_text(tmp_path, model):
     (tmp_path / "holes.csv").write_text("text,label\nthe film was great,pos\n,neg\na bad plot,neg\n")
-    return ["--config", classification_config(tmp_path / "bad.yaml", model, _files(tmp_path, train=str(tmp_path / "holes.csv")))]
+    return [
+        "--config",
+        classification_config(tmp_path / "bad.yaml", model, _files(tmp_path, train=str(tmp_path / "holes.csv"))),
+    ]
 
 
 def unknown_config_key(tmp_path, model):
@@ -69,7 +87,10 @@ def negative_batch_size(tmp_path, model):
 
 def bad_validation_percentage(tmp_path, model):
     files = {"train": str(write_csv(tmp_path / "train.csv", sentiment_rows(40, 1)))}
-    return ["--config", classification_config(tmp_path / "bad.yaml", model, files, data__validation_split_percentage=150)]
+    return [
+        "--config",
+        classification_config(tmp_path / "bad.yaml", model, files, data__validation_split_percentage=150),
+    ]
 
 
 def malformed_yaml(tmp_path, model):
@@ -86,7 +107,9 @@ def hub_id_without_network(tmp_path, model):
 
 
 def hub_dataset_without_network(tmp_path, model):
-    config = classification_config(tmp_path / "bad.yaml", model, {}, data__dataset_name="glue", data__dataset_config_name="mrpc")
+    config = classification_config(
+        tmp_path / "bad.yaml", model, {}, data__dataset_name="glue", data__dataset_config_name="mrpc"
+    )
     return ["--config", config]
 
 
@@ -100,11 +123,21 @@ def best_checkpoint_without_a_run(tmp_path, model):
 
 def truncated_checkpoint(tmp_path, model):
     (tmp_path / "broken.ckpt").write_bytes(b"PK\x03\x04 not a whole checkpoint")
-    return ["--config", classification_config(tmp_path / "bad.yaml", model, _files(tmp_path)), "--ckpt_path", tmp_path / "broken.ckpt"]
+    return [
+        "--config",
+        classification_config(tmp_path / "bad.yaml", model, _files(tmp_path)),
+        "--ckpt_path",
+        tmp_path / "broken.ckpt",
+    ]
 
 
 def checkpoint_path_missing(tmp_path, model):
-    return ["--config", classification_config(tmp_path / "bad.yaml", model, _files(tmp_path)), "--ckpt_path", tmp_path / "gone.ckpt"]
+    return [
+        "--config",
+        classification_config(tmp_path / "bad.yaml", model, _files(tmp_path)),
+        "--ckpt_path",
+        tmp_path / "gone.ckpt",
+    ]
 
 
 def checkpoint_of_another_task(tmp_path, model):
@@ -112,7 +145,12 @@ def checkpoint_of_another_task(tmp_path, model):
 
     qa = {"hyper_parameters": {"_class_path": "hftrain.tasks.question_answering.QuestionAnswering"}, "state_dict": {}}
     torch.save(qa, tmp_path / "qa.ckpt")
-    return ["--config", classification_config(tmp_path / "bad.yaml", model, _files(tmp_path)), "--ckpt_path", tmp_path / "qa.ckpt"]
+    return [
+        "--config",
+        classification_config(tmp_path / "bad.yaml", model, _files(tmp_path)),
+        "--ckpt_path",
+        tmp_path / "qa.ckpt",
+    ]
 
 
 def tokenizer_bigger_than_model(tmp_path, model):
@@ -121,8 +159,9 @@ def tokenizer_bigger_than_model(tmp_path, model):
     from transformers import BertConfig, BertModel
 
     small = tmp_path / "small-vocab-model"
-    BertModel(BertConfig(vocab_size=20, hidden_size=16, num_hidden_layers=1, num_attention_heads=1,
-                         intermediate_size=16)).save_pretrained(small)
+    BertModel(
+        BertConfig(vocab_size=20, hidden_size=16, num_hidden_layers=1, num_attention_heads=1, intermediate_size=16)
+    ).save_pretrained(small)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(f"{model}/{name}", small / name)
     return ["--config", classification_config(tmp_path / "bad.yaml", str(small), _files(tmp_path))]

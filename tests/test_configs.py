@@ -15,9 +15,7 @@ from hftrain.core.callbacks import EarlyStopping
 CONFIGS = REPO / "configs"
 # presets that are layered on top of a task config rather than used alone
 PRESET_DIRS = ("callbacks", "trainer")
-TASK_CONFIGS = sorted(
-    p for p in CONFIGS.rglob("*.yaml") if p.relative_to(CONFIGS).parts[0] not in PRESET_DIRS
-)
+TASK_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if p.relative_to(CONFIGS).parts[0] not in PRESET_DIRS)
 PRESETS = sorted(p for d in PRESET_DIRS for p in (CONFIGS / d).glob("*.yaml"))
 
 
@@ -51,7 +49,10 @@ def test_text_classification_config_instantiates(config, tiny_bert, tmp_path, mo
         # same columns as the Hub dataset, from a local file
         columns = [data_args["text_column"], data_args.get("text_pair_column")]
         rows = [
-            {**{c: r["text"] for c in columns if c}, "label": 2.5 if "stsb" in config.name else int(r["label"] == "pos")}
+            {
+                **{c: r["text"] for c in columns if c},
+                "label": 2.5 if "stsb" in config.name else int(r["label"] == "pos"),
+            }
             for r in sentiment_rows(20)
         ]
         overrides += ["--data.dataset_name", "null", "--data.train_file", write_csv(tmp_path / "train.csv", rows)]
@@ -63,8 +64,14 @@ def test_text_classification_config_instantiates(config, tiny_bert, tmp_path, mo
 def test_early_stopping_preset_follows_the_task_metric(tiny_bert, monkeypatch):
     monkeypatch.chdir(REPO)
     cli = HFTrainCLI(
-        args=["--config", str(CONFIGS / "quickstart.yaml"), "--config", str(CONFIGS / "callbacks" / "early_stopping.yaml"),
-              "--model.model_name_or_path", tiny_bert],
+        args=[
+            "--config",
+            str(CONFIGS / "quickstart.yaml"),
+            "--config",
+            str(CONFIGS / "callbacks" / "early_stopping.yaml"),
+            "--model.model_name_or_path",
+            tiny_bert,
+        ],
         run=False,
     )
     stopper = next(c for c in cli.trainer.callbacks if isinstance(c, EarlyStopping))

@@ -17,15 +17,21 @@ STEPS_PER_EPOCH = 12  # 96 training rows, batch 8
 
 
 def hftrain(*args, env_extra=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": f"{REPO / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "hftrain", *map(str, args)], env=env, capture_output=True, text=True,
-                          timeout=600)
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{REPO / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "OMP_NUM_THREADS": "1",
+        **(env_extra or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "hftrain", *map(str, args)], env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def resumable_config(path, model, files, fault=None):
-    config = classification_config(path, model, files, data__batch_size=8, trainer__max_epochs=2,
-                                   checkpoint__every_n_train_steps=3)
+    config = classification_config(
+        path, model, files, data__batch_size=8, trainer__max_epochs=2, checkpoint__every_n_train_steps=3
+    )
     if fault:
         content = yaml.safe_load(config.read_text())
         content["trainer"]["callbacks"] = [fault]
@@ -78,11 +84,18 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(tiny_bert, sentim
     assert read_results(checkpoints.parent)["global_step"] == 2 * STEPS_PER_EPOCH
 
 
-def test_non_finite_loss_stops_with_a_clear_error_and_keeps_good_checkpoints(tiny_bert, sentiment_files, tmp_path,
-                                                                              capsys):
-    config = classification_config(tmp_path / "nan.yaml", tiny_bert, sentiment_files, data__batch_size=8,
-                                   model__learning_rate=1e12, checkpoint__every_n_train_steps=1,
-                                   trainer__max_epochs=3)
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_good_checkpoints(
+    tiny_bert, sentiment_files, tmp_path, capsys
+):
+    config = classification_config(
+        tmp_path / "nan.yaml",
+        tiny_bert,
+        sentiment_files,
+        data__batch_size=8,
+        model__learning_rate=1e12,
+        checkpoint__every_n_train_steps=1,
+        trainer__max_epochs=3,
+    )
     assert run_cli("fit", "--config", config) == 2
     err = capsys.readouterr().err
     assert "loss became NaN or infinite at step" in err and "learning_rate" in err

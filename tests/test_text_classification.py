@@ -107,7 +107,7 @@ def fit_in_python(model_path: str, data: TextClassificationData, epochs: int = 1
 def test_python_api_pairs_with_integer_labels(tiny_bert, tmp_path):
     rows = [
         {"sentence1": r["text"], "sentence2": s["text"], "label": int(r["label"] == s["label"])}
-        for r, s in zip(sentiment_rows(48, 5), sentiment_rows(48, 6))
+        for r, s in zip(sentiment_rows(48, 5), sentiment_rows(48, 6), strict=True)
     ]
     train = write_csv(tmp_path / "pairs.tsv", rows, delimiter="\t")
     data = TextClassificationData(
@@ -140,8 +140,10 @@ def test_regression_from_float_labels(tiny_bert, tmp_path):
 
 
 def test_multi_label_from_lists_and_separators(tiny_bert, tmp_path):
-    rows = [{"text": r["text"], "tags": [r["label"], "movie"] if "film" in r["text"] else [r["label"]]}
-            for r in sentiment_rows(40, 8)]
+    rows = [
+        {"text": r["text"], "tags": [r["label"], "movie"] if "film" in r["text"] else [r["label"]]}
+        for r in sentiment_rows(40, 8)
+    ]
     jsonl = tmp_path / "tags.jsonl"
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
     data = TextClassificationData(tokenizer_name=tiny_bert, train_file=str(jsonl), label_column="tags")
@@ -149,8 +151,10 @@ def test_multi_label_from_lists_and_separators(tiny_bert, tmp_path):
     assert data.label_names == ["movie", "neg", "pos"]
     csv_rows = [{"text": r["text"], "tags": ",".join(r["tags"])} for r in rows]
     from_csv = TextClassificationData(
-        tokenizer_name=tiny_bert, train_file=str(write_csv(tmp_path / "tags.csv", csv_rows)),
-        label_column="tags", label_separator=",",
+        tokenizer_name=tiny_bert,
+        train_file=str(write_csv(tmp_path / "tags.csv", csv_rows)),
+        label_column="tags",
+        label_separator=",",
     )
     assert from_csv.label_names == data.label_names
     module = fit_in_python(tiny_bert, data)
@@ -186,8 +190,12 @@ def test_glue_tsv_with_quotes_and_byte_order_mark(tiny_bert, tmp_path):
     ]
     tsv.write_text("\n".join(lines) + "\n", encoding="utf-8")
     data = TextClassificationData(
-        tokenizer_name=tiny_bert, train_file=str(tsv), reader_options={"quoting": 3},
-        text_column="#1 String", text_pair_column="#2 String", label_column="Quality",
+        tokenizer_name=tiny_bert,
+        train_file=str(tsv),
+        reader_options={"quoting": 3},
+        text_column="#1 String",
+        text_pair_column="#2 String",
+        label_column="Quality",
     )
     assert data.raw["train"][0]["#1 String"] == 'He said " the film was great .'
     assert data.label_names == ["0", "1"]
@@ -213,15 +221,28 @@ def test_env_var_defaults(tiny_bert, sentiment_files, tmp_path, monkeypatch, cap
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (SHARED_DATA / "glue" / "MRPC").is_dir() or minilm_path() is None,
-                    reason="needs ../shared/data/glue/MRPC and the demo extra")
+@pytest.mark.skipif(
+    not (SHARED_DATA / "glue" / "MRPC").is_dir() or minilm_path() is None,
+    reason="needs ../shared/data/glue/MRPC and the demo extra",
+)
 def test_minilm_on_mrpc_reaches_the_hf_trainer(tmp_path):
     config = REPO / "configs" / "glue" / "mrpc_minilm_local.yaml"
     data = SHARED_DATA / "glue" / "MRPC"
-    assert run_cli(
-        "fit", "--config", config, "--model.model_name_or_path", minilm_path(),
-        "--data.train_file", data / "train.tsv", "--data.validation_file", data / "dev.tsv",
-        "--trainer.enable_progress_bar", "false",
-    ) == 0
+    assert (
+        run_cli(
+            "fit",
+            "--config",
+            config,
+            "--model.model_name_or_path",
+            minilm_path(),
+            "--data.train_file",
+            data / "train.tsv",
+            "--data.validation_file",
+            data / "dev.tsv",
+            "--trainer.enable_progress_bar",
+            "false",
+        )
+        == 0
+    )
     best = read_results(tmp_path / "runs" / "mrpc_minilm_local" / "version_0")["best"]
     assert best["val/accuracy"] >= 0.77 and best["val/f1"] >= 0.84

@@ -13,15 +13,24 @@ from hftrain.tasks.text_classification import TextClassification, TextClassifica
 
 def fitted(tiny_bert, files, max_steps=8, max_epochs=None, accumulate=1, batch_size=8, **model_args):
     data = TextClassificationData(
-        tokenizer_name=tiny_bert, train_file=files["train"], validation_file=files["validation"],
-        batch_size=batch_size, eval_batch_size=5,
+        tokenizer_name=tiny_bert,
+        train_file=files["train"],
+        validation_file=files["validation"],
+        batch_size=batch_size,
+        eval_batch_size=5,
     )
     module = TextClassification(
         model_name_or_path=tiny_bert, label_names=data.label_names, problem_type=data.problem_type, **model_args
     )
     trainer = Trainer(
-        max_steps=max_steps, max_epochs=max_epochs, accumulate_grad_batches=accumulate, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        max_steps=max_steps,
+        max_epochs=max_epochs,
+        accumulate_grad_batches=accumulate,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
     )
     trainer.fit(module, datamodule=data)
     return module, data, trainer
@@ -69,8 +78,9 @@ def test_gradient_checkpointing(tiny_bert, sentiment_files):
 
 
 def test_bf16_mixed_precision_trains_on_cpu(tiny_bert, sentiment_files, tmp_path):
-    config = classification_config(tmp_path / "bf16.yaml", tiny_bert, sentiment_files, trainer__max_epochs=1,
-                                   trainer__precision="bf16-mixed")
+    config = classification_config(
+        tmp_path / "bf16.yaml", tiny_bert, sentiment_files, trainer__max_epochs=1, trainer__precision="bf16-mixed"
+    )
     assert run_cli("fit", "--config", config) == 0
     final = read_results(tmp_path / "runs" / "bf16" / "version_0")["final"]
     assert torch.isfinite(torch.tensor(final["val/loss"]))
@@ -78,8 +88,14 @@ def test_bf16_mixed_precision_trains_on_cpu(tiny_bert, sentiment_files, tmp_path
 
 def test_load_best_model_at_end_exports_the_best_checkpoint(tiny_bert, sentiment_files, tmp_path):
     # "best" = lowest accuracy: ties keep the first, so the best checkpoint is the first epoch's, not the last
-    config = classification_config(tmp_path / "best.yaml", tiny_bert, sentiment_files, trainer__max_epochs=3,
-                                   checkpoint__monitor="val/accuracy", checkpoint__mode="min")
+    config = classification_config(
+        tmp_path / "best.yaml",
+        tiny_bert,
+        sentiment_files,
+        trainer__max_epochs=3,
+        checkpoint__monitor="val/accuracy",
+        checkpoint__mode="min",
+    )
     assert run_cli("fit", "--config", config) == 0
     run = tmp_path / "runs" / "best" / "version_0"
     results = read_results(run)
@@ -95,6 +111,8 @@ def test_output_dir_and_seed_make_reproducible_runs(tiny_bert, sentiment_files, 
     config = classification_config(tmp_path / "seeded.yaml", tiny_bert, sentiment_files, trainer__max_epochs=1)
     out = tmp_path / "elsewhere"
     for _ in range(2):
-        assert run_cli("fit", "--config", config, "--trainer.logger.init_args.save_dir", out, "--seed_everything", 7) == 0
+        assert (
+            run_cli("fit", "--config", config, "--trainer.logger.init_args.save_dir", out, "--seed_everything", 7) == 0
+        )
     first, second = (read_results(out / "seeded" / f"version_{v}")["history"] for v in (0, 1))
     assert first == second

@@ -271,6 +271,20 @@ class TaskDataModule(LightningDataModule):
                     f"Its columns are: {', '.join(dataset.column_names)}. Set data.{setting} to one of them."
                 )
 
+    def require_text(self, raw: datasets.DatasetDict, columns: list[str | None]) -> None:
+        """Fail early, naming the row, when a text column holds an empty cell (None) instead of a string;
+        columns a split does not have (the predict split's labels) are skipped."""
+        for split, dataset in raw.items():
+            for column in columns:
+                if column is None or column not in dataset.column_names:
+                    continue
+                missing = [i for i, text in enumerate(dataset[column]) if not isinstance(text, str)]
+                if missing:
+                    raise HFTrainError(
+                        f"The {split} data ({self.source(split)}) has no text in column '{column}' at row "
+                        f"{missing[0] + 1} ({len(missing)} such rows). Fill in or drop those rows."
+                    )
+
     # ------------------------------------------------------------------ tokenization cache
 
     @property

@@ -352,16 +352,7 @@ class LanguageModelingData(TaskDataModule):
         else:
             columns = {"text_column": self.text_column}
         self.require_columns(raw, columns, optional=("completion_column",))
-        for split, dataset in raw.items():
-            for column in columns.values():
-                if column not in dataset.column_names:
-                    continue
-                missing = [i for i, text in enumerate(dataset[column]) if not isinstance(text, str)]
-                if missing:
-                    raise HFTrainError(
-                        f"The {split} data ({self.source(split)}) has no text in column '{column}' at row "
-                        f"{missing[0] + 1} ({len(missing)} such rows). Fill in or drop those rows."
-                    )
+        self.require_text(raw, list(columns.values()))
 
     # ------------------------------------------------------------------ tokenization
 

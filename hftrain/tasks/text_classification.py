@@ -70,9 +70,7 @@ class TextClassification(TaskModule):
             )
         if self.problem_type == "multi_label_classification":
             kind = {"task": "multilabel", "num_labels": self.num_labels, "threshold": self.multi_label_threshold}
-            return MetricCollection(
-                {"accuracy": Accuracy(**kind), "f1": F1Score(**kind, average="macro")}
-            )
+            return MetricCollection({"accuracy": Accuracy(**kind), "f1": F1Score(**kind, average="macro")})
         if self.num_labels == 2:
             kind = {"task": "binary"}
             f1 = F1Score(**kind)
@@ -96,8 +94,10 @@ class TextClassification(TaskModule):
             )
         outputs = self(**batch)
         self.log(f"{stage}/loss", outputs.loss, prog_bar=True, sync_dist=True, batch_size=len(batch["labels"]))
-        metrics.update(self._predictions(outputs.logits.float()), batch["labels"].to(outputs.logits.dtype)
-                       if self.problem_type == "regression" else batch["labels"].long())
+        metrics.update(
+            self._predictions(outputs.logits.float()),
+            batch["labels"].to(outputs.logits.dtype) if self.problem_type == "regression" else batch["labels"].long(),
+        )
         self.log_dict(metrics, prog_bar=stage == "val")
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -116,16 +116,16 @@ class TextClassification(TaskModule):
             probs = logits.sigmoid().tolist()
             return [
                 {
-                    "labels": [n for n, p in zip(names, row) if p >= self.multi_label_threshold],
-                    "scores": dict(zip(names, row)),
+                    "labels": [n for n, p in zip(names, row, strict=True) if p >= self.multi_label_threshold],
+                    "scores": dict(zip(names, row, strict=True)),
                 }
                 for row in probs
             ]
         probs = logits.softmax(-1)
         best = probs.argmax(-1).tolist()
         return [
-            {"label": names[i], "score": row[i], "scores": dict(zip(names, row))}
-            for i, row in zip(best, probs.tolist())
+            {"label": names[i], "score": row[i], "scores": dict(zip(names, row, strict=True))}
+            for i, row in zip(best, probs.tolist(), strict=True)
         ]
 
 
@@ -155,20 +155,14 @@ class TextClassificationData(TaskDataModule):
     def check_data(self, raw: datasets.DatasetDict) -> None:
         self.require_columns(
             raw,
-            {"text_column": self.text_column, "text_pair_column": self.text_pair_column,
-             "label_column": self.label_column},
+            {
+                "text_column": self.text_column,
+                "text_pair_column": self.text_pair_column,
+                "label_column": self.label_column,
+            },
             optional=("label_column",),
         )
-        for split, dataset in raw.items():
-            for column in (self.text_column, self.text_pair_column):
-                if column is None:
-                    continue
-                missing = [i for i, text in enumerate(dataset[column]) if not isinstance(text, str)]
-                if missing:
-                    raise HFTrainError(
-                        f"The {split} data ({self.source(split)}) has no text in column '{column}' at row "
-                        f"{missing[0] + 1} ({len(missing)} such rows). Fill in or drop those rows."
-                    )
+        self.require_text(raw, [self.text_column, self.text_pair_column])
         for split, dataset in raw.items():
             feature = dataset.features.get(self.label_column)
             if isinstance(feature, datasets.ClassLabel) and all(v == -1 for v in dataset[self.label_column]):
@@ -176,8 +170,11 @@ class TextClassificationData(TaskDataModule):
                 raw[split] = dataset.remove_columns(self.label_column)
         train = raw.get("train")
         if self.problem_type is None:
-            self.problem_type = self._infer_problem_type(train) if train is not None else (
-                "multi_label_classification" if self.label_separator else "single_label_classification")
+            self.problem_type = (
+                self._infer_problem_type(train)
+                if train is not None
+                else ("multi_label_classification" if self.label_separator else "single_label_classification")
+            )
         if self.problem_type == "regression":
             self.label_names = None
         elif self.label_names is None and train is not None:
@@ -224,9 +221,7 @@ class TextClassificationData(TaskDataModule):
                 targets.append(float(value))
             return targets
         if not self.label_names:
-            raise HFTrainError(
-                "The label set is unknown: give a training split or set data.label_names."
-            )
+            raise HFTrainError("The label set is unknown: give a training split or set data.label_names.")
         index = {name: i for i, name in enumerate(self.label_names)}
         feature = self.raw[split].features.get(self.label_column)
         class_label = isinstance(getattr(feature, "feature", feature), datasets.ClassLabel)
