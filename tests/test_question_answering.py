@@ -275,7 +275,7 @@ def test_bad_rows_are_a_clear_error_naming_the_row(tiny_bert, tmp_path, broken, 
     minilm_path() is None or not (SHARED_DATA / "squad").is_dir(), reason="needs MiniLM and data"
 )
 def test_minilm_on_the_squad_slice_reaches_f1_30(tmp_path, monkeypatch):
-    """The documented real-data run (docs/question_answering.md): about 30 minutes on 2 CPU cores."""
+    """The documented real-data run (docs/question_answering.md, F1 30.7): about an hour on 2 busy CPU cores."""
     import subprocess
     import sys
 
