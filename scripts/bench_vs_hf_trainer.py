@@ -109,7 +109,6 @@ class Meter:
 
 
 def run_hftrain(args: argparse.Namespace, group: bool, meter: Meter) -> tuple[dict, float]:
-    import torch
     from lightning.pytorch import Callback, Trainer, seed_everything
 
     from hftrain.core.sampling import pad_fraction, sequence_lengths
@@ -167,9 +166,8 @@ def run_hftrain(args: argparse.Namespace, group: bool, meter: Meter) -> tuple[di
         enable_progress_bar=False,
         precision="32-true" if args.precision == "32" else args.precision,
     ).validate(model, datamodule=data, verbose=False)[0]
-    sampler = data.train_dataloader().sampler
     lengths = sequence_lengths(data.datasets["train"])
-    order = sampler.order() if group else torch.randperm(len(lengths)).numpy()
+    order = data.train_dataloader().sampler.order()  # one full epoch of the sampler the run used
     return {
         "accuracy": metrics["val/accuracy"],
         "f1": metrics["val/f1"],
