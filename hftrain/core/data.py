@@ -120,6 +120,7 @@ class TaskDataModule(LightningDataModule):
         self.datasets: datasets.DatasetDict | None = None
         self.raw = self.load_raw()
         self.check_data(self.raw)
+        self.hold_out_validation(self.raw)
         self.save_hyperparameters()
         # the CLI records the config as given; add what was learnt from the data (the label set)
         self.save_hyperparameters({**self.hparams, **self.settings()})
@@ -178,7 +179,7 @@ class TaskDataModule(LightningDataModule):
         return f"{self.dataset_name}[{split}]"
 
     def load_raw(self) -> datasets.DatasetDict:
-        """Load every configured split, hold out a validation split if none is given, reject empty splits."""
+        """Load every configured split and reject empty ones."""
         files = {split: getattr(self, f"{split}_file") for split in SPLITS if getattr(self, f"{split}_file")}
         if self.dataset_name:
             raw = self._load_hub_dataset()
@@ -199,6 +200,11 @@ class TaskDataModule(LightningDataModule):
                     f"The {split} split ({self.source(split)}) has no rows. Give a file with at least one "
                     f"example, or leave data.{split}_file unset."
                 )
+        return raw
+
+    def hold_out_validation(self, raw: datasets.DatasetDict) -> None:
+        """Without a validation split, hold out `validation_split_percentage` of the training rows (after
+        `check_data`, so its error messages count rows as they stand in the training file)."""
         if "validation" not in raw and "train" in raw and self.validation_split_percentage > 0:
             if len(raw["train"]) < 2:
                 raise HFTrainError(
@@ -214,7 +220,6 @@ class TaskDataModule(LightningDataModule):
                 f"No validation split given: holding out {len(raw['validation'])} of the training rows "
                 f"({self.validation_split_percentage:g}%)."
             )
-        return raw
 
     def _existing_file(self, split: str, file: str) -> Path:
         path = Path(file).expanduser()
