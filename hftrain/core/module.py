@@ -140,9 +140,9 @@ class TaskModule(LightningModule):
             if param.requires_grad:
                 (no_decay if name.endswith("bias") or id(param) in norm_params else decay).append(param)
         # the fused kernel updates all weights in one pass instead of a loop of small ops per tensor: several
-        # times faster on CPU and GPU, and the HF Trainer's default. Lightning refuses gradient clipping with
-        # it under fp16 loss scaling, so 16-mixed keeps the default implementation.
-        fused = self.trainer.precision != "16-mixed" and all(
+        # times faster on CPU and GPU, and the HF Trainer's default. Lightning's mixed-precision plugins
+        # (16-mixed and bf16-mixed) refuse gradient clipping with it, so they keep the default implementation.
+        fused = "mixed" not in str(self.trainer.precision) and all(
             p.device.type in ("cpu", "cuda") for p in decay + no_decay
         )
         optimizer = torch.optim.AdamW(
