@@ -19,6 +19,7 @@ import datasets
 import torch
 import transformers
 import yaml
+from jsonargparse import get_loader, set_loader
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor
@@ -41,6 +42,24 @@ from hftrain.core.errors import HFTrainError
 from hftrain.core.module import TaskModule
 
 RUNS_DIR = "runs"
+PARSER_MODE = "hftrain_yaml"
+
+
+def _load_value(text: str):
+    """jsonargparse's YAML value loader, except that a one-line value starting with `#` stays a string.
+
+    jsonargparse YAML-loads every value given to a `str | None` option, from the command line and from
+    config files alike, and YAML reads `#2 String` (the second sentence's column in GLUE MRPC) as a
+    comment, i.e. null: `text_pair_column: "#2 String"` silently became None and pairs were trained as
+    single sentences.
+    """
+    value = get_loader("yaml")(text)
+    if value is None and text.lstrip().startswith("#") and "\n" not in text.strip():
+        return text
+    return value
+
+
+set_loader(PARSER_MODE, _load_value, (yaml.YAMLError,))
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -80,7 +99,7 @@ class HFTrainCLI(LightningCLI):
                     ResultsWriter(),
                 ],
             },
-            parser_kwargs={"default_env": True, "env_prefix": "HFTRAIN"},
+            parser_kwargs={"default_env": True, "env_prefix": "HFTRAIN", "parser_mode": PARSER_MODE},
             args=args,
             run=run,
         )

@@ -10,6 +10,7 @@ from helpers import classification_config, run_cli
 from lightning.pytorch import Trainer
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
+from hftrain.cli import HFTrainCLI
 from hftrain.core.callbacks import read_results
 from hftrain.tasks.text_classification import TextClassification, TextClassificationData
 
@@ -125,6 +126,36 @@ def test_python_api_pairs_with_integer_labels(tiny_bert, tmp_path):
     sep = data.tokenizer.sep_token_id
     assert ((batch["input_ids"] == sep).sum(-1) == 2).all()
     assert module.model.config.id2label == {0: "0", 1: "1"}
+
+
+def test_cli_keeps_column_names_that_yaml_reads_as_comments(tiny_bert, tmp_path):
+    """GLUE MRPC's columns are `#1 String` and `#2 String`; YAML reads `#2 String` as a comment (null), which
+    once turned the optional pair column off and trained MRPC on its first sentences only."""
+    rows = [
+        {"Quality": int(r["label"] == s["label"]), "#1 String": r["text"], "#2 String": s["text"]}
+        for r, s in zip(sentiment_rows(24, 5), sentiment_rows(24, 6), strict=True)
+    ]
+    train = write_csv(tmp_path / "train.tsv", rows, delimiter="\t")
+    config = classification_config(
+        tmp_path / "glue.yaml",
+        tiny_bert,
+        {"train": str(train)},
+        data__text_column="#1 String",
+        data__text_pair_column="#2 String",
+        data__label_column="Quality",
+    )
+    from_file = HFTrainCLI(["--config", str(config)], run=False).datamodule
+    assert from_file.text_pair_column == "#2 String"
+    from_file.prepare_data()
+    from_file.setup("fit")
+    batch = next(iter(from_file.train_dataloader()))
+    assert ((batch["input_ids"] == from_file.tokenizer.sep_token_id).sum(-1) == 2).all()  # both sentences
+    def pair_column(value: str) -> str | None:
+        cli = HFTrainCLI(["--config", str(config), "--data.init_args.text_pair_column", value], run=False)
+        return cli.datamodule.text_pair_column
+
+    assert pair_column("#1 String") == "#1 String"
+    assert pair_column("null") is None
 
 
 def test_regression_from_float_labels(tiny_bert, tmp_path):

@@ -373,7 +373,11 @@ class TaskDataModule(LightningDataModule):
     def _loader(self, split: str, train: bool = False) -> StatefulDataLoader:
         """A dataloader whose position (shuffle order and batches served) is saved in checkpoints, so a
         run resumed mid-epoch continues with the very next batch (Lightning saves any stateful loader)."""
-        if self.datasets is None or split not in self.datasets:
+        if self.datasets is None:
+            raise HFTrainError(
+                "The data is not tokenized yet: call prepare_data() and setup() first (a Trainer does both)."
+            )
+        if split not in self.datasets:
             setting = "dataset_name or data.train_file" if split == "train" else f"{split}_file"
             raise HFTrainError(f"There is no {split} split to load: set data.{setting}.")
         sampler = None
