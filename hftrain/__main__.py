@@ -1,3 +1,3 @@
-from hftrain.cli import main
+from hftrain.command import main
 
 main()
