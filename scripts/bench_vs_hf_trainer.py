@@ -66,6 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads, the same for both")
     parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--precision", choices=["32", "16-mixed", "bf16-mixed"], default="32")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model on both sides")
     parser.add_argument(
         "--cache-dir",
         default=str(Path(tempfile.gettempdir()) / "hftrain-bench-cache"),
@@ -142,6 +143,7 @@ def run_hftrain(args: argparse.Namespace, group: bool, meter: Meter) -> tuple[di
         learning_rate=args.learning_rate,
         warmup_steps=args.warmup,
         weight_decay=args.weight_decay,
+        torch_compile=args.compile,
     )
     trainer = Trainer(
         accelerator=args.accelerator,
@@ -251,6 +253,7 @@ def run_hf(args: argparse.Namespace, group: bool, meter: Meter) -> tuple[dict, f
         logging_strategy="no",
         report_to="none",
         disable_tqdm=True,
+        torch_compile=args.compile,
     )
     trainer = MeteredTrainer(
         model=model,

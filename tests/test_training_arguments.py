@@ -77,6 +77,21 @@ def test_gradient_checkpointing(tiny_bert, sentiment_files):
     assert module.model.is_gradient_checkpointing
 
 
+def test_torch_compile_keeps_checkpoint_and_export_keys(tiny_bert, sentiment_files, tmp_path):
+    config = classification_config(
+        tmp_path / "compiled.yaml", tiny_bert, sentiment_files, trainer__max_epochs=1, model__torch_compile=True
+    )
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert run_cli("fit", "--config", config) == 0
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs  # the steps ran compiled
+    run = tmp_path / "runs" / "compiled" / "version_0"
+    assert torch.isfinite(torch.tensor(read_results(run)["final"]["val/loss"]))
+    eager = TextClassification(model_name_or_path=tiny_bert, label_names=["neg", "pos"])
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert saved.keys() == eager.state_dict().keys()
+    assert load_file(run / "hf_model" / "model.safetensors").keys() == eager.model.state_dict().keys()
+
+
 def test_bf16_mixed_precision_trains_on_cpu(tiny_bert, sentiment_files, tmp_path):
     config = classification_config(
         tmp_path / "bf16.yaml", tiny_bert, sentiment_files, trainer__max_epochs=1, trainer__precision="bf16-mixed"

@@ -35,6 +35,9 @@ class TaskModule(LightningModule):
         warmup_steps: Linear warmup from 0: a number of optimizer steps (>= 1), or a fraction of all steps
             (in [0, 1)), as in the HF Trainer.
         gradient_checkpointing: Recompute activations in the backward pass to save memory (slower).
+        torch_compile: Compile the model's forward and backward with `torch.compile` (generation stays eager).
+            The first batches of each new sequence length pay for compilation; see docs/performance.md for
+            when that pays off.
         trust_remote_code: Allow model code from the Hub repository to run. Only for repositories you trust.
         revision: Hub branch, tag or commit of the model.
         ignore_mismatched_sizes: Re-initialize weights whose shape differs from the checkpoint's (e.g. a
@@ -50,6 +53,7 @@ class TaskModule(LightningModule):
     lr_scheduler_type: Literal["linear", "cosine", "constant"] = "linear"
     warmup_steps: float = 0.0
     gradient_checkpointing: bool = False
+    torch_compile: bool = False
     trust_remote_code: bool = False
     revision: str | None = None
     ignore_mismatched_sizes: bool = False
@@ -102,6 +106,12 @@ class TaskModule(LightningModule):
 
     def forward(self, **batch: torch.Tensor):
         return self.model(**batch)
+
+    def setup(self, stage: str) -> None:
+        # compiling `forward` (every step's model call) rather than wrapping the module keeps the state-dict
+        # keys, checkpoints and the exported model as they are, and leaves `generate` eager
+        if self.torch_compile and "forward" not in vars(self):
+            self.forward = torch.compile(self.forward)
 
     def on_train_start(self) -> None:
         """Give a resumed run its dataloader position back.
