@@ -54,7 +54,7 @@ def _load_value(text: str):
     single sentences.
     """
     value = get_loader("yaml")(text)
-    if value is None and text.lstrip().startswith("#") and "\n" not in text.strip():
+    if value is None and text.lstrip().startswith("#") and "\n" not in text:  # a value, not a file
         return text
     return value
 
