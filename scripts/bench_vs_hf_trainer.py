@@ -40,24 +40,16 @@ VARIANTS = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="model folder or Hub id (default: the installed all-MiniLM-L6-v2)")
     parser.add_argument("--data-dir", default=str(MRPC), help="folder with GLUE MRPC train.tsv and dev.tsv")
-    parser.add_argument(
-        "--variants", default="hftrain+group,hf,hf+group", help=f"comma list of {list(VARIANTS)}"
-    )
+    parser.add_argument("--variants", default="hftrain+group,hf,hf+group", help=f"comma list of {list(VARIANTS)}")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each variant, alternating")
-    parser.add_argument(
-        "--max-steps", type=int, default=60, help="optimizer steps per run (ignored with --epochs)"
-    )
+    parser.add_argument("--max-steps", type=int, default=60, help="optimizer steps per run (ignored with --epochs)")
     parser.add_argument("--epochs", type=int, help="train full epochs instead of --max-steps")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=5e-5)
-    parser.add_argument(
-        "--warmup", type=float, default=0.1, help="warmup steps, or a fraction of all steps if < 1"
-    )
+    parser.add_argument("--warmup", type=float, default=0.1, help="warmup steps, or a fraction of all steps if < 1")
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--max-grad-norm", type=float, default=1.0, help="the HF Trainer's default clipping")
     parser.add_argument("--max-length", type=int, default=128)

@@ -150,6 +150,7 @@ def test_cli_keeps_column_names_that_yaml_reads_as_comments(tiny_bert, tmp_path)
     from_file.setup("fit")
     batch = next(iter(from_file.train_dataloader()))
     assert ((batch["input_ids"] == from_file.tokenizer.sep_token_id).sum(-1) == 2).all()  # both sentences
+
     def pair_column(value: str) -> str | None:
         cli = HFTrainCLI(["--config", str(config), "--data.init_args.text_pair_column", value], run=False)
         return cli.datamodule.text_pair_column
