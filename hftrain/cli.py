@@ -16,7 +16,6 @@ import zipfile
 from pathlib import Path
 
 import datasets
-import torch
 import transformers
 import yaml
 from jsonargparse import get_loader, set_loader
@@ -27,21 +26,14 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
-from hftrain.core.callbacks import (
-    ExportHFModel,
-    ModelCheckpoint,
-    PredictionWriter,
-    ResultsWriter,
-    StopOnNonFiniteLoss,
-    free_path,
-    read_results,
-)
+from hftrain.core import runs
+from hftrain.core.callbacks import ExportHFModel, PredictionWriter, ResultsWriter, StopOnNonFiniteLoss, TaskCheckpoint
 from hftrain.core.checkpoint_io import AtomicCheckpointIO
 from hftrain.core.data import TaskDataModule
 from hftrain.core.errors import HFTrainError
+from hftrain.core.internals import task_class_of
 from hftrain.core.module import TaskModule
 
-RUNS_DIR = "runs"
 PARSER_MODE = "hftrain_yaml"
 
 
@@ -69,7 +61,7 @@ class SaveRunConfig(SaveConfigCallback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if not self.already_saved:
             log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask, not only rank 0
-            name = free_path(log_dir, "config", ".yaml").name if trainer.is_global_zero else None
+            name = runs.free_path(log_dir, "config", ".yaml").name if trainer.is_global_zero else None
             self.config_filename = trainer.strategy.broadcast(name)
         super().setup(trainer, pl_module, stage)
 
@@ -89,7 +81,7 @@ class HFTrainCLI(LightningCLI):
                 "gradient_clip_val": 1.0,  # the HF Trainer's max_grad_norm default
                 "logger": {
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                    "init_args": {"save_dir": RUNS_DIR, "name": None},
+                    "init_args": {"save_dir": runs.RUNS_DIR, "name": None},
                 },
                 # export first, so the results summary is the last thing a fit prints
                 "callbacks": [
@@ -105,7 +97,7 @@ class HFTrainCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(TaskCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.save_last": True,
@@ -114,7 +106,10 @@ class HFTrainCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+        # the data is tokenized with exactly the tokenizer the model was saved with
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer_name")
+        parser.link_arguments("model.init_args.revision", "data.init_args.tokenizer_revision")
+        parser.link_arguments("model.init_args.trust_remote_code", "data.init_args.trust_remote_code")
         parser.link_arguments("data.label_names", "model.init_args.label_names", apply_on="instantiate")
         parser.link_arguments("data.problem_type", "model.init_args.problem_type", apply_on="instantiate")
 
@@ -147,18 +142,21 @@ class HFTrainCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         logger = config.trainer.logger
         if hasattr(logger, "class_path") and logger.class_path.endswith("TensorBoardLogger"):
-            if logger.init_args.name is None:
-                logger.init_args.name = self._run_name(config)
+            args = logger.init_args
+            if args.name is None:
+                files = [(str(f), yaml.safe_load(f.get_content())) for f in config.get("config") or []]
+                args.name = runs.run_name(files, config.model.class_path)
+            root = Path(args.save_dir) / args.name
             if config.get("ckpt_path") in ("best", "last"):
-                config.ckpt_path = self._find_checkpoint(config.ckpt_path, logger.init_args)
+                run_dir = self._existing_run(config.ckpt_path, root, args.version)
+                args.version = run_dir.name
+                config.ckpt_path = str(runs.find_checkpoint(run_dir, config.ckpt_path))
             job_id = SLURMEnvironment.job_id() if SLURMEnvironment.detect() else None
-            unset = logger.init_args.version is None and config.trainer.default_root_dir is None
-            if job_id is not None and unset:
+            if job_id is not None and args.version is None and config.trainer.default_root_dir is None:
                 # a requeued SLURM job keeps its id, so it comes back to this run folder, where Lightning
                 # saved the requeue checkpoint (hpc_ckpt_N.ckpt in default_root_dir) and resumes from it
-                logger.init_args.version = job_id
-                run_dir = Path(logger.init_args.save_dir) / logger.init_args.name / f"version_{job_id}"
-                config.trainer.default_root_dir = str(run_dir)
+                args.version = job_id
+                config.trainer.default_root_dir = str(runs.version_dir(root, job_id))
 
     @staticmethod
     def _check_checkpoint(path: Path, model_class: str) -> None:
@@ -172,10 +170,9 @@ class HFTrainCLI(LightningCLI):
                 "Use another checkpoint of the run, e.g. `--ckpt_path last` or a file in checkpoints/."
             )
         try:
-            hparams = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
+            written_by = task_class_of(path)
         except Exception as err:  # noqa: BLE001 - unpickling errors come in many types
             raise HFTrainError(f"--ckpt_path {path} could not be read as a checkpoint: {err}") from err
-        written_by = hparams.get("_class_path")
         if written_by and written_by != model_class:
             raise HFTrainError(
                 f"--ckpt_path {path} was written by {written_by.rsplit('.', 1)[-1]}, but this config trains "
@@ -187,57 +184,23 @@ class HFTrainCLI(LightningCLI):
         log_dir = self.trainer.log_dir  # a broadcast under DDP: every rank asks, once
         if log_dir is None or not self.trainer.is_global_zero:
             return
-        results = read_results(log_dir)
+        results = runs.read_results(log_dir)
         best, monitor = results.get("best"), results.get("monitor")
         summary = f"best {monitor} = {best[monitor]:.4f} at epoch {best['epoch']}" if best else "no validation"
         print(f"Run folder: {log_dir}  ({summary})", flush=True)
 
     @staticmethod
-    def _run_name(config) -> str:
-        """The name of the last config file that sets the model or data (`mrpc` for `configs/glue/mrpc.yaml`,
-        also with trainer presets layered after it), else of the last config file, else the task's."""
-        files = config.get("config") or []
-        tasks = [f for f in files if {"model", "data"} & set(yaml.safe_load(f.get_content()) or {})]
-        if files:
-            return Path(str((tasks or files)[-1])).stem
-        return config.model.class_path.rsplit(".", 1)[-1].lower()
-
-    @staticmethod
-    def _find_checkpoint(which: str, logger_args) -> str:
-        """Resolve `best`/`last` to a file of the newest run folder (or the one given as logger version)."""
-        root = Path(logger_args.save_dir) / logger_args.name
-        if logger_args.version is None:
-            versions = sorted(
-                (int(d.name.removeprefix("version_")), d)
-                for d in root.glob("version_*")
-                if d.name.removeprefix("version_").isdigit() and (d / "checkpoints").is_dir()
-            )
-            if not versions:
-                raise HFTrainError(
-                    f"--ckpt_path {which}: there is no earlier run with checkpoints under {root}/. Run "
-                    "`hftrain fit` with this config first, or pass the path of a .ckpt file."
-                )
-            logger_args.version = versions[-1][0]
-        run_dir = root / (
-            logger_args.version if isinstance(logger_args.version, str) else f"version_{logger_args.version}"
-        )
-        last = run_dir / "checkpoints" / "last.ckpt"
-        if which == "last":
-            candidates = [last]
-        else:
-            best = read_results(run_dir).get("best_checkpoint")
-            if not best and last.is_file():
-                states = torch.load(last, map_location="cpu", weights_only=False).get("callbacks", {})
-                best = next((s["best_model_path"] for k, s in states.items() if k.startswith("ModelCheckpoint")), None)
-            candidates = [Path(best)] if best else []
-        found = next((str(c) for c in candidates if c.is_file()), None)
-        if found is None:
+    def _existing_run(which: str, root: Path, version: int | str | None) -> Path:
+        """The run folder `--ckpt_path best|last` continues: the one given as logger version, else the newest."""
+        if version is not None:
+            return runs.version_dir(root, version)
+        run_dir = runs.newest_run_with_checkpoints(root)
+        if run_dir is None:
             raise HFTrainError(
-                f"--ckpt_path {which}: {run_dir} has no {which} checkpoint (looked for "
-                f"{candidates[0] if candidates else 'a best checkpoint in results.json or last.ckpt'}). "
-                "Pass the path of a .ckpt file instead."
+                f"--ckpt_path {which}: there is no earlier run with checkpoints under {root}/. Run "
+                "`hftrain fit` with this config first, or pass the path of a .ckpt file."
             )
-        return found
+        return run_dir
 
 
 def main(args: list[str] | None = None) -> None:

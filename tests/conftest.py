@@ -15,6 +15,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+SOURCE_WORDS = "red blue green cat dog bird runs eats sleeps big small old".split()
+TARGET_WORDS = "rot blau gruen katze hund vogel laeuft isst schlaeft gross klein alt".split()
+CIPHER = dict(zip(SOURCE_WORDS, TARGET_WORDS, strict=True))
+
+
 POSITIVE = ["good", "great", "lovely", "excellent", "fine", "nice", "superb", "happy"]
 NEGATIVE = ["bad", "awful", "poor", "terrible", "sad", "ugly", "boring", "worse"]
 FILLER = ["the", "a", "movie", "film", "was", "plot", "acting", "really", "quite", "very", "story", "it"]
@@ -90,6 +95,96 @@ def tiny_bert(tmp_path_factory) -> str:
         max_position_embeddings=128,
     )
     BertModel(config).save_pretrained(folder)
+    return str(folder)
+
+
+def counting(n: int, seed: int) -> list[str]:
+    """Documents that count up from a random start: each next number is predictable from the last."""
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(n):
+        start = rng.randrange(0, 90)
+        docs.append(" ".join(str(i) for i in range(start, start + rng.randrange(5, 15))))
+    return docs
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> str:
+    """Folder of a 2-layer random GPT-2 whose tokenizer, like GPT-2's, has no padding token."""
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    from helpers import load_script
+
+    make_model = load_script("make_lm_model").make_model
+    make_model(folder, counting(300, seed=0), vocab_size=320, n_layer=2, n_embd=64, n_head=2, n_positions=128)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory) -> str:
+    """A 2-layer random T5 with a T5-style unigram tokenizer holding every cipher word as one piece.
+
+    The vocabulary is written out rather than trained: the unigram trainer, given two dozen distinct words,
+    keeps only character-sized pieces, and a word-level vocabulary keeps the learning test short.
+    """
+    from helpers import load_script
+    from tokenizers import models
+
+    script = load_script("make_seq2seq_model")
+    folder = tmp_path_factory.mktemp("tiny-t5")
+    pieces = [(script.PAD, 0.0), (script.EOS, 0.0), (script.UNK, 0.0)]
+    pieces += [(f"▁{word}", -1.0) for word in SOURCE_WORDS + TARGET_WORDS]
+    pieces += [(char, -10.0) for char in "abcdefghijklmnopqrstuvwxyz:.▁"]
+    tokenizer = script.t5_tokenizer(script.unigram_backend(models.Unigram(pieces, unk_id=2)), model_max_length=64)
+    tokenizer.save_pretrained(folder)
+    script.small_t5(tokenizer, d_model=64, layers=2, heads=4, d_ff=128, dropout=0.0).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_bart(tmp_path_factory) -> str:
+    """A 1-layer random BART with a byte-level BPE tokenizer, BART's special tokens and post-processing."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import BartConfig, BartForConditionalGeneration, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bart")
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    backend.train_from_iterator([" ".join(SOURCE_WORDS + TARGET_WORDS)] * 10, trainer)
+    backend.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+        model_max_length=64,
+    )
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BartConfig(
+        vocab_size=len(tokenizer),
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=64,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        decoder_start_token_id=2,
+        forced_eos_token_id=2,
+    )
+    BartForConditionalGeneration(config).save_pretrained(folder)
     return str(folder)
 
 

@@ -1,11 +1,19 @@
-"""Small helpers shared by the tests: run the CLI in-process and write configs."""
+"""Small helpers shared by the tests: run the CLI in-process or as a process, write configs and data files."""
 
 import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
+from conftest import REPO
 
 from hftrain.cli import main
+
+TESTS = REPO / "tests"
 
 TEXT_CLASSIFICATION = "hftrain.tasks.text_classification.TextClassification"
 TEXT_CLASSIFICATION_DATA = "hftrain.tasks.text_classification.TextClassificationData"
@@ -18,6 +26,37 @@ def run_cli(*args: str) -> int:
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else 1
     return 0
+
+
+def hftrain(*args, env: dict[str, str] | None = None, wait: bool = True):
+    """Start `python -m hftrain <args>` with one thread (the machine is shared) and the tests folder importable
+    (for fault callbacks): the finished process, or with `wait=False` the running one, output in `stdout`."""
+    command = [sys.executable, "-m", "hftrain", *map(str, args)]
+    path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, **(env or {})}
+    if not wait:
+        return subprocess.Popen(command, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(command, env=full_env, capture_output=True, text=True, timeout=600)
+
+
+def hftrain_ok(*args, env: dict[str, str] | None = None) -> str:
+    """Run `hftrain <args>` as a process that must succeed; its output."""
+    done = hftrain(*args, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
+def load_script(name: str):
+    """A script of `scripts/` as a module (the model builders the tests share with users)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
 
 
 def classification_config(path: Path, model: str, files: dict[str, str], **overrides) -> Path:

@@ -10,7 +10,7 @@ from conftest import REPO, SHARED_DATA, sentiment_rows, write_csv
 from helpers import TEXT_CLASSIFICATION, run_cli
 
 from hftrain.cli import HFTrainCLI
-from hftrain.core.callbacks import EarlyStopping
+from hftrain.core.callbacks import TaskEarlyStopping
 
 CONFIGS = REPO / "configs"
 # presets that are layered on top of a task config rather than used alone
@@ -74,7 +74,7 @@ def test_early_stopping_preset_follows_the_task_metric(tiny_bert, monkeypatch):
         ],
         run=False,
     )
-    stopper = next(c for c in cli.trainer.callbacks if isinstance(c, EarlyStopping))
+    stopper = next(c for c in cli.trainer.callbacks if isinstance(c, TaskEarlyStopping))
     stopper.setup(cli.trainer, cli.model, "fit")
     assert (stopper.monitor, stopper.mode, stopper.patience) == ("val/accuracy", "max", 3)
 

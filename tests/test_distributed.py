@@ -16,26 +16,13 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO
-from helpers import classification_config, run_cli
+from helpers import classification_config, hftrain, hftrain_ok, run_cli
 from lightning.pytorch import Callback, Trainer
 
-from hftrain.core.callbacks import read_results
+from hftrain.core.runs import read_results
 
 TESTS = Path(__file__).resolve().parent
 CPU_DDP = ["--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.precision", "32-true"]
-
-
-def hftrain(*args, env: dict[str, str] | None = None, wait: bool = True):
-    """Start `python -m hftrain <args>` with one thread per process (the machine is shared)."""
-    command = [sys.executable, "-m", "hftrain", *map(str, args)]
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS), **(env or {})}
-    if not wait:
-        return subprocess.Popen(
-            command, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-    done = subprocess.run(command, env=full_env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout + done.stderr
 
 
 def free_port() -> int:
@@ -58,7 +45,7 @@ def config(tiny_bert, sentiment_files, tmp_path) -> Path:
 
 
 def test_two_process_ddp_fit_writes_one_run_and_validates_like_one_process(config, tmp_path):
-    output = hftrain("fit", "--config", config, *CPU_DDP, "--trainer.devices", 2)
+    output = hftrain_ok("fit", "--config", config, *CPU_DDP, "--trainer.devices", 2)
     runs = tmp_path / "runs" / "scale"
     assert [p.name for p in runs.iterdir()] == ["version_0"]
     run = runs / "version_0"

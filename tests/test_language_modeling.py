@@ -4,15 +4,14 @@ The model is a tiny random GPT-2 with a byte-level BPE tokenizer trained on coun
 ("17 18 19 20 …"), which it can learn to continue in seconds.
 """
 
-import importlib.util
 import json
 import math
-import random
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, SHARED_DATA
+from conftest import REPO, SHARED_DATA, counting
+from helpers import load_script
 from lightning.pytorch import Trainer
 
 from hftrain.cli import HFTrainCLI
@@ -20,23 +19,6 @@ from hftrain.core.errors import HFTrainError
 from hftrain.tasks.language_modeling import LanguageModeling, LanguageModelingData
 
 TASK = "hftrain.tasks.language_modeling"
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def counting(n: int, seed: int) -> list[str]:
-    """Documents that count up from a random start: each next number is predictable from the last."""
-    rng = random.Random(seed)
-    docs = []
-    for _ in range(n):
-        start = rng.randrange(0, 90)
-        docs.append(" ".join(str(i) for i in range(start, start + rng.randrange(5, 15))))
-    return docs
 
 
 def write_paragraphs(path: Path, docs: list[str]) -> str:
@@ -51,15 +33,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def tiny_gpt2(tmp_path_factory) -> str:
-    """Folder of a 2-layer random GPT-2 whose tokenizer, like GPT-2's, has no padding token."""
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
-    make_model = load_script("make_lm_model").make_model
-    make_model(folder, counting(300, seed=0), vocab_size=320, n_layer=2, n_embd=64, n_head=2, n_positions=128)
-    return str(folder)
 
 
 @pytest.fixture

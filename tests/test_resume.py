@@ -1,31 +1,15 @@
 """Fault tolerance: a run killed at any step resumes to the very weights of an uninterrupted run, a kill
 during a checkpoint write leaves the previous checkpoint loadable, a NaN loss stops with a clear error."""
 
-import os
 import random
-import subprocess
-import sys
 
 import torch
 import yaml
-from conftest import REPO
-from helpers import classification_config, run_cli
+from helpers import classification_config, hftrain, run_cli
 
-from hftrain.core.callbacks import read_results
+from hftrain.core.runs import read_results
 
 STEPS_PER_EPOCH = 12  # 96 training rows, batch 8
-
-
-def hftrain(*args, env_extra=None) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "PYTHONPATH": f"{REPO / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-        "OMP_NUM_THREADS": "1",
-        **(env_extra or {}),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "hftrain", *map(str, args)], env=env, capture_output=True, text=True, timeout=600
-    )
 
 
 def resumable_config(path, model, files, fault=None):

@@ -4,27 +4,23 @@ The tiny T5 uses the unigram tokenizer of `scripts/make_seq2seq_model.py` traine
 BART a byte-level BPE, so both tokenizer families the task meets in practice are exercised.
 """
 
-import importlib.util
 import json
 import random
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from conftest import REPO, SHARED_DATA
+from conftest import CIPHER, REPO, SHARED_DATA, SOURCE_WORDS
+from helpers import load_script, write_jsonl
 
 from hftrain.cli import HFTrainCLI, main
-from hftrain.core.callbacks import read_results
 from hftrain.core.errors import HFTrainError
-from hftrain.tasks.seq2seq import Seq2Seq, Seq2SeqData, generation_metrics, scores
+from hftrain.core.runs import read_results
+from hftrain.metrics.text_generation import generation_metrics, scores
+from hftrain.tasks.seq2seq import Seq2Seq, Seq2SeqData
+
 
 # a word-for-word substitution cipher: learnable only if labels, collator, generation and decoding are right
-SOURCE_WORDS = "red blue green cat dog bird runs eats sleeps big small old".split()
-TARGET_WORDS = "rot blau gruen katze hund vogel laeuft isst schlaeft gross klein alt".split()
-CIPHER = dict(zip(SOURCE_WORDS, TARGET_WORDS, strict=True))
-
-
 def cipher_rows(n: int, seed: int) -> list[dict[str, str]]:
     rng = random.Random(seed)
     rows = []
@@ -34,96 +30,13 @@ def cipher_rows(n: int, seed: int) -> list[dict[str, str]]:
     return rows
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> str:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return str(path)
-
-
-def make_model_script():
-    spec = importlib.util.spec_from_file_location(
-        "make_seq2seq_model", REPO / "scripts" / "make_seq2seq_model.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="session")
-def tiny_t5(tmp_path_factory) -> str:
-    """A 2-layer random T5 with a T5-style unigram tokenizer holding every cipher word as one piece.
-
-    The vocabulary is written out rather than trained: the unigram trainer, given two dozen distinct words,
-    keeps only character-sized pieces, and a word-level vocabulary keeps the learning test short.
-    """
-    from tokenizers import models
-
-    script = make_model_script()
-    folder = tmp_path_factory.mktemp("tiny-t5")
-    pieces = [(script.PAD, 0.0), (script.EOS, 0.0), (script.UNK, 0.0)]
-    pieces += [(f"▁{word}", -1.0) for word in SOURCE_WORDS + TARGET_WORDS]
-    pieces += [(char, -10.0) for char in "abcdefghijklmnopqrstuvwxyz:.▁"]
-    tokenizer = script.t5_tokenizer(
-        script.unigram_backend(models.Unigram(pieces, unk_id=2)), model_max_length=64
-    )
-    tokenizer.save_pretrained(folder)
-    script.small_t5(tokenizer, d_model=64, layers=2, heads=4, d_ff=128, dropout=0.0).save_pretrained(folder)
-    return str(folder)
-
-
 def test_model_script_tokenizer_is_t5_like():
-    tokenizer = make_model_script().train_unigram_tokenizer(
+    tokenizer = load_script("make_seq2seq_model").train_unigram_tokenizer(
         ["a red cat runs", "ein roter hund"] * 50, vocab_size=40
     )
     assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (0, 1, 2)
     ids = tokenizer("a red cat").input_ids
     assert ids[-1] == 1 and tokenizer.decode(ids, skip_special_tokens=True) == "a red cat"
-
-
-@pytest.fixture(scope="session")
-def tiny_bart(tmp_path_factory) -> str:
-    """A 1-layer random BART with a byte-level BPE tokenizer, BART's special tokens and post-processing."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import BartConfig, BartForConditionalGeneration, PreTrainedTokenizerFast
-
-    folder = tmp_path_factory.mktemp("tiny-bart")
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    backend.train_from_iterator([" ".join(SOURCE_WORDS + TARGET_WORDS)] * 10, trainer)
-    backend.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        mask_token="<mask>",
-        model_max_length=64,
-    )
-    tokenizer.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = BartConfig(
-        vocab_size=len(tokenizer),
-        d_model=32,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        max_position_embeddings=64,
-        pad_token_id=1,
-        bos_token_id=0,
-        eos_token_id=2,
-        decoder_start_token_id=2,
-        forced_eos_token_id=2,
-    )
-    BartForConditionalGeneration(config).save_pretrained(folder)
-    return str(folder)
 
 
 @pytest.fixture
@@ -380,7 +293,7 @@ def test_summarization_with_bart_reports_rouge_and_exports(tiny_bart, tmp_path):
 def test_without_generation_only_loss_is_reported(tiny_t5, cipher_files):
     model = Seq2Seq(model_name_or_path=tiny_t5, predict_with_generate=False)
     assert (model.monitor, model.monitor_mode) == ("val/loss", "min")
-    assert not hasattr(model, "val_metrics")
+    assert not hasattr(model, "metrics")
 
 
 def test_invalid_generation_settings_are_a_user_error(tiny_t5):

@@ -11,7 +11,7 @@ from lightning.pytorch import Trainer
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 from hftrain.cli import HFTrainCLI
-from hftrain.core.callbacks import read_results
+from hftrain.core.runs import read_results
 from hftrain.tasks.text_classification import TextClassification, TextClassificationData
 
 

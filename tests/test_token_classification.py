@@ -9,12 +9,12 @@ import datasets
 import pytest
 import yaml
 from conftest import FILLER, NEGATIVE, POSITIVE, REPO, SHARED_DATA, minilm_path
-from helpers import run_cli
+from helpers import run_cli, write_jsonl
 from transformers import pipeline
 
 from hftrain.cli import HFTrainCLI
-from hftrain.core.callbacks import read_results
 from hftrain.core.errors import HFTrainError
+from hftrain.core.runs import read_results
 from hftrain.tasks.token_classification import TokenClassification, TokenClassificationData
 
 TASK = "hftrain.tasks.token_classification.TokenClassification"
@@ -41,11 +41,6 @@ def ner_rows(n: int, seed: int) -> list[dict[str, list[str]]]:
             tags += [f"B-{part}"] + [f"I-{part}"] * (size - 1)
         rows.append({"tokens": tokens, "ner_tags": tags})
     return rows
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
 
 
 def write_conll(path: Path, rows: list[dict], docstart: bool = True) -> Path:

@@ -7,7 +7,7 @@ from helpers import classification_config, run_cli
 from lightning.pytorch import Trainer
 from safetensors.torch import load_file
 
-from hftrain.core.callbacks import read_results
+from hftrain.core.runs import read_results
 from hftrain.tasks.text_classification import TextClassification, TextClassificationData
 
 

@@ -1,13 +1,14 @@
-"""Callbacks Lightning lacks: task-aware monitors, the `hf_model/` export, `results.json`, predictions.
+"""Callbacks Lightning lacks: checkpoints and early stopping on the task's metric, the `hf_model/` export,
+`results.json`, predictions.
 
-Every run folder (`runs/<name>/version_N/`) ends up holding what these write: the exported model, a
-results file in the spirit of the HF Trainer's `all_results.json`, and prediction JSONL files. None of
-them overwrites an earlier file the user may still need.
+Every run folder (`runs/<name>/version_N/`, see `runs.py`) ends up holding what these write: the exported
+model, a results file in the spirit of the HF Trainer's `all_results.json`, and prediction JSONL files.
+None of them overwrites an earlier file the user may still need. What they need of the module is the
+`TaskModule` contract (`monitor`, `monitor_mode`, `export`), read through `task_monitor`.
 """
 
 import json
 import math
-import os
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
@@ -17,40 +18,19 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch import callbacks as pl_callbacks
 from lightning.pytorch.utilities import rank_zero_info
 
+from hftrain.core import internals
 from hftrain.core.errors import HFTrainError
-
-RESULTS_FILE = "results.json"
-EXPORT_DIR = "hf_model"
-
-
-def free_path(folder: str | Path, stem: str, suffix: str) -> Path:
-    """`folder/stem.suffix`, or `folder/stem-N.suffix` with the first free N, so nothing is overwritten."""
-    folder = Path(folder)
-    path, n = folder / f"{stem}{suffix}", 1
-    while path.exists():
-        path, n = folder / f"{stem}-{n}{suffix}", n + 1
-    return path
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(partial, path)
-
-
-def read_results(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / RESULTS_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+from hftrain.core.module import TaskModule, task_monitor
+from hftrain.core.runs import EXPORT_DIR, free_path, update_results
 
 
 def _numbers(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
     return {k: float(v) for k, v in sorted(metrics.items()) if k.startswith(prefix)}
 
 
-class ModelCheckpoint(pl_callbacks.ModelCheckpoint):
-    """Lightning's `ModelCheckpoint` whose `monitor` defaults to the task's main validation metric, and whose
-    `last.ckpt` always holds the latest weights.
+class TaskCheckpoint(pl_callbacks.ModelCheckpoint):
+    """Lightning's `ModelCheckpoint` with two differences: `monitor` defaults to the task's main validation
+    metric, and `last.ckpt` always holds the latest weights.
 
     With `monitor` unset it watches the module's `monitor` (`val/accuracy` for classification,
     `val/f1` for NER, …) in the module's `monitor_mode`, so one config serves every task.
@@ -61,9 +41,8 @@ class ModelCheckpoint(pl_callbacks.ModelCheckpoint):
     """
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if self.monitor is None and getattr(pl_module, "monitor", None):
-            self.monitor = pl_module.monitor
-            self.mode = pl_module.monitor_mode
+        if self.monitor is None:
+            self.monitor, self.mode = task_monitor(pl_module, "checkpoint.monitor")
             self.kth_value = torch.tensor(math.inf if self.mode == "min" else -math.inf)
         super().setup(trainer, pl_module, stage)
 
@@ -71,31 +50,24 @@ class ModelCheckpoint(pl_callbacks.ModelCheckpoint):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         # with a monitored metric Lightning defers step saves to the next validation; `last.ckpt` must not
         # wait, or a kill loses everything since the last epoch
-        n = self._every_n_train_steps
+        n = internals.every_n_train_steps(self)
         if n >= 1 and trainer.global_step % n == 0:
-            saved_before = self._last_global_step_saved
-            self._refresh_last(trainer)
-            # a validation right after this batch must still save its top-k (and a fresher last) checkpoint
-            self._last_global_step_saved = saved_before
+            internals.save_last_checkpoint(self, trainer, keep_step_open=True)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
-            self._refresh_last(trainer)
+        if not internals.saves_at_train_epoch_end(self, trainer):
+            internals.save_last_checkpoint(self, trainer)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
-            self._refresh_last(trainer)
-
-    def _refresh_last(self, trainer: Trainer) -> None:
-        # skipped when this step was already saved (top-k saved, and last with it)
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if internals.saves_at_train_epoch_end(self, trainer):
+            internals.save_last_checkpoint(self, trainer)
 
 
-class EarlyStopping(pl_callbacks.EarlyStopping):
-    """Lightning's `EarlyStopping` whose `monitor` and `mode` default to the task's main validation metric.
+class TaskEarlyStopping(pl_callbacks.EarlyStopping):
+    """Lightning's `EarlyStopping` whose `monitor` and `mode` default to the task's main validation metric
+    (Lightning's own needs `monitor` named).
 
     Args:
         monitor: Metric to watch; defaults to the task's main validation metric.
@@ -128,9 +100,9 @@ class EarlyStopping(pl_callbacks.EarlyStopping):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         follow_monitor, follow_mode = self._follow_task
         if follow_monitor:
-            self.monitor = pl_module.monitor
+            self.monitor, task_mode = task_monitor(pl_module, "the early stopping callback's monitor")
         if follow_mode:
-            self.mode = pl_module.monitor_mode if follow_monitor else self.mode
+            self.mode = task_mode if follow_monitor else self.mode
             self.min_delta = abs(self.min_delta) * (1 if self.monitor_op == torch.gt else -1)
             self.best_score = torch.tensor(math.inf if self.monitor_op == torch.lt else -math.inf)
         super().setup(trainer, pl_module, stage)
@@ -173,8 +145,11 @@ class StopOnNonFiniteLoss(pl_callbacks.Callback):
             f"The training loss became NaN or infinite at step {int(self._first_bad_step)}, so training stopped. "
             f"Usual causes: a learning rate too high (model.learning_rate), or fp16 overflow (try "
             f"trainer.precision bf16-mixed or 32-true). "
-            + (f"The last good checkpoint is {last}: fix the setting and resume with --ckpt_path last."
-               if last else "No checkpoint had been written yet.")
+            + (
+                f"The last good checkpoint is {last}: fix the setting and resume with --ckpt_path last."
+                if last
+                else "No checkpoint had been written yet."
+            )
         )
 
 
@@ -189,7 +164,7 @@ class ExportHFModel(pl_callbacks.Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         log_dir = trainer.log_dir  # a broadcast under DDP: every rank asks, once, before rank 0 goes on alone
-        if log_dir is None or not trainer.is_global_zero or not hasattr(pl_module, "export"):
+        if log_dir is None or not trainer.is_global_zero or not isinstance(pl_module, TaskModule):
             return
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         state_dict = None
@@ -237,8 +212,7 @@ class ResultsWriter(pl_callbacks.Callback):
             self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics})
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        monitor = getattr(pl_module, "monitor", "val/loss")
-        mode = getattr(pl_module, "monitor_mode", "min")
+        monitor, mode = task_monitor(pl_module, "results.json's best")
         scored = [h for h in self.history if monitor in h]
         best = (min if mode == "min" else max)(scored, key=lambda h: h[monitor]) if scored else None
         checkpoint = trainer.checkpoint_callback
@@ -260,11 +234,8 @@ class ResultsWriter(pl_callbacks.Callback):
 
     def _merge(self, trainer: Trainer, update: dict[str, Any]) -> None:
         log_dir = trainer.log_dir  # a broadcast under DDP: every rank asks, once, before rank 0 goes on alone
-        if log_dir is None or not trainer.is_global_zero:
-            return
-        folder = Path(log_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(folder / RESULTS_FILE, {**read_results(folder), **update})
+        if log_dir is not None and trainer.is_global_zero:
+            update_results(log_dir, update)
 
 
 class PredictionWriter(pl_callbacks.BasePredictionWriter):

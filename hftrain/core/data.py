@@ -2,7 +2,8 @@
 
 A task's data module is a dataclass that adds its own fields (columns, lengths) to the ones here and fills
 in three things: `check_data` (columns and values, plus anything learnt from the data such as the label
-set), `preprocess` (raw splits to model inputs, with `datasets.map(batched=True)`) and `collator`.
+set), `encode` (a batch of raw rows to model inputs, run by `datasets.map(batched=True)` over every split
+in `preprocess`) and `collator`.
 Everything else — reading csv/tsv/json/jsonl/parquet or a Hub dataset, carving a validation split,
 caching the tokenized splits so a second run skips tokenization, dataloaders — lives here once.
 """
@@ -11,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,10 +22,11 @@ import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torchdata.stateful_dataloader import StatefulDataLoader
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from hftrain import __version__
 from hftrain.core.errors import HFTrainError
+from hftrain.core.pretrained import load_tokenizer
 from hftrain.core.sampling import EpochShuffleSampler, LengthGroupedSampler, sequence_lengths
 
 SPLITS = ("train", "validation", "test", "predict")
@@ -64,6 +67,9 @@ class TaskDataModule(LightningDataModule):
     Args:
         tokenizer_name: Tokenizer to load with `AutoTokenizer.from_pretrained` (Hub id or folder). The CLI
             links it to `model.model_name_or_path`, so it is rarely set by hand.
+        tokenizer_revision: Hub branch, tag or commit of the tokenizer; the CLI links it to `model.revision`.
+        trust_remote_code: Allow tokenizer code from the Hub repository to run; the CLI links it to
+            `model.trust_remote_code`.
         dataset_name: A dataset on the Hugging Face Hub (e.g. `glue`). Leave unset to read local files.
         dataset_config_name: The Hub dataset's configuration (e.g. `mrpc`).
         train_file: Local training file: .csv, .tsv, .json, .jsonl or .parquet.
@@ -89,6 +95,8 @@ class TaskDataModule(LightningDataModule):
     """
 
     tokenizer_name: str | None = None
+    tokenizer_revision: str | None = None
+    trust_remote_code: bool = False
     dataset_name: str | None = None
     dataset_config_name: str | None = None
     train_file: str | None = None
@@ -106,10 +114,11 @@ class TaskDataModule(LightningDataModule):
     seed: int = 42
     group_by_length: bool = False
 
+    # whether the tokenizer pads with its end-of-sequence token when it has no padding token (causal LMs)
+    pad_with_eos: ClassVar[bool] = False
     # settings that change how batches are served but not what the tokenized data holds
     loader_settings: ClassVar[frozenset[str]] = frozenset(
-        {"batch_size", "eval_batch_size", "num_workers", "preprocessing_num_workers", "cache_dir",
-         "group_by_length"}
+        {"batch_size", "eval_batch_size", "num_workers", "preprocessing_num_workers", "cache_dir", "group_by_length"}
     )
 
     def __post_init__(self) -> None:
@@ -135,9 +144,33 @@ class TaskDataModule(LightningDataModule):
         """Check the raw splits' columns and values, and fill in settings learnt from them (the label set)."""
         raise NotImplementedError
 
-    def preprocess(self, raw: datasets.DatasetDict) -> datasets.DatasetDict:
-        """Turn raw splits into model inputs (token ids, labels); called once, then cached on disk."""
+    def encode(self, batch: dict[str, list], split: str) -> dict[str, list]:
+        """Turn a batch of raw rows of `split` into model inputs (token ids, labels)."""
         raise NotImplementedError
+
+    def preprocess(self, raw: datasets.DatasetDict) -> datasets.DatasetDict:
+        """Turn raw splits into model inputs with `encode`; called once, then cached on disk."""
+        return self.map_splits(raw, self.encode)
+
+    def map_splits(
+        self, raw: datasets.DatasetDict, function: Callable, desc: str = "Tokenizing", **options: Any
+    ) -> datasets.DatasetDict:
+        """`function(batch, split=…)` over every split with `datasets.map(batched=True)`, replacing the raw
+        columns by what it returns; `options` go to `map` (e.g. `with_indices`)."""
+        return datasets.DatasetDict(
+            {
+                split: dataset.map(
+                    function,
+                    batched=True,
+                    fn_kwargs={"split": split},
+                    remove_columns=dataset.column_names,
+                    num_proc=self.preprocessing_num_workers,
+                    desc=f"{desc} {split}",
+                    **options,
+                )
+                for split, dataset in raw.items()
+            }
+        )
 
     @property
     def collator(self):
@@ -212,9 +245,7 @@ class TaskDataModule(LightningDataModule):
                     "out a validation split. Add rows, give data.validation_file, or set "
                     "data.validation_split_percentage to 0."
                 )
-            held_out = raw["train"].train_test_split(
-                test_size=self.validation_split_percentage / 100, seed=self.seed
-            )
+            held_out = raw["train"].train_test_split(test_size=self.validation_split_percentage / 100, seed=self.seed)
             raw["train"], raw["validation"] = held_out["train"], held_out["test"]
             rank_zero_info(
                 f"No validation split given: holding out {len(raw['validation'])} of the training rows "
@@ -276,6 +307,18 @@ class TaskDataModule(LightningDataModule):
                     f"Its columns are: {', '.join(dataset.column_names)}. Set data.{setting} to one of them."
                 )
 
+    @staticmethod
+    def class_names(dataset: datasets.Dataset, column: str) -> list[str] | None:
+        """The names of a column of ClassLabel ids, or of lists of them (Hub datasets), else None."""
+        feature = dataset.features.get(column)
+        inner = getattr(feature, "feature", feature)
+        return list(inner.names) if isinstance(inner, datasets.ClassLabel) else None
+
+    @staticmethod
+    def distinct_labels(values: Iterable) -> list[str]:
+        """A label set learnt from the data: the distinct values, numbers in numeric order before strings."""
+        return [str(v) for v in sorted(set(values), key=lambda v: (isinstance(v, str), v))]
+
     def require_text(self, raw: datasets.DatasetDict, columns: list[str | None]) -> None:
         """Fail early, naming the row, when a text column holds an empty cell (None) instead of a string;
         columns a split does not have (the predict split's labels) are skipped."""
@@ -300,14 +343,9 @@ class TaskDataModule(LightningDataModule):
                     "No tokenizer: set model.model_name_or_path (the CLI passes it on to the data) or "
                     "data.tokenizer_name."
                 )
-            try:
-                self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_name)
-            except (OSError, ValueError) as err:
-                raise HFTrainError(
-                    f"Could not load the tokenizer '{self.tokenizer_name}': {err}. If it is a folder, check that "
-                    "it exists and holds the tokenizer files; if it is a Hub id, check the name and your "
-                    "network (offline, use a local folder)."
-                ) from err
+            self._tokenizer = load_tokenizer(
+                self.tokenizer_name, self.tokenizer_revision, self.trust_remote_code, self.pad_with_eos
+            )
         return self._tokenizer
 
     def cache_path(self) -> Path:
@@ -366,8 +404,7 @@ class TaskDataModule(LightningDataModule):
             raise HFTrainError(f"data.num_workers must be 0 or more, got {self.num_workers}.")
         if not 0 <= self.validation_split_percentage < 100:
             raise HFTrainError(
-                "data.validation_split_percentage must be in [0, 100), got "
-                f"{self.validation_split_percentage}."
+                f"data.validation_split_percentage must be in [0, 100), got {self.validation_split_percentage}."
             )
 
     def _loader(self, split: str, train: bool = False) -> StatefulDataLoader:

@@ -1,22 +1,32 @@
-"""The base LightningModule: load a pretrained `AutoModelFor…`, optimize it, export it.
+"""The base LightningModule: load a pretrained `AutoModelFor…`, optimize it, evaluate it, export it.
 
 A task module is a dataclass that adds its own fields to the ones here, builds `self.model` with
-`load_pretrained` in `__post_init__`, and writes its validation/test/predict steps. Training step,
-AdamW with weight-decay groups, the warmup schedule and the `save_pretrained` export are shared.
-Being dataclasses, the constructor signature *is* the config schema that LightningCLI reads.
+`load_pretrained` in `__post_init__`, and writes `evaluate` (one validation or test batch), `log_metrics`
+(the end of a validation or test) and `predict_step`. Training step, AdamW with weight-decay groups, the
+warmup schedule and the `save_pretrained` export are shared. Being dataclasses, the constructor signature
+*is* the config schema that LightningCLI reads.
+
+What the callbacks need of a task (the contract, read through `task_monitor` and `TaskModule.export`):
+`monitor` and `monitor_mode`, the validation metric that picks the best checkpoint and whether higher is
+better, set in `__post_init__`; and `export`, which writes the `save_pretrained` folder.
 """
 
-import os
+import inspect
 import shutil
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
-from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
+from hftrain.core import internals
 from hftrain.core.errors import HFTrainError
+from hftrain.core.pretrained import load_model, load_tokenizer
+
+Stage = Literal["val", "test"]
 
 
 @dataclass(eq=False, repr=False, kw_only=True)
@@ -58,6 +68,9 @@ class TaskModule(LightningModule):
     revision: str | None = None
     ignore_mismatched_sizes: bool = False
 
+    # the model's own tokenizer, for tasks that decode what they generate (not a config field: no annotation)
+    tokenizer = None
+
     def __post_init__(self) -> None:
         super().__init__()
         if self.learning_rate <= 0:
@@ -70,42 +83,42 @@ class TaskModule(LightningModule):
 
     def load_pretrained(self, auto_class: type, **config_overrides: Any) -> PreTrainedModel:
         """Load `model_name_or_path` with `auto_class`, overriding config fields (labels, problem type)."""
-        options = {"revision": self.revision, "trust_remote_code": self.trust_remote_code}
-        try:
-            config = AutoConfig.from_pretrained(self.model_name_or_path, **options, **config_overrides)
-            model = auto_class.from_pretrained(
-                self.model_name_or_path,
-                config=config,
-                ignore_mismatched_sizes=self.ignore_mismatched_sizes,
-                **options,
-            )
-        except OSError as err:
-            where = (
-                f"the folder {Path(self.model_name_or_path).resolve()} does not hold a model"
-                if Path(self.model_name_or_path).exists()
-                else "it is neither an existing folder nor a Hub id that could be downloaded"
-            )
-            raise HFTrainError(
-                f"Could not load the model '{self.model_name_or_path}': {where}. Check the path or Hub id; "
-                "offline (no network, or HF_HUB_OFFLINE=1), only local folders and models already in the "
-                f"Hugging Face cache load. Details: {str(err).splitlines()[0]}"
-            ) from err
-        except RuntimeError as err:
-            if "size mismatch" not in str(err):
-                raise
-            raise HFTrainError(
-                f"The model '{self.model_name_or_path}' has weights of another shape than this task needs "
-                "(e.g. a classifier head for a different number of labels). Set "
-                f"model.ignore_mismatched_sizes=true to re-initialize them. Details: {str(err).splitlines()[0]}"
-            ) from err
+        model = load_model(
+            auto_class,
+            self.model_name_or_path,
+            self.revision,
+            self.trust_remote_code,
+            self.ignore_mismatched_sizes,
+            **config_overrides,
+        )
         if self.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-        # from_pretrained leaves the model in eval mode, and Lightning keeps each submodule's mode as found:
-        # without this, dropout would stay off during training
-        return model.train()
+        return model
 
-    def forward(self, **batch: torch.Tensor):
-        return self.model(**batch)
+    def load_tokenizer(self, pad_with_eos: bool = False) -> PreTrainedTokenizerBase:
+        """The model's tokenizer, loaded exactly as the data module's (the CLI links the same three settings)."""
+        return load_tokenizer(self.model_name_or_path, self.revision, self.trust_remote_code, pad_with_eos)
+
+    @staticmethod
+    def label_config(label_names: list[str] | None) -> dict[str, Any]:
+        """The model config fields that name the classes, so the exported model's `id2label` reads them."""
+        if not label_names:
+            return {}
+        return {
+            "num_labels": len(label_names),
+            "id2label": dict(enumerate(label_names)),
+            "label2id": {name: i for i, name in enumerate(label_names)},
+        }
+
+    @cached_property
+    def model_inputs(self) -> frozenset[str]:
+        """The batch keys the model's `forward` takes (as the HF Trainer reads them from its signature), so
+        batches may carry bookkeeping (word ids, example ids) that never reaches the model."""
+        model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return frozenset(inspect.signature(model.forward).parameters)
+
+    def forward(self, **batch: Any):
+        return self.model(**{k: v for k, v in batch.items() if k in self.model_inputs})
 
     def setup(self, stage: str) -> None:
         # compiling `forward` (every step's model call) rather than wrapping the module keeps the state-dict
@@ -114,28 +127,42 @@ class TaskModule(LightningModule):
             self.forward = torch.compile(self.forward)
 
     def on_train_start(self) -> None:
-        """Give a resumed run its dataloader position back.
-
-        `configure_optimizers` reads `trainer.estimated_stepping_batches`, which builds the train loader
-        before the checkpoint is restored; Lightning then skips loading the saved loader state
-        (Lightning issue #20550) and a run resumed mid-epoch would start the epoch over. Load the pending
-        state and restart the fetcher's iterator, as Lightning's own resume path does.
-        """
-        fit_loop = self.trainer.fit_loop
-        if fit_loop.restarting and getattr(fit_loop, "_combined_loader_states_to_load", None):
-            fit_loop._load_combined_loader_states()
-            iter(fit_loop._data_fetcher)
+        internals.restore_loader_position(self.trainer)
 
     def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         """Seed each batch's randomness (dropout) from the run's seed and the batch's position in training,
         so a run resumed from a checkpoint draws exactly the masks an uninterrupted run draws."""
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        torch.manual_seed(seed * 1_000_003 + self.trainer.fit_loop.epoch_loop.total_batch_idx)
+        torch.manual_seed(internals.global_seed() * 1_000_003 + internals.batches_trained(self.trainer))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self(**batch).loss
         self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    # ------------------------------------------------------------------ evaluation, written by each task
+
+    def evaluate(self, batch: dict[str, Any], stage: Stage) -> None:
+        """One validation (`stage` "val") or test batch: update the stage's metrics and log its loss."""
+        raise NotImplementedError
+
+    def log_metrics(self, stage: Stage) -> None:
+        """At the end of a validation or test: log what `evaluate` accumulated (nothing when the metrics were
+        logged as torchmetrics objects, which Lightning computes itself)."""
+
+    def log_loss(self, stage: Stage, loss: torch.Tensor, batch_size: int) -> None:
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch_size)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.evaluate(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.evaluate(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_metrics("test")
 
     def configure_optimizers(self):
         """AdamW without decay on biases and normalization weights, stepped per optimizer step."""
@@ -178,7 +205,8 @@ class TaskModule(LightningModule):
         tokenizer: PreTrainedTokenizerBase | None = None,
         state_dict: dict[str, torch.Tensor] | None = None,
     ) -> Path:
-        """Write the model (and tokenizer) with `save_pretrained`, replacing `folder` only once complete.
+        """Write the model (and tokenizer, by default the module's own) with `save_pretrained`, replacing
+        `folder` only once complete.
 
         `state_dict` is this module's state dict (keys `model.…`), e.g. from the best checkpoint; by default
         the current weights are written. The files land in a sibling temporary folder that is swapped in
@@ -190,9 +218,10 @@ class TaskModule(LightningModule):
         weights = None
         if state_dict is not None:
             weights = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
-        self.model.save_pretrained(partial, state_dict=weights)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(partial)
+        model, weights = self.exported_model(weights)
+        model.save_pretrained(partial, state_dict=weights)
+        if (tokenizer or self.tokenizer) is not None:
+            (tokenizer or self.tokenizer).save_pretrained(partial)
         previous = folder.with_name(folder.name + ".previous")
         if folder.exists():
             shutil.rmtree(previous, ignore_errors=True)
@@ -200,3 +229,17 @@ class TaskModule(LightningModule):
         partial.rename(folder)
         shutil.rmtree(previous, ignore_errors=True)
         return folder
+
+    def exported_model(self, weights: dict[str, torch.Tensor] | None) -> tuple[PreTrainedModel, dict | None]:
+        """The model `export` saves and the weights to save with it (None: the model's own)."""
+        return self.model, weights
+
+
+def task_monitor(module: LightningModule, needed_for: str) -> tuple[str, Literal["min", "max"]]:
+    """The metric a task module is judged by and whether higher is better; only `TaskModule`s know theirs."""
+    if not isinstance(module, TaskModule):
+        raise HFTrainError(
+            f"{type(module).__name__} is not an hftrain task module, so it names no metric for {needed_for}. "
+            "Set the monitor (and mode) explicitly, or train a TaskModule subclass."
+        )
+    return module.monitor, module.monitor_mode

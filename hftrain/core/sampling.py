@@ -142,4 +142,3 @@ def pad_fraction(lengths: Sequence[int], order: Sequence[int], batch_size: int) 
         real += int(batch.sum())
         padded += int(batch.max()) * len(batch)
     return 1 - real / padded if padded else 0.0
-

@@ -127,11 +127,7 @@ def _default_spans(tags: list[str]) -> list[Span]:
             or (prev_prefix in "BI" and prefix in "BSO")
             or (prev_prefix != "O" and prev_type != type_)
         )
-        starts = (
-            prefix in "BS"
-            or (prev_prefix in "ESO" and prefix in "EI")
-            or (prefix != "O" and prev_type != type_)
-        )
+        starts = prefix in "BS" or (prev_prefix in "ESO" and prefix in "EI") or (prefix != "O" and prev_type != type_)
         if ends:
             spans.append((prev_type, start, i))
         if starts:
@@ -208,9 +204,7 @@ class SpanF1(Metric):
         self.types = sorted({split_tag(n)[1] for n in label_names} - {""})
         self._type_index = {t: i for i, t in enumerate(self.types)}
         for state in ("correct", "predicted", "gold"):
-            self.add_state(
-                state, default=torch.zeros(len(self.types), dtype=torch.long), dist_reduce_fx="sum"
-            )
+            self.add_state(state, default=torch.zeros(len(self.types), dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         keep = target != self.ignore_index

@@ -8,39 +8,33 @@ and continues a few configured prompts so the TensorBoard log shows what the mod
 """
 
 import copy
-import json
 import re
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
-from typing import Any, Literal
+from typing import ClassVar, Literal
 
 import datasets
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics import MeanMetric
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from hftrain.core.data import TaskDataModule
 from hftrain.core.errors import HFTrainError
-from hftrain.core.module import TaskModule
+from hftrain.core.generation import log_text_table, set_generation_config
+from hftrain.core.module import Stage, TaskModule
 
 IGNORE_INDEX = -100  # the label of positions without loss, as HF models expect
 
 
-def with_pad_token(tokenizer: PreTrainedTokenizerBase, name: str) -> PreTrainedTokenizerBase:
-    """Give a tokenizer without a padding token (GPT-2, Llama) its end-of-sequence token as one.
-
-    Batching needs some padding id; which one does not matter, as padding is masked out of attention and
-    its label is -100. The end-of-sequence token itself is needed to mark where documents end.
-    """
+def require_eos(tokenizer: PreTrainedTokenizerBase, name: str) -> PreTrainedTokenizerBase:
+    """Language modelling ends every document with the end-of-sequence token, so the model learns where text
+    stops: a tokenizer without one cannot be used."""
     if tokenizer.eos_token is None:
         raise HFTrainError(
             f"The tokenizer of '{name}' has no end-of-sequence token, which language modelling needs to mark "
             "where a document ends. Use a causal language model's tokenizer, or set its eos_token."
         )
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
@@ -84,9 +78,7 @@ class LanguageModeling(TaskModule):
         if self.max_new_tokens < 1:
             raise HFTrainError(f"model.max_new_tokens must be a positive integer, got {self.max_new_tokens}.")
         if self.lora_rank is not None and self.lora_rank < 1:
-            raise HFTrainError(
-                f"model.lora_rank must be a positive integer (or unset), got {self.lora_rank}."
-            )
+            raise HFTrainError(f"model.lora_rank must be a positive integer (or unset), got {self.lora_rank}.")
         if self.do_sample and (self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0):
             raise HFTrainError(
                 "Sampling needs model.temperature > 0, model.top_p in (0, 1] and model.top_k >= 0 (0: no "
@@ -94,43 +86,24 @@ class LanguageModeling(TaskModule):
                 "model.do_sample=false."
             )
         # generation happens in the module (validation samples, predict), so it needs the model's tokenizer
-        self.tokenizer = with_pad_token(self._load_tokenizer(), self.model_name_or_path)
+        self.tokenizer = require_eos(self.load_tokenizer(pad_with_eos=True), self.model_name_or_path)
         model = self.load_pretrained(AutoModelForCausalLM, pad_token_id=self.tokenizer.pad_token_id)
-        generation: dict[str, Any] = {
-            "max_new_tokens": self.max_new_tokens,
-            "do_sample": self.do_sample,
-            "pad_token_id": self.tokenizer.pad_token_id,
-        }
         # greedy decoding clears the pretrained sampling settings: transformers refuses to save both
         sampling = {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
-        generation.update(sampling if self.do_sample else dict.fromkeys(sampling))
-        # saved with the model, so the exported hf_model/ generates the same way in a pipeline
-        model.generation_config.update(**generation)
-        try:
-            model.generation_config.validate(strict=True)
-        except ValueError as err:
-            raise HFTrainError(
-                f"The generation settings of '{self.model_name_or_path}' with this run's are invalid: {err} "
-                "Change model.do_sample / temperature / top_k / top_p, or the model's generation_config.json."
-            ) from err
+        set_generation_config(
+            model,
+            strict=True,
+            max_new_tokens=self.max_new_tokens,
+            do_sample=self.do_sample,
+            pad_token_id=self.tokenizer.pad_token_id,
+            **(sampling if self.do_sample else dict.fromkeys(sampling)),
+        )
         self.model = self._add_lora(model) if self.lora_rank else model
         # token-weighted: each update adds a batch's mean loss times its number of scored tokens, and the
         # sums (not the batch means) are what DDP adds up across ranks
-        self.val_nll = MeanMetric().set_dtype(torch.float64)
-        self.test_nll = MeanMetric().set_dtype(torch.float64)
+        self.metrics = torch.nn.ModuleDict({stage: MeanMetric().set_dtype(torch.float64) for stage in ("val", "test")})
         self.monitor = "val/perplexity"
         self.monitor_mode = "min"
-
-    def _load_tokenizer(self) -> PreTrainedTokenizerBase:
-        try:
-            return AutoTokenizer.from_pretrained(
-                self.model_name_or_path, revision=self.revision, trust_remote_code=self.trust_remote_code
-            )
-        except (OSError, ValueError) as err:
-            raise HFTrainError(
-                f"Could not load the tokenizer of '{self.model_name_or_path}' (generation needs it): {err}. "
-                "Check that the folder holds the tokenizer files (a run's hf_model/ does), or the Hub id."
-            ) from err
 
     def _add_lora(self, model: PreTrainedModel):
         try:
@@ -167,57 +140,30 @@ class LanguageModeling(TaskModule):
 
     # ------------------------------------------------------------------ evaluation
 
-    def _evaluate(self, batch: dict[str, torch.Tensor], metric: MeanMetric) -> None:
+    def evaluate(self, batch: dict[str, torch.Tensor], stage: Stage) -> None:
         tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
         if tokens > 0:
-            metric.update(self(**batch).loss.detach(), weight=tokens)
+            self.metrics[stage].update(self(**batch).loss.detach(), weight=tokens)
 
-    def _log_perplexity(self, metric: MeanMetric, stage: str) -> None:
-        loss = metric.compute().float()
-        metric.reset()
+    def log_metrics(self, stage: Stage) -> None:
+        loss = self.metrics[stage].compute().float()
+        self.metrics[stage].reset()
         self.log(f"{stage}/loss", loss)
         self.log(f"{stage}/perplexity", loss.exp(), prog_bar=True)
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_nll)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_perplexity(self.val_nll, "val")
-        if self.validation_prompts and not self.trainer.sanity_checking:
-            self._log_generations()
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_nll)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_perplexity(self.test_nll, "test")
-
-    def _log_generations(self) -> None:
-        on_cuda = self.device.type == "cuda"
-        with torch.random.fork_rng(devices=[self.device.index] if on_cuda else []):
-            torch.manual_seed(self.generation_seed)
-            completions = self.generate(self.validation_prompts)
-        if not self.trainer.is_global_zero:
-            return
-        # a markdown table of quoted strings, so newlines and spaces in the text show as they are
-        cells = [
-            [json.dumps(t, ensure_ascii=False).replace("|", "\\|") for t in pair]
-            for pair in zip(self.validation_prompts, completions, strict=True)
-        ]
-        rows = [f"| `{prompt}` | `{completion}` |" for prompt, completion in cells]
-        text = "\n".join(["| prompt | completion |", "|---|---|", *rows])
-        for logger in self.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_text("val/generations", text, self.global_step)
+        if stage == "val" and self.validation_prompts and not self.trainer.sanity_checking:
+            on_cuda = self.device.type == "cuda"
+            with torch.random.fork_rng(devices=[self.device.index] if on_cuda else []):
+                torch.manual_seed(self.generation_seed)
+                completions = self.generate(self.validation_prompts)
+            rows = list(zip(self.validation_prompts, completions, strict=True))
+            log_text_table(self, "val/generations", ["prompt", "completion"], rows)
 
     # ------------------------------------------------------------------ generation
 
     @torch.no_grad()
     def generate(self, prompts: list[str]) -> list[str]:
         """Continue each prompt with the configured generation settings; returns the continuations only."""
-        inputs = self.tokenizer(prompts, padding=True, padding_side="left", return_tensors="pt").to(
-            self.device
-        )
+        inputs = self.tokenizer(prompts, padding=True, padding_side="left", return_tensors="pt").to(self.device)
         return self._continue(inputs["input_ids"], inputs["attention_mask"])
 
     def _continue(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[str]:
@@ -232,27 +178,15 @@ class LanguageModeling(TaskModule):
 
     # ------------------------------------------------------------------ export
 
-    def export(
-        self,
-        folder: str | Path,
-        tokenizer: PreTrainedTokenizerBase | None = None,
-        state_dict: dict[str, torch.Tensor] | None = None,
-    ) -> Path:
-        """Write the model; with LoRA, a copy with the adapters merged into the weights, so it loads without
-        peft. The module keeps its adapters (a `test` may follow the fit)."""
+    def exported_model(self, weights: dict[str, torch.Tensor] | None) -> tuple[PreTrainedModel, dict | None]:
+        """With LoRA, a copy with the adapters merged into the weights, so the export loads without peft. The
+        module keeps its adapters (a `test` may follow the fit)."""
         if self.lora_rank is None:
-            return super().export(folder, tokenizer, state_dict)
+            return self.model, weights
         adapted = copy.deepcopy(self.model)
-        if state_dict is not None:
-            adapted.load_state_dict(
-                {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
-            )
-        # the base export writes self.model: hand it the merged copy for the duration
-        trained, self.model = self.model, adapted.merge_and_unload()
-        try:
-            return super().export(folder, tokenizer)
-        finally:
-            self.model = trained
+        if weights is not None:
+            adapted.load_state_dict(weights)
+        return adapted.merge_and_unload(), None
 
 
 @dataclass
@@ -310,9 +244,11 @@ class LanguageModelingData(TaskDataModule):
     block_size: int | None = None
     text_file_documents: Literal["paragraph", "line", "file"] = "paragraph"
 
+    pad_with_eos: ClassVar[bool] = True
+
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
-        return with_pad_token(super().tokenizer, self.tokenizer_name)
+        return require_eos(super().tokenizer, self.tokenizer_name)
 
     @property
     def collator(self) -> CausalLMCollator:
@@ -344,9 +280,7 @@ class LanguageModelingData(TaskDataModule):
                 "prompts, or neither to learn whole documents from data.text_column."
             )
         if self.block_size is not None and self.block_size < 1:
-            raise HFTrainError(
-                f"data.block_size must be a positive integer (or unset), got {self.block_size}."
-            )
+            raise HFTrainError(f"data.block_size must be a positive integer (or unset), got {self.block_size}.")
         if self.prompt_column:
             columns = {"prompt_column": self.prompt_column, "completion_column": self.completion_column}
         else:
@@ -369,33 +303,21 @@ class LanguageModelingData(TaskDataModule):
         return self.block_size
 
     def preprocess(self, raw: datasets.DatasetDict) -> datasets.DatasetDict:
-        processed = datasets.DatasetDict()
-        for split, dataset in raw.items():
-            options = {
-                "batched": True,
-                "remove_columns": dataset.column_names,
-                "num_proc": self.preprocessing_num_workers,
-            }
-            if split == "predict":
-                processed[split] = dataset.map(self._encode_prompts, **options, desc="Tokenizing prompts")
-                continue
-            examples = dataset.map(
-                self._encode_examples,
-                with_indices=True,
-                fn_kwargs={"split": split},
-                **options,
-                desc=f"Tokenizing {split}",
-            )
-            if self.packing:
-                examples = examples.map(
+        processed = self.map_splits(raw, self._encode, with_indices=True)
+        for split, examples in processed.items():
+            if self.packing and split != "predict":
+                processed[split] = examples.map(
                     self._pack,
                     fn_kwargs={"size": self.packed_block_size()},
                     batched=True,
                     num_proc=self.preprocessing_num_workers,
                     desc=f"Packing {split} into blocks",
                 )
-            processed[split] = examples
         return processed
+
+    def _encode(self, batch: dict[str, list], indices: list[int], split: str) -> dict[str, list]:
+        """Prompts to continue for `predict`, labelled examples for the other splits."""
+        return self._encode_prompts(batch) if split == "predict" else self._encode_examples(batch, indices, split)
 
     def _encode_examples(self, batch: dict[str, list], indices: list[int], split: str) -> dict[str, list]:
         """Ids and labels per row, ending in EOS; prompt tokens labelled -100; blank documents skipped."""
@@ -407,19 +329,15 @@ class LanguageModelingData(TaskDataModule):
 
         if self.prompt_column:
             prompts = self.tokenizer(batch[self.prompt_column], verbose=False)["input_ids"]
-            completions = self.tokenizer(
-                batch[self.completion_column], add_special_tokens=False, verbose=False
-            )["input_ids"]
+            completions = self.tokenizer(batch[self.completion_column], add_special_tokens=False, verbose=False)[
+                "input_ids"
+            ]
             labels = [[IGNORE_INDEX] * len(p) + ended(c) for p, c in zip(prompts, completions, strict=True)]
             input_ids = [p + ended(c) for p, c in zip(prompts, completions, strict=True)]
         else:
-            kept = [
-                (i, text) for i, text in zip(indices, batch[self.text_column], strict=True) if text.strip()
-            ]
+            kept = [(i, text) for i, text in zip(indices, batch[self.text_column], strict=True) if text.strip()]
             indices = [i for i, _ in kept]
-            input_ids = [
-                ended(ids) for ids in self.tokenizer([text for _, text in kept], verbose=False)["input_ids"]
-            ]
+            input_ids = [ended(ids) for ids in self.tokenizer([text for _, text in kept], verbose=False)["input_ids"]]
             labels = [list(ids) for ids in input_ids]
         if not self.packing:
             input_ids = [ids[: self.max_length] for ids in input_ids]
@@ -456,6 +374,4 @@ class LanguageModelingData(TaskDataModule):
     def _encode_prompts(self, batch: dict[str, list]) -> dict[str, list]:
         """Prompts to continue, keeping each one's last `max_length` tokens (nearest what comes next)."""
         encoded = self.tokenizer(batch[self.prompt_column or self.text_column], verbose=False)
-        return {
-            key: [row[-self.max_length :] for row in encoded[key]] for key in ("input_ids", "attention_mask")
-        }
+        return {key: [row[-self.max_length :] for row in encoded[key]] for key in ("input_ids", "attention_mask")}

@@ -18,7 +18,7 @@ from transformers import AutoModelForQuestionAnswering
 
 from hftrain.core.data import TaskDataModule
 from hftrain.core.errors import HFTrainError
-from hftrain.core.module import TaskModule
+from hftrain.core.module import Stage, TaskModule
 from hftrain.tasks.question_answering_processing import (
     Answer,
     QuestionAnsweringCollator,
@@ -64,18 +64,17 @@ class QuestionAnswering(TaskModule):
             )
         self.model = self.load_pretrained(AutoModelForQuestionAnswering)
         groups = ("all", "HasAns", "NoAns") if self.version_2_with_negative else ("all",)
-        self.val_metrics = torch.nn.ModuleDict({group: SQuAD() for group in groups})
-        self.test_metrics = torch.nn.ModuleDict({group: SQuAD() for group in groups})
+        self.metrics = torch.nn.ModuleDict(
+            {stage: torch.nn.ModuleDict({group: SQuAD() for group in groups}) for stage in ("val", "test")}
+        )
         self.monitor = "val/f1"
         self.monitor_mode = "max"
         self._predictions: dict[str, tuple[str, list[str]]] = {}
 
-    def answer(
-        self, batch: dict[str, Any]
-    ) -> tuple[torch.Tensor | None, list[tuple[dict[str, Any], Answer]]]:
+    def answer(self, batch: dict[str, Any]) -> tuple[torch.Tensor | None, list[tuple[dict[str, Any], Answer]]]:
         """Run the model on a batch of whole questions (see `QuestionAnsweringCollator`): the loss when the
         batch has labels, and each question with its answer."""
-        examples = batch.pop("examples")
+        examples = batch["examples"]
         outputs = self(**batch)
         start_logits = outputs.start_logits.float().cpu().numpy()
         end_logits = outputs.end_logits.float().cpu().numpy()
@@ -99,15 +98,16 @@ class QuestionAnswering(TaskModule):
             answered.append((example, answer))
         return outputs.loss, answered
 
-    def _evaluate(self, batch: dict[str, Any], stage: str) -> None:
+    def evaluate(self, batch: dict[str, Any], stage: Stage) -> None:
         loss, answered = self.answer(batch)
         if loss is not None:
-            self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(answered))
+            self.log_loss(stage, loss, len(answered))
         for example, answer in answered:
             self._predictions[example["id"]] = (answer.text, example["answers"])
 
-    def _score(self, metrics: torch.nn.ModuleDict, stage: str) -> None:
+    def log_metrics(self, stage: Stage) -> None:
         """Score every question exactly once across ranks, then log EM/F1 (and HasAns/NoAns in v2 mode)."""
+        metrics = self.metrics[stage]
         predictions = gather_predictions(self._predictions)
         self._predictions = {}
         if not predictions:
@@ -128,20 +128,7 @@ class QuestionAnswering(TaskModule):
                     self.log(prefix + name, value, prog_bar=group == "all" and stage == "val")
             metric.reset()
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._score(self.val_metrics, "val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._score(self.test_metrics, "test")
-
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        batch = {k: v for k, v in batch.items() if k not in ("start_positions", "end_positions")}
         _, answered = self.answer(batch)
         return [
             {
@@ -252,18 +239,9 @@ class QuestionAnsweringData(TaskDataModule):
                         "into the context) or the answer text."
                     )
 
-    def preprocess(self, raw: datasets.DatasetDict) -> datasets.DatasetDict:
-        processed = datasets.DatasetDict()
-        for split, dataset in raw.items():
-            encode = self._encode_windows if split == "train" else self._encode_examples
-            processed[split] = dataset.map(
-                encode,
-                batched=True,
-                remove_columns=dataset.column_names,
-                num_proc=self.preprocessing_num_workers,
-                desc=f"Tokenizing {split}",
-            )
-        return processed
+    def encode(self, batch: dict[str, list], split: str) -> dict[str, list]:
+        """Training rows are windows; evaluation rows are whole questions."""
+        return self._encode_windows(batch) if split == "train" else self._encode_examples(batch)
 
     def _layouts(self, batch: dict[str, list]):
         """Tokenize a batch into windows; yield (example index, window layout, model inputs with labels)."""
@@ -277,9 +255,7 @@ class QuestionAnsweringData(TaskDataModule):
         model_keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoding]
         answers = batch.get(self.answer_column)
         for window, example in enumerate(encoding["overflow_to_sample_mapping"]):
-            layout = window_layout(
-                encoding, window, context_index(self.tokenizer), self.tokenizer.cls_token_id
-            )
+            layout = window_layout(encoding, window, context_index(self.tokenizer), self.tokenizer.cls_token_id)
             inputs = {k: encoding[k][window] for k in model_keys}
             if answers is not None:
                 first = answers[example]

@@ -102,9 +102,7 @@ def context_index(tokenizer: PreTrainedTokenizerBase) -> int:
 
 def context_room(tokenizer: PreTrainedTokenizerBase, questions: list[str], max_length: int) -> list[int]:
     """Tokens left for the context in a window next to each question (see `tokenize_windows`)."""
-    lengths = [
-        len(ids) for ids in tokenizer([q.lstrip() for q in questions], add_special_tokens=False)["input_ids"]
-    ]
+    lengths = [len(ids) for ids in tokenizer([q.lstrip() for q in questions], add_special_tokens=False)["input_ids"]]
     return [max_length - n - tokenizer.num_special_tokens_to_add(pair=True) for n in lengths]
 
 
@@ -180,9 +178,7 @@ def window_candidates(
                 continue
             start_char, end_char = offsets[s][0], offsets[e][1]
             spans.append(
-                Span(
-                    context[start_char:end_char], float(start_logits[s] + end_logits[e]), start_char, end_char
-                )
+                Span(context[start_char:end_char], float(start_logits[s] + end_logits[e]), start_char, end_char)
             )
     spans.sort(key=lambda span: span.score, reverse=True)
     return spans[:n_best_size], null_score
@@ -296,8 +292,7 @@ class QuestionAnsweringCollator:
                     "context": row["context"],
                     "answers": row.get("answers"),
                     "windows": [
-                        {k: row[k][w] for k in ("offset_mapping", "context_span", "cls_index")}
-                        for w in range(count)
+                        {k: row[k][w] for k in ("offset_mapping", "context_span", "cls_index")} for w in range(count)
                     ],
                 }
             )

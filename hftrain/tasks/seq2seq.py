@@ -9,99 +9,20 @@ and chrF for translation, ROUGE-1/2/L/Lsum for summarization, all on the 0-100 s
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import datasets
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
-from torchmetrics import Metric, MetricCollection
-from torchmetrics.functional.text.rouge import _normalize_and_tokenize_text, _rouge_lsum_score
-from torchmetrics.text import CHRFScore, ROUGEScore, SacreBLEUScore
-from transformers import (
-    AutoModelForSeq2SeqLM,
-    AutoTokenizer,
-    DataCollatorForSeq2Seq,
-    GenerationConfig,
-    PreTrainedTokenizerBase,
-)
+from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq
 
 from hftrain.core.data import TaskDataModule
 from hftrain.core.errors import HFTrainError
-from hftrain.core.module import TaskModule
-
-Task = Literal["translation", "summarization"]
+from hftrain.core.generation import log_text_table, set_generation_config
+from hftrain.core.module import Stage, TaskModule
+from hftrain.metrics.text_generation import Task, generation_metrics, scores
 
 # the column holding `{source_lang: …, target_lang: …}` pairs in Hub translation datasets (wmt16, opus_books)
 TRANSLATION_COLUMN = "translation"
-
-
-class RougeLsum(Metric):
-    """ROUGE-Lsum with summaries split into sentences at newlines, as the `rouge-score` package does.
-
-    torchmetrics' `ROUGEScore` splits sentences for Lsum with nltk's punkt model, which it downloads on first
-    use and fails offline; newline splitting is what the published `rouge-score` figures use (the HF
-    examples put one sentence per line before scoring). Tokenization is `ROUGEScore`'s own.
-    """
-
-    higher_is_better = True
-    full_state_update = False
-
-    def __init__(self, use_stemmer: bool = False, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.stemmer = _porter_stemmer() if use_stemmer else None
-        self.add_state("fmeasure", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("total", torch.tensor(0), dist_reduce_fx="sum")
-
-    def _sentences(self, text: str) -> list[list[str]]:
-        return [_normalize_and_tokenize_text(line, self.stemmer) for line in text.split("\n")]
-
-    def update(self, preds: list[str], target: list[list[str]]) -> None:
-        for pred, references in zip(preds, target, strict=True):
-            pred_sentences = self._sentences(pred)
-            # several references: the best, as ROUGEScore(accumulate="best") does for the other keys
-            self.fmeasure += max(
-                float(_rouge_lsum_score(pred_sentences, self._sentences(ref))["fmeasure"])
-                for ref in references
-            )
-            self.total += 1
-
-    def compute(self) -> torch.Tensor:
-        return (self.fmeasure / self.total.clamp(min=1)).float()
-
-
-def _porter_stemmer():
-    try:
-        from nltk.stem.porter import PorterStemmer
-    except ImportError as err:
-        raise HFTrainError(
-            "ROUGE with stemming needs nltk: `pip install nltk`, or set model.rouge_use_stemmer=false."
-        ) from err
-    return PorterStemmer()
-
-
-def generation_metrics(task: Task, rouge_use_stemmer: bool = True) -> MetricCollection:
-    """The text metrics of a task, updated with `(predictions, [[reference], …])`."""
-    if task == "translation":
-        # n_word_order=0 is sacrebleu's chrF (2 would be chrF++)
-        return MetricCollection({"bleu": SacreBLEUScore(tokenize="13a"), "chrf": CHRFScore(n_word_order=0)})
-    if rouge_use_stemmer:
-        _porter_stemmer()
-    return MetricCollection(
-        {
-            "rouge": ROUGEScore(use_stemmer=rouge_use_stemmer, rouge_keys=("rouge1", "rouge2", "rougeL")),
-            "rougeLsum": RougeLsum(use_stemmer=rouge_use_stemmer),
-        },
-        compute_groups=False,
-    )
-
-
-def scores(metrics: MetricCollection) -> dict[str, torch.Tensor]:
-    """Compute `metrics` on the 0-100 scale; of ROUGE only the F-measure (`rouge1`, not `rouge1_fmeasure`)."""
-    values = {}
-    for name, value in metrics.compute().items():
-        if not name.endswith(("_precision", "_recall")):
-            values[name.removesuffix("_fmeasure")] = value * 100
-    return values
 
 
 @dataclass(eq=False, repr=False, kw_only=True)
@@ -136,61 +57,28 @@ class Seq2Seq(TaskModule):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.model = self.load_pretrained(AutoModelForSeq2SeqLM)
-        self.generation_config = self._generation_config()
-        self.tokenizer = self._load_tokenizer()
-        if self.predict_with_generate:
-            metrics = generation_metrics(self.task, self.rouge_use_stemmer)
-            self.val_metrics = metrics.clone()
-            self.test_metrics = metrics.clone()
-            self.monitor = "val/bleu" if self.task == "translation" else "val/rougeL"
-            self.monitor_mode = "max"
-        self._examples: list[tuple[str, str, str]] = []
-
-    def _generation_config(self) -> GenerationConfig:
-        """The model's own generation config with the settings given here on top."""
-        config = GenerationConfig.from_dict(self.model.generation_config.to_dict())
-        overrides = {
+        settings = {
             "num_beams": self.num_beams,
             "max_new_tokens": self.max_new_tokens,
             "length_penalty": self.length_penalty,
             "no_repeat_ngram_size": self.no_repeat_ngram_size,
         }
-        try:
-            if self.num_beams is not None and self.num_beams < 1:
-                raise ValueError(f"num_beams must be 1 or more, got {self.num_beams}.")
-            config.update(**{k: v for k, v in overrides.items() if v is not None})
-        except ValueError as err:
-            raise HFTrainError(
-                f"The generation settings are invalid: {err} Check model.num_beams, max_new_tokens, "
-                "length_penalty and no_repeat_ngram_size."
-            ) from err
-        # marked as set on purpose: loaders (transformers 4.x pipelines) rebuild a config flagged as derived
-        # from the model config, dropping these settings
-        config._from_model_config = False
-        return config
-
-    def _load_tokenizer(self) -> PreTrainedTokenizerBase:
-        """The model's tokenizer, to decode what it generates (the data's is linked to the same name)."""
-        name = self.model_name_or_path
-        try:
-            return AutoTokenizer.from_pretrained(
-                name, revision=self.revision, trust_remote_code=self.trust_remote_code
-            )
-        except (OSError, ValueError) as err:
-            raise HFTrainError(
-                f"Could not load the tokenizer of '{name}', needed to decode generated text: {err}. A "
-                "seq2seq model folder must hold its tokenizer files (save the tokenizer there too)."
-            ) from err
+        self.generation_config = set_generation_config(
+            self.model, **{k: v for k, v in settings.items() if v is not None}
+        )
+        self.tokenizer = self.load_tokenizer()
+        if self.predict_with_generate:
+            metrics = generation_metrics(self.task, self.rouge_use_stemmer)
+            self.metrics = torch.nn.ModuleDict({"val": metrics, "test": metrics.clone()})
+            self.monitor = "val/bleu" if self.task == "translation" else "val/rougeL"
+            self.monitor_mode = "max"
+        self._examples: list[tuple[str, str, str]] = []
 
     # ------------------------------------------------------------------ generation and decoding
 
     def generate(self, batch: dict[str, torch.Tensor]) -> list[str]:
         """Generate for a batch with this module's generation config; return the decoded, stripped texts."""
-        output = self.model.generate(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            generation_config=self.generation_config,
-        )
+        output = self.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         return self.decode(output)
 
     def decode(self, ids: torch.Tensor) -> list[str]:
@@ -200,60 +88,30 @@ class Seq2Seq(TaskModule):
 
     # ------------------------------------------------------------------ steps
 
-    def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> None:
-        loss = self(**batch).loss
-        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["input_ids"]))
+    def evaluate(self, batch: dict[str, torch.Tensor], stage: Stage) -> None:
+        self.log_loss(stage, self(**batch).loss, len(batch["input_ids"]))
         if not self.predict_with_generate:
             return
         predictions = self.generate(batch)
         references = self.decode(batch["labels"])
-        getattr(self, f"{stage}_metrics").update(predictions, [[ref] for ref in references])
+        self.metrics[stage].update(predictions, [[ref] for ref in references])
         if stage == "val" and len(self._examples) < self.logged_examples:
             sources = self.decode(batch["input_ids"])
             self._examples.extend(zip(sources, references, predictions, strict=True))
             del self._examples[self.logged_examples :]
 
-    def _log_scores(self, stage: str) -> None:
+    def log_metrics(self, stage: Stage) -> None:
         if self.predict_with_generate:
-            metrics = getattr(self, f"{stage}_metrics")
+            metrics = self.metrics[stage]
             self.log_dict({f"{stage}/{k}": v for k, v in scores(metrics).items()}, prog_bar=stage == "val")
             metrics.reset()
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_scores("val")
-        if self._examples and isinstance(self.logger, TensorBoardLogger):
-            rows = [f"| {_cell(src)} | {_cell(ref)} | {_cell(pred)} |" for src, ref, pred in self._examples]
-            table = "\n".join(["| source | reference | prediction |", "|---|---|---|", *rows])
-            self.logger.experiment.add_text("val/examples", table, global_step=self.global_step)
-        self._examples = []
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_scores("test")
+        if stage == "val":
+            log_text_table(self, "val/examples", ["source", "reference", "prediction"], self._examples)
+            self._examples = []
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> list[dict[str, str]]:
         sources = self.decode(batch["input_ids"])
         return [{"source": s, "prediction": p} for s, p in zip(sources, self.generate(batch), strict=True)]
-
-    def export(
-        self,
-        folder: str | Path,
-        tokenizer: PreTrainedTokenizerBase | None = None,
-        state_dict: dict[str, torch.Tensor] | None = None,
-    ) -> Path:
-        """Export with the evaluation's generation settings, so `generate` on `hf_model/` decodes alike."""
-        self.model.generation_config = self.generation_config
-        return super().export(folder, tokenizer or self.tokenizer, state_dict)
-
-
-def _cell(text: str) -> str:
-    """Text safe inside a Markdown table cell (TensorBoard renders text summaries as Markdown)."""
-    return text.replace("|", "\\|").replace("\n", " ")
 
 
 @dataclass(eq=False, repr=False, kw_only=True)
@@ -291,9 +149,7 @@ class Seq2SeqData(TaskDataModule):
                 "data.target_column."
             )
         if self.max_target_length < 1:
-            raise HFTrainError(
-                f"data.max_target_length must be a positive integer, got {self.max_target_length}."
-            )
+            raise HFTrainError(f"data.max_target_length must be a positive integer, got {self.max_target_length}.")
         super().__post_init__()
 
     @property
@@ -416,23 +272,10 @@ class Seq2SeqData(TaskDataModule):
 
     # ------------------------------------------------------------------ tokenization
 
-    def preprocess(self, raw: datasets.DatasetDict) -> datasets.DatasetDict:
-        processed = datasets.DatasetDict()
-        for split, dataset in raw.items():
-            processed[split] = dataset.map(
-                self._tokenize,
-                batched=True,
-                fn_kwargs={"with_targets": self.has_texts(dataset, "target")},
-                remove_columns=dataset.column_names,
-                num_proc=self.preprocessing_num_workers,
-                desc=f"Tokenizing {split}",
-            )
-        return processed
-
-    def _tokenize(self, batch: dict[str, list], with_targets: bool) -> dict[str, list]:
+    def encode(self, batch: dict[str, list], split: str) -> dict[str, list]:
         sources = [self.source_prefix + text for text in self.texts(batch, "source")]
         encoded = self.tokenizer(sources, max_length=self.max_length, truncation=True)
-        if with_targets:
+        if self.has_texts(self.raw[split], "target"):
             targets = self.tokenizer(
                 text_target=self.texts(batch, "target"), max_length=self.max_target_length, truncation=True
             )

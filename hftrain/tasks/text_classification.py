@@ -17,7 +17,7 @@ from transformers import AutoModelForSequenceClassification, DataCollatorWithPad
 
 from hftrain.core.data import TaskDataModule
 from hftrain.core.errors import HFTrainError
-from hftrain.core.module import TaskModule
+from hftrain.core.module import Stage, TaskModule
 
 ProblemType = Literal["single_label_classification", "multi_label_classification", "regression"]
 
@@ -43,10 +43,8 @@ class TextClassification(TaskModule):
         labels: dict[str, Any] = {"problem_type": self.problem_type}
         if self.problem_type == "regression":
             labels["num_labels"] = 1
-        elif self.label_names:
-            labels["num_labels"] = len(self.label_names)
-            labels["id2label"] = dict(enumerate(self.label_names))
-            labels["label2id"] = {name: i for i, name in enumerate(self.label_names)}
+        else:
+            labels.update(self.label_config(self.label_names))
         self.model = self.load_pretrained(AutoModelForSequenceClassification, **labels)
         self.num_labels = self.model.config.num_labels
         if self.problem_type != "regression" and self.num_labels < 2:
@@ -55,8 +53,7 @@ class TextClassification(TaskModule):
                 "data.label_column, or use problem_type regression for a numeric target."
             )
         metrics = self._metrics()
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
+        self.metrics = torch.nn.ModuleDict({stage: metrics.clone(prefix=f"{stage}/") for stage in ("val", "test")})
         self.monitor, self.monitor_mode = {
             "single_label_classification": ("val/accuracy", "max"),
             "multi_label_classification": ("val/f1", "max"),
@@ -86,28 +83,22 @@ class TextClassification(TaskModule):
             return logits.sigmoid()
         return logits.argmax(-1)
 
-    def _evaluate(self, batch: dict[str, torch.Tensor], metrics: MetricCollection, stage: str) -> None:
+    def evaluate(self, batch: dict[str, torch.Tensor], stage: Stage) -> None:
         if "labels" not in batch:
             raise HFTrainError(
                 f"The {'validation' if stage == 'val' else stage} data has no labels, so there is nothing to "
                 "score. Give a labelled file, or use `hftrain predict` to label it."
             )
         outputs = self(**batch)
-        self.log(f"{stage}/loss", outputs.loss, prog_bar=True, sync_dist=True, batch_size=len(batch["labels"]))
+        self.log_loss(stage, outputs.loss, len(batch["labels"]))
+        metrics = self.metrics[stage]
         metrics.update(
             self._predictions(outputs.logits.float()),
             batch["labels"].to(outputs.logits.dtype) if self.problem_type == "regression" else batch["labels"].long(),
         )
         self.log_dict(metrics, prog_bar=stage == "val")
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics, "val")
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics, "test")
-
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> list[dict[str, Any]]:
-        batch = {k: v for k, v in batch.items() if k != "labels"}
         logits = self(**batch).logits.float()
         if self.problem_type == "regression":
             return [{"score": value} for value in logits.squeeze(-1).tolist()]
@@ -200,13 +191,12 @@ class TextClassificationData(TaskDataModule):
         return [value]
 
     def _discover_labels(self, train: datasets.Dataset) -> list[str]:
-        feature = train.features[self.label_column]
-        inner = getattr(feature, "feature", feature)
-        if isinstance(inner, datasets.ClassLabel):
-            return list(inner.names)
-        values = {v for row in train[self.label_column] for v in self._row_labels(row) if v is not None}
-        ordered = sorted(values, key=lambda v: (isinstance(v, str), v))
-        return [str(v) for v in ordered]
+        names = self.class_names(train, self.label_column)
+        if names is not None:
+            return names
+        return self.distinct_labels(
+            v for row in train[self.label_column] for v in self._row_labels(row) if v is not None
+        )
 
     def _encode_labels(self, values: list, split: str) -> list:
         """Label values to model targets; any value outside the label set is an error naming its row."""
@@ -243,27 +233,14 @@ class TextClassificationData(TaskDataModule):
                 targets.append(ids[0])
         return targets
 
-    def preprocess(self, raw: datasets.DatasetDict) -> datasets.DatasetDict:
-        def encode(batch: dict[str, list], split: str) -> dict[str, list]:
-            texts = [batch[self.text_column]]
-            if self.text_pair_column:
-                texts.append(batch[self.text_pair_column])
-            encoded = self.tokenizer(*texts, truncation=True, max_length=self.max_length)
-            if self.label_column in batch:
-                encoded["labels"] = self._encode_labels(batch[self.label_column], split)
-            return encoded
-
-        processed = datasets.DatasetDict()
-        for split, dataset in raw.items():
-            processed[split] = dataset.map(
-                encode,
-                batched=True,
-                fn_kwargs={"split": split},
-                remove_columns=dataset.column_names,
-                num_proc=self.preprocessing_num_workers,
-                desc=f"Tokenizing {split}",
-            )
-        return processed
+    def encode(self, batch: dict[str, list], split: str) -> dict[str, list]:
+        texts = [batch[self.text_column]]
+        if self.text_pair_column:
+            texts.append(batch[self.text_pair_column])
+        encoded = self.tokenizer(*texts, truncation=True, max_length=self.max_length)
+        if self.label_column in batch:
+            encoded["labels"] = self._encode_labels(batch[self.label_column], split)
+        return encoded
 
     @property
     def collator(self) -> DataCollatorWithPadding:

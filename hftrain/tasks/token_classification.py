@@ -24,7 +24,7 @@ from transformers import (
 
 from hftrain.core.data import TaskDataModule
 from hftrain.core.errors import HFTrainError
-from hftrain.core.module import TaskModule
+from hftrain.core.module import Stage, TaskModule
 from hftrain.metrics.span_f1 import Mode, Scheme, SpanF1, detect_scheme, extract_spans, split_tag
 
 CONLL_SUFFIXES = (".conll", ".txt")
@@ -50,12 +50,7 @@ class TokenClassification(TaskModule):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        labels: dict[str, Any] = {}
-        if self.label_names:
-            labels["num_labels"] = len(self.label_names)
-            labels["id2label"] = dict(enumerate(self.label_names))
-            labels["label2id"] = {name: i for i, name in enumerate(self.label_names)}
-        self.model = self.load_pretrained(AutoModelForTokenClassification, **labels)
+        self.model = self.load_pretrained(AutoModelForTokenClassification, **self.label_config(self.label_names))
         self.tags = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
         self.scheme = self.tag_scheme or detect_scheme(self.tags)
         metrics = MetricCollection(
@@ -73,40 +68,26 @@ class TokenClassification(TaskModule):
                 f"span_mode strict needs span tags (B-PER, I-PER, O, …), but the tags are {self.tags[:8]}. "
                 "Use span_mode default, or set model.tag_scheme if the tags do follow a scheme."
             )
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
+        self.metrics = torch.nn.ModuleDict({stage: metrics.clone(prefix=f"{stage}/") for stage in ("val", "test")})
         self.monitor = "val/f1" if self.scheme else "val/accuracy"
         self.monitor_mode = "max"
 
-    def _evaluate(self, batch: dict[str, Any], metrics: MetricCollection, stage: str) -> None:
+    def evaluate(self, batch: dict[str, Any], stage: Stage) -> None:
         word_ids = batch["word_ids"]
-        outputs = self(**{k: v for k, v in batch.items() if k != "word_ids"})
-        self.log(f"{stage}/loss", outputs.loss, prog_bar=True, sync_dist=True, batch_size=len(word_ids))
-        metrics.update(outputs.logits.argmax(-1), batch["labels"].masked_fill(word_ids < 0, IGNORE))
+        outputs = self(**batch)
+        self.log_loss(stage, outputs.loss, len(word_ids))
+        self.metrics[stage].update(outputs.logits.argmax(-1), batch["labels"].masked_fill(word_ids < 0, IGNORE))
 
-    def _log_epoch(self, metrics: MetricCollection, stage: str) -> None:
-        results = metrics.compute()
-        metrics.reset()
+    def log_metrics(self, stage: Stage) -> None:
+        results = self.metrics[stage].compute()
+        self.metrics[stage].reset()
         headline = {k: results.pop(k) for k in (f"{stage}/f1", f"{stage}/accuracy") if k in results}
         self.log_dict(headline, prog_bar=True, sync_dist=True)
         self.log_dict(results, sync_dist=True)
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch(self.val_metrics, "val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch(self.test_metrics, "test")
-
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """Per sentence: its words, a tag per word (null past max_length), the entities (`end` exclusive)."""
-        inputs = {k: v for k, v in batch.items() if k not in ("word_ids", "words", "labels")}
-        predicted = self(**inputs).logits.argmax(-1).tolist()
+        predicted = self(**batch).logits.argmax(-1).tolist()
         rows = []
         sentences = zip(batch["words"], batch["word_ids"].tolist(), predicted, strict=True)
         for words, word_ids, tag_ids in sentences:
@@ -177,9 +158,7 @@ def read_conll(path: Path, tag_index: int, tokens_column: str, tag_column: str) 
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as err:
-        raise HFTrainError(
-            f"Could not read {path}: it is not UTF-8 text ({err}). Convert it to UTF-8."
-        ) from err
+        raise HFTrainError(f"Could not read {path}: it is not UTF-8 text ({err}). Convert it to UTF-8.") from err
     for number, line in enumerate(lines, 1):
         fields = line.split()
         if not fields or fields[0] == "-DOCSTART-":
@@ -259,7 +238,7 @@ class TokenClassificationData(TaskDataModule):
         for split, dataset in raw.items():
             has_tags = self.tag_column in dataset.column_names and split != "predict"
             tags = dataset[self.tag_column] if has_tags else None
-            class_names = self._class_names(dataset)
+            class_names = self.class_names(dataset, self.tag_column)
             for row, words in enumerate(dataset[self.tokens_column]):
                 if not isinstance(words, list) or not words or not all(isinstance(w, str) for w in words):
                     raise HFTrainError(
@@ -270,26 +249,19 @@ class TokenClassificationData(TaskDataModule):
                 if tags is not None:
                     self._tag_ids(split, row, words, tags[row], class_names)
 
-    def _class_names(self, dataset: datasets.Dataset) -> list[str] | None:
-        """The names of a tag column of ClassLabel ids (Hub datasets), else None."""
-        inner = getattr(dataset.features.get(self.tag_column), "feature", None)
-        return list(inner.names) if isinstance(inner, datasets.ClassLabel) else None
-
     def _discover_labels(self, train: datasets.Dataset) -> list[str]:
-        names = self._class_names(train)
+        names = self.class_names(train, self.tag_column)
         if names is not None:
             return names
-        values = {tag for row in train[self.tag_column] for tag in row or []}
+        values = [tag for row in train[self.tag_column] for tag in row or []]
         if any(not isinstance(v, str) for v in values):
             raise HFTrainError(
                 f"The training data ({self.source('train')}) has tag ids in column '{self.tag_column}' but "
                 "no tag names. Set data.label_names to the tag names in id order."
             )
-        return sorted(values)
+        return self.distinct_labels(values)
 
-    def _tag_ids(
-        self, split: str, row: int, words: list[str], tags: Any, class_names: list[str] | None
-    ) -> list[int]:
+    def _tag_ids(self, split: str, row: int, words: list[str], tags: Any, class_names: list[str] | None) -> list[int]:
         """One sentence's tags as ids (`class_names`: those of ClassLabel tags); a wrong count or an unknown
         tag is an error naming the row."""
         if not self.label_names:
@@ -342,13 +314,11 @@ class TokenClassificationData(TaskDataModule):
         )
         with_tags = self.tag_column in batch and split != "predict"
         continuation = self._continuation_ids()
-        class_names = self._class_names(self.raw[split])
+        class_names = self.class_names(self.raw[split], self.tag_column)
         word_ids, labels = [], []
         for i, sentence in enumerate(sentences):
             tag_ids = (
-                self._tag_ids(split, rows[i], sentence, batch[self.tag_column][i], class_names)
-                if with_tags
-                else None
+                self._tag_ids(split, rows[i], sentence, batch[self.tag_column][i], class_names) if with_tags else None
             )
             firsts, targets, previous = [], [], None
             for word in encoded.word_ids(i):
@@ -376,17 +346,8 @@ class TokenClassificationData(TaskDataModule):
                 f"The tokenizer '{self.tokenizer_name}' is not a fast (Rust) tokenizer, which token "
                 "classification needs to map subwords to words. Use a model that ships a tokenizer.json."
             )
-        processed = datasets.DatasetDict()
-        for split, dataset in raw.items():
-            encoded = dataset.map(
-                self._encode,
-                batched=True,
-                with_indices=True,
-                fn_kwargs={"split": split},
-                remove_columns=dataset.column_names,
-                num_proc=self.preprocessing_num_workers,
-                desc=f"Tokenizing {split}",
-            )
+        processed = self.map_splits(raw, self._encode, with_indices=True)
+        for split, encoded in processed.items():
             cut = [n for n in encoded["words_cut"] if n]
             if cut:
                 rank_zero_warn(

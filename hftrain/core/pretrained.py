@@ -1,0 +1,79 @@
+"""Loading pretrained models and tokenizers: one loader each, so the model, the module's tokenizer (which
+decodes generations) and the data's tokenizer (which tokenized the training data) are loaded from the same
+name, revision and `trust_remote_code`, and fail with the same message.
+"""
+
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from hftrain.core.errors import HFTrainError
+
+
+def load_tokenizer(
+    name: str, revision: str | None = None, trust_remote_code: bool = False, pad_with_eos: bool = False
+) -> PreTrainedTokenizerBase:
+    """`AutoTokenizer.from_pretrained(name)` with a clear error.
+
+    `pad_with_eos` gives a tokenizer without a padding token (GPT-2, Llama) its end-of-sequence token as one:
+    batching needs some padding id, and which one does not matter, as padding is masked out of attention and
+    its label is -100.
+    """
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise HFTrainError(
+            f"Could not load the tokenizer '{name}': {err}. If it is a folder, check that it exists and holds the "
+            "tokenizer files (a run's hf_model/ does); if it is a Hub id, check the name and your network "
+            "(offline, use a local folder)."
+        ) from err
+    if pad_with_eos and tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise HFTrainError(
+                f"The tokenizer of '{name}' has neither a padding nor an end-of-sequence token; language "
+                "modelling needs the end-of-sequence token to mark where a document ends. Use a causal language "
+                "model's tokenizer, or set its eos_token."
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    auto_class: type,
+    name: str,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    ignore_mismatched_sizes: bool = False,
+    **config_overrides: Any,
+) -> PreTrainedModel:
+    """Load `name` with `auto_class` (`AutoModelForSequenceClassification`, …), overriding config fields
+    (labels, problem type), in training mode."""
+    options = {"revision": revision, "trust_remote_code": trust_remote_code}
+    try:
+        config = AutoConfig.from_pretrained(name, **options, **config_overrides)
+        model = auto_class.from_pretrained(
+            name, config=config, ignore_mismatched_sizes=ignore_mismatched_sizes, **options
+        )
+    except OSError as err:
+        where = (
+            f"the folder {Path(name).resolve()} does not hold a model"
+            if Path(name).exists()
+            else "it is neither an existing folder nor a Hub id that could be downloaded"
+        )
+        raise HFTrainError(
+            f"Could not load the model '{name}': {where}. Check the path or Hub id; offline (no network, or "
+            "HF_HUB_OFFLINE=1), only local folders and models already in the Hugging Face cache load. "
+            f"Details: {str(err).splitlines()[0]}"
+        ) from err
+    except RuntimeError as err:
+        if "size mismatch" not in str(err):
+            raise
+        raise HFTrainError(
+            f"The model '{name}' has weights of another shape than this task needs (e.g. a classifier head for a "
+            "different number of labels). Set model.ignore_mismatched_sizes=true to re-initialize them. "
+            f"Details: {str(err).splitlines()[0]}"
+        ) from err
+    # from_pretrained leaves the model in eval mode, and Lightning keeps each submodule's mode as found:
+    # without this, dropout would stay off during training
+    return model.train()

@@ -1,0 +1,102 @@
+"""The run folder: where a run writes, and how a later command finds what an earlier one wrote.
+
+A run lives in `runs/<name>/version_N/` (`config.yaml`, TensorBoard events, `checkpoints/`, `hf_model/`,
+`results.json`, `predictions.jsonl`). These are plain functions of paths and values, in the spirit of the
+HF Trainer's `get_last_checkpoint(output_dir)`: the CLI and the callbacks call them, tests call them
+directly, and nothing here depends on a Trainer.
+"""
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hftrain.core.errors import HFTrainError
+from hftrain.core.internals import best_model_path_in
+
+RUNS_DIR = "runs"
+RESULTS_FILE = "results.json"
+EXPORT_DIR = "hf_model"
+CHECKPOINTS_DIR = "checkpoints"  # Lightning's own choice for `ModelCheckpoint` inside the log folder
+LAST_CHECKPOINT = "last.ckpt"
+
+
+def run_name(config_files: Sequence[tuple[str, Mapping | None]], task_class_path: str) -> str:
+    """The name of a run: the last config file that sets the model or data (`mrpc` for
+    `configs/glue/mrpc.yaml`, also with trainer presets layered after it), else the last config file,
+    else the task's class name. `config_files` holds each file's path and parsed content."""
+    tasks = [path for path, content in config_files if {"model", "data"} & set(content or {})]
+    files = [path for path, _ in config_files]
+    if files:
+        return Path(str((tasks or files)[-1])).stem
+    return task_class_path.rsplit(".", 1)[-1].lower()
+
+
+def version_dir(root: str | Path, version: int | str) -> Path:
+    """A run folder under `root` as TensorBoard's logger names it: `version_N` for a number, else the name."""
+    return Path(root) / (version if isinstance(version, str) else f"version_{version}")
+
+
+def newest_run_with_checkpoints(root: str | Path) -> Path | None:
+    """The `version_N` folder under `root` with the highest N that holds a `checkpoints/` folder."""
+    versions = sorted(
+        (int(d.name.removeprefix("version_")), d)
+        for d in Path(root).glob("version_*")
+        if d.name.removeprefix("version_").isdigit() and (d / CHECKPOINTS_DIR).is_dir()
+    )
+    return versions[-1][1] if versions else None
+
+
+def find_checkpoint(run_dir: str | Path, which: str) -> Path:
+    """The `best` or `last` checkpoint file of a run folder.
+
+    `last` is `checkpoints/last.ckpt`; `best` is what `results.json` recorded, else the best path that the
+    checkpoint callback kept in `last.ckpt` (a run stopped before its end wrote no results yet).
+    """
+    run_dir = Path(run_dir)
+    last = run_dir / CHECKPOINTS_DIR / LAST_CHECKPOINT
+    if which == "last":
+        candidates = [last]
+    else:
+        best = read_results(run_dir).get("best_checkpoint")
+        if not best and last.is_file():
+            best = best_model_path_in(last)
+        candidates = [Path(best)] if best else []
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise HFTrainError(
+            f"--ckpt_path {which}: {run_dir} has no {which} checkpoint (looked for "
+            f"{candidates[0] if candidates else 'a best checkpoint in results.json or last.ckpt'}). "
+            "Pass the path of a .ckpt file instead."
+        )
+    return found
+
+
+def free_path(folder: str | Path, stem: str, suffix: str) -> Path:
+    """`folder/stem.suffix`, or `folder/stem-N.suffix` with the first free N, so nothing is overwritten."""
+    folder = Path(folder)
+    path, n = folder / f"{stem}{suffix}", 1
+    while path.exists():
+        path, n = folder / f"{stem}-{n}{suffix}", n + 1
+    return path
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON through a temporary file and a rename, so readers never see half a file."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(partial, path)
+
+
+def read_results(run_dir: str | Path) -> dict[str, Any]:
+    """The run's `results.json`, or `{}` before anything was written."""
+    path = Path(run_dir) / RESULTS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def update_results(run_dir: str | Path, update: Mapping[str, Any]) -> None:
+    """Merge `update` into the run's `results.json` (top-level keys replace), creating the folder if needed."""
+    folder = Path(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / RESULTS_FILE, {**read_results(folder), **update})

@@ -1,0 +1,41 @@
+"""The private members hftrain relies on exist in the pinned versions, and their absence is a clear error."""
+
+import types
+
+import pytest
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from hftrain.core import internals
+from hftrain.core.errors import HFTrainError
+
+
+def test_every_private_member_used_exists_in_the_installed_versions():
+    from torchmetrics.functional.text import rouge
+
+    trainer = Trainer(logger=False, enable_progress_bar=False)
+    checkpoint = ModelCheckpoint(every_n_train_steps=5)
+    assert internals.every_n_train_steps(checkpoint) == 5
+    assert internals.saves_at_train_epoch_end(checkpoint, trainer) in (True, False)
+    assert internals.batches_trained(trainer) == -1  # no batch yet: the first counts as 0
+    for owner, name in (
+        (trainer.fit_loop, "_combined_loader_states_to_load"),
+        (trainer.fit_loop, "_load_combined_loader_states"),
+        (trainer.fit_loop, "_data_fetcher"),
+        (checkpoint, "_should_skip_saving_checkpoint"),
+        (checkpoint, "_last_global_step_saved"),
+        (checkpoint, "_save_last_checkpoint"),
+        (checkpoint, "_monitor_candidates"),
+    ):
+        assert hasattr(owner, name), name
+    assert internals.rouge_tokens("The cats ran.", None) == ["the", "cats", "ran"]
+    assert internals.rouge_lsum_fmeasure([["a", "b"]], [["a", "b"]]) == 1.0
+    assert callable(rouge._rouge_lsum_score)
+
+
+def test_a_missing_private_member_names_the_tested_versions():
+    renamed = types.SimpleNamespace(save_last=True)  # a ModelCheckpoint of a release that renamed its members
+    with pytest.raises(HFTrainError, match=r"SimpleNamespace\._should_skip_saving_checkpoint.*lightning>=2\.6,<2\.7"):
+        internals.save_last_checkpoint(renamed, trainer=None)
+    with pytest.raises(HFTrainError, match=r"torchmetrics .* torchmetrics>=1\.9,<1\.10"):
+        internals._private(types.ModuleType("rouge"), "_rouge_lsum_score", "torchmetrics")
