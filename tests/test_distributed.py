@@ -16,13 +16,12 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO
-from helpers import classification_config, run_cli
+from helpers import CPU_DDP, classification_config, run_cli
 from lightning.pytorch import Callback, Trainer
 
 from hftrain.core.callbacks import read_results
 
 TESTS = Path(__file__).resolve().parent
-CPU_DDP = ["--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.precision", "32-true"]
 
 
 def hftrain(*args, env: dict[str, str] | None = None, wait: bool = True):
