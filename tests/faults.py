@@ -2,6 +2,8 @@
 
 import os
 import signal
+import time
+from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -38,3 +40,21 @@ class KillDuringSave(Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
         torch.save = torn_save
+
+
+class PauseInOptimizerStep(Callback):
+    """Pause `seconds` inside optimizer step `step` (its backward pass done, the weights not yet moved), after
+    writing this rank's pid to `ready_dir/rank<R>`: a signal sent meanwhile lands inside the step, as a SLURM
+    time-limit warning does on a job whose steps take most of its time. `ranks`: the ranks that pause (the
+    others go on into the next collective and wait there). Only in a SLURM job's first run: the requeued run
+    (SLURM_RESTART_COUNT >= 1) trains undisturbed."""
+
+    def __init__(self, step: int, seconds: float, ready_dir: str, ranks: list[int] | None = None) -> None:
+        self.step, self.seconds, self.ready_dir, self.ranks = step, seconds, Path(ready_dir), ranks
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if trainer.global_step != self.step or int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0:
+            return
+        (self.ready_dir / f"rank{trainer.global_rank}").write_text(str(os.getpid()))
+        if self.ranks is None or trainer.global_rank in self.ranks:
+            time.sleep(self.seconds)  # a signal's Python handler runs during the sleep, then the sleep goes on

@@ -17,6 +17,8 @@ TESTS = REPO / "tests"
 
 TEXT_CLASSIFICATION = "hftrain.tasks.text_classification.TextClassification"
 TEXT_CLASSIFICATION_DATA = "hftrain.tasks.text_classification.TextClassificationData"
+# DDP over gloo on CPU instead of the GPU settings of a trainer preset
+CPU_DDP = ["--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.precision", "32-true"]
 
 
 def run_cli(*args: str) -> int:

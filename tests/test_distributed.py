@@ -16,13 +16,12 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO
-from helpers import classification_config, hftrain, hftrain_ok, run_cli
+from helpers import CPU_DDP, classification_config, hftrain, hftrain_ok, run_cli
 from lightning.pytorch import Callback, Trainer
 
 from hftrain.core.runs import read_results
 
 TESTS = Path(__file__).resolve().parent
-CPU_DDP = ["--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.precision", "32-true"]
 
 
 def free_port() -> int:
