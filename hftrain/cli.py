@@ -10,6 +10,7 @@ reaches the model through argument links, so nothing is typed twice.
 and continue in it (resume for `fit`; metrics and predictions written beside the run's own).
 """
 
+import importlib
 import os
 import sys
 import zipfile
@@ -23,16 +24,25 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
 from hftrain.core import runs
-from hftrain.core.callbacks import ExportHFModel, PredictionWriter, ResultsWriter, StopOnNonFiniteLoss, TaskCheckpoint
+from hftrain.core.callbacks import (
+    ExportHFModel,
+    PredictionWriter,
+    ResultsWriter,
+    StopOnNonFiniteLoss,
+    TaskCheckpoint,
+    run_folder,
+)
 from hftrain.core.checkpoint_io import AtomicCheckpointIO
 from hftrain.core.data import TaskDataModule
 from hftrain.core.errors import HFTrainError
 from hftrain.core.internals import task_class_of
 from hftrain.core.module import TaskModule
+from hftrain.core.signals import RunInterrupted, StopOnSignal
 
 PARSER_MODE = "hftrain_yaml"
 
@@ -60,7 +70,7 @@ class SaveRunConfig(SaveConfigCallback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if not self.already_saved:
-            log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask, not only rank 0
+            log_dir = run_folder(trainer)  # every rank must ask, not only rank 0
             name = runs.free_path(log_dir, "config", ".yaml").name if trainer.is_global_zero else None
             self.config_filename = trainer.strategy.broadcast(name)
         super().setup(trainer, pl_module, stage)
@@ -87,6 +97,7 @@ class HFTrainCLI(LightningCLI):
                 "callbacks": [
                     LearningRateMonitor(logging_interval="step"),
                     StopOnNonFiniteLoss(),
+                    StopOnSignal(),
                     ExportHFModel(),
                     ResultsWriter(),
                 ],
@@ -139,24 +150,46 @@ class HFTrainCLI(LightningCLI):
             )
 
     def before_instantiate_classes(self) -> None:
+        """Choose the run folder, `runs/<config name>/version_N`, whatever the logger: TensorBoard's and CSV's
+        loggers are named after the config, any other logger gets the folder as the trainer's root and
+        checkpoint folder. `--ckpt_path best|last` continue the newest fit of the config; a SLURM job's folder
+        is named after the job id, so a requeued job comes back to it."""
         config = self.config[self.subcommand] if self.subcommand else self.config
-        logger = config.trainer.logger
-        if hasattr(logger, "class_path") and logger.class_path.endswith("TensorBoardLogger"):
-            args = logger.init_args
-            if args.name is None:
-                files = [(str(f), yaml.safe_load(f.get_content())) for f in config.get("config") or []]
-                args.name = runs.run_name(files, config.model.class_path)
-            root = Path(args.save_dir) / args.name
-            if config.get("ckpt_path") in ("best", "last"):
-                run_dir = self._existing_run(config.ckpt_path, root, args.version)
-                args.version = run_dir.name
-                config.ckpt_path = str(runs.find_checkpoint(run_dir, config.ckpt_path))
-            job_id = SLURMEnvironment.job_id() if SLURMEnvironment.detect() else None
-            if job_id is not None and args.version is None and config.trainer.default_root_dir is None:
-                # a requeued SLURM job keeps its id, so it comes back to this run folder, where Lightning
-                # saved the requeue checkpoint (hpc_ckpt_N.ckpt in default_root_dir) and resumes from it
-                args.version = job_id
-                config.trainer.default_root_dir = str(runs.version_dir(root, job_id))
+        args = getattr(config.trainer.logger, "init_args", None)  # None: no logger, or a logger object
+        if args is None:
+            return
+        folder_logger = issubclass(_import(config.trainer.logger.class_path), (TensorBoardLogger, CSVLogger))
+        if folder_logger and args.name in (None, runs.DEFAULT_LOGGER_NAME):
+            files = [(str(f), yaml.safe_load(f.get_content())) for f in config.get("config") or []]
+            args.name = runs.run_name(files, config.model.class_path)
+        name = args.name if folder_logger else runs.run_name([], config.model.class_path)
+        root = Path((args.save_dir if folder_logger else None) or runs.RUNS_DIR) / name
+        version = args.version if folder_logger else None
+        job_id = SLURMEnvironment.job_id() if SLURMEnvironment.detect() else None
+        if config.get("ckpt_path") in ("best", "last"):
+            run_dir = self._existing_run(config.ckpt_path, root, version)
+            version = run_dir.name
+            config.ckpt_path = str(runs.find_checkpoint(run_dir, config.ckpt_path))
+        elif job_id is not None and version is None and config.trainer.default_root_dir is None:
+            # a requeued job keeps its id: it continues from the newest checkpoint in its folder (a requeue
+            # checkpoint hpc_ckpt_N.ckpt, which Lightning saves in default_root_dir, or last.ckpt)
+            version = f"version_{job_id}"
+            resume = runs.newest_resume_point(root / version)
+            if self.subcommand == "fit" and config.ckpt_path is None and resume is not None:
+                config.ckpt_path = str(resume)
+        elif not folder_logger:
+            version = f"version_{runs.next_version(root)}"
+        if version is None:  # a new run of TensorBoard's or CSV's logger, numbered by the logger
+            return
+        if folder_logger:
+            args.version = version
+        run_dir = runs.version_dir(root, version)
+        config.trainer.default_root_dir = config.trainer.default_root_dir or str(run_dir)
+        if not folder_logger:  # Lightning's run folder (trainer.log_dir) is such a logger's save_dir
+            if "save_dir" in vars(args) and args.save_dir is None:
+                args.save_dir = str(run_dir)
+            if "checkpoint" in config:
+                config.checkpoint.dirpath = config.checkpoint.dirpath or str(run_dir / runs.CHECKPOINTS_DIR)
 
     @staticmethod
     def _check_checkpoint(path: Path, model_class: str) -> None:
@@ -181,8 +214,8 @@ class HFTrainCLI(LightningCLI):
 
     def after_fit(self) -> None:
         """End a fit with the two things a user looks for: where the run is and how good it got."""
-        log_dir = self.trainer.log_dir  # a broadcast under DDP: every rank asks, once
-        if log_dir is None or not self.trainer.is_global_zero:
+        log_dir = run_folder(self.trainer)  # every rank asks, once
+        if not self.trainer.is_global_zero:
             return
         results = runs.read_results(log_dir)
         best, monitor = results.get("best"), results.get("monitor")
@@ -191,16 +224,17 @@ class HFTrainCLI(LightningCLI):
 
     @staticmethod
     def _existing_run(which: str, root: Path, version: int | str | None) -> Path:
-        """The run folder `--ckpt_path best|last` continues: the one given as logger version, else the newest."""
+        """The run folder `--ckpt_path best|last` continues: the one given as logger version, else the newest
+        fit of the config (also one interrupted before its first checkpoint, which `find_checkpoint` names)."""
         if version is not None:
             return runs.version_dir(root, version)
-        run_dir = runs.newest_run_with_checkpoints(root)
-        if run_dir is None:
+        fits = runs.fit_runs(root)
+        if not fits:
             raise HFTrainError(
-                f"--ckpt_path {which}: there is no earlier run with checkpoints under {root}/. Run "
+                f"--ckpt_path {which}: there is no earlier run of this config under {root}/. Run "
                 "`hftrain fit` with this config first, or pass the path of a .ckpt file."
             )
-        return run_dir
+        return fits[-1]
 
 
 def main(args: list[str] | None = None) -> None:
@@ -216,8 +250,17 @@ def main(args: list[str] | None = None) -> None:
         user_error = _find_user_error(err)
         if user_error is None or os.environ.get("HFTRAIN_DEBUG") == "1":
             raise
+        if isinstance(user_error, RunInterrupted):  # stopped on a signal, after saving where it stood
+            if rank_zero_only.rank == 0:
+                print(f"hftrain: {user_error}", file=sys.stderr)
+            raise SystemExit(user_error.exit_code) from None
         print(f"hftrain: error: {user_error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _import(class_path: str) -> type:
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 def _check_yaml_files(args: list) -> None:

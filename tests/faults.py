@@ -58,3 +58,30 @@ class PauseInOptimizerStep(Callback):
         (self.ready_dir / f"rank{trainer.global_rank}").write_text(str(os.getpid()))
         if self.ranks is None or trainer.global_rank in self.ranks:
             time.sleep(self.seconds)  # a signal's Python handler runs during the sleep, then the sleep goes on
+
+
+class SignalAt(Callback):
+    """Send `signum` to this process once, at a moment of step `step` that is not a batch boundary: inside the
+    training step (`training_step`, after the forward pass), inside the optimizer step (`optimizer_step`,
+    gradients made, weights not yet moved), during a validation batch (`validation`), or in the middle of
+    writing a checkpoint (`checkpoint_save`). Nothing else is disturbed: the run's own handler decides."""
+
+    def __init__(self, signum: int, point: str, step: int) -> None:
+        self.signum, self.point, self.step, self.sent = signum, point, step, False
+
+    def _send(self, trainer, point: str) -> None:
+        if point == self.point and trainer.global_step >= self.step and not self.sent and not trainer.sanity_checking:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        self._send(trainer, "training_step")
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self._send(trainer, "optimizer_step")
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._send(trainer, "validation")
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self._send(trainer, "checkpoint_save")

@@ -16,15 +16,16 @@ def test_every_private_member_used_exists_in_the_installed_versions():
     trainer = Trainer(logger=False, enable_progress_bar=False)
     checkpoint = ModelCheckpoint(every_n_train_steps=5)
     assert internals.every_n_train_steps(checkpoint) == 5
-    assert internals.saves_at_train_epoch_end(checkpoint, trainer) in (True, False)
+    assert internals.checkpoint_saved_at(checkpoint, 0) is None
     assert internals.batches_trained(trainer) == -1  # no batch yet: the first counts as 0
+    assert internals.slurm_requeue_signal(trainer) is None  # not a SLURM job
+    assert internals.hpc_checkpoint_path(trainer).endswith("hpc_ckpt_1.ckpt")
     for owner, name in (
         (trainer.fit_loop, "_combined_loader_states_to_load"),
         (trainer.fit_loop, "_load_combined_loader_states"),
         (trainer.fit_loop, "_data_fetcher"),
-        (checkpoint, "_should_skip_saving_checkpoint"),
-        (checkpoint, "_last_global_step_saved"),
-        (checkpoint, "_save_last_checkpoint"),
+        (checkpoint, "_last_checkpoint_saved"),
+        (checkpoint, "_save_topk_checkpoint"),
         (checkpoint, "_monitor_candidates"),
     ):
         assert hasattr(owner, name), name
@@ -35,7 +36,7 @@ def test_every_private_member_used_exists_in_the_installed_versions():
 
 def test_a_missing_private_member_names_the_tested_versions():
     renamed = types.SimpleNamespace(save_last=True)  # a ModelCheckpoint of a release that renamed its members
-    with pytest.raises(HFTrainError, match=r"SimpleNamespace\._should_skip_saving_checkpoint.*lightning>=2\.6,<2\.7"):
-        internals.save_last_checkpoint(renamed, trainer=None)
+    with pytest.raises(HFTrainError, match=r"SimpleNamespace\._last_global_step_saved.*lightning>=2\.6,<2\.7"):
+        internals.checkpoint_saved_at(renamed, 3)
     with pytest.raises(HFTrainError, match=r"torchmetrics .* torchmetrics>=1\.9,<1\.10"):
         internals._private(types.ModuleType("rouge"), "_rouge_lsum_score", "torchmetrics")

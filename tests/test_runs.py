@@ -1,6 +1,7 @@
 """The run-folder functions on hand-made folders: naming, finding runs and checkpoints, never overwriting."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -22,12 +23,13 @@ def test_version_dir_names_numbers_as_tensorboard_does(tmp_path):
     assert runs.version_dir(tmp_path, "version_12345") == tmp_path / "version_12345"
 
 
-def test_newest_run_with_checkpoints_skips_runs_without_and_orders_numerically(tmp_path):
-    assert runs.newest_run_with_checkpoints(tmp_path) is None
-    for version, with_checkpoints in ((2, True), (10, True), (11, False)):
+def test_fit_runs_are_the_folders_with_checkpoints_in_numeric_order(tmp_path):
+    assert runs.fit_runs(tmp_path) == []
+    for version, with_checkpoints in ((2, True), (10, True), (11, False)):  # 11: a `validate` without a fit
         (tmp_path / f"version_{version}" / ("checkpoints" if with_checkpoints else "events")).mkdir(parents=True)
     (tmp_path / "version_x" / "checkpoints").mkdir(parents=True)
-    assert runs.newest_run_with_checkpoints(tmp_path) == tmp_path / "version_10"  # not "version_2" > "version_10"
+    assert runs.fit_runs(tmp_path) == [tmp_path / "version_2", tmp_path / "version_10"]  # not by name
+    assert runs.next_version(tmp_path) == 12
 
 
 def _checkpoint_with_best(path, best):
@@ -49,12 +51,26 @@ def test_find_checkpoint_reads_results_then_the_callback_state_in_last(tmp_path)
     assert runs.find_checkpoint(tmp_path, "best") == other  # results.json wins
 
 
-def test_find_checkpoint_names_the_run_when_nothing_is_there(tmp_path):
-    with pytest.raises(HFTrainError, match="has no last checkpoint.*last.ckpt"):
-        runs.find_checkpoint(tmp_path, "last")
-    runs.update_results(tmp_path, {"best_checkpoint": str(tmp_path / "gone.ckpt")})
-    with pytest.raises(HFTrainError, match="has no best checkpoint.*gone.ckpt"):
-        runs.find_checkpoint(tmp_path, "best")
+def test_last_is_the_newer_of_last_and_a_requeue_checkpoint(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    last, requeue = tmp_path / "checkpoints" / "last.ckpt", tmp_path / "hpc_ckpt_2.ckpt"
+    for path, mtime in ((last, 100), (requeue, 200)):
+        path.write_bytes(b"x")
+        os.utime(path, (mtime, mtime))
+    assert runs.find_checkpoint(tmp_path, "last") == requeue
+    os.utime(last, (300, 300))
+    assert runs.find_checkpoint(tmp_path, "last") == last
+
+
+def test_find_checkpoint_names_the_run_and_the_other_runs_when_nothing_is_there(tmp_path):
+    for version in (0, 1):
+        (tmp_path / f"version_{version}" / "checkpoints").mkdir(parents=True)
+    interrupted = tmp_path / "version_1"
+    with pytest.raises(HFTrainError, match=r"version_1 has no last checkpoint.*others here: version_0"):
+        runs.find_checkpoint(interrupted, "last")
+    runs.update_results(interrupted, {"best_checkpoint": str(tmp_path / "gone.ckpt")})
+    with pytest.raises(HFTrainError, match="version_1 has no best checkpoint"):
+        runs.find_checkpoint(interrupted, "best")
 
 
 def test_free_path_never_overwrites(tmp_path):

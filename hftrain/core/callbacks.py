@@ -9,6 +9,7 @@ None of them overwrites an earlier file the user may still need. What they need 
 
 import json
 import math
+import os
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
@@ -21,48 +22,133 @@ from lightning.pytorch.utilities import rank_zero_info
 from hftrain.core import internals
 from hftrain.core.errors import HFTrainError
 from hftrain.core.module import TaskModule, task_monitor
-from hftrain.core.runs import EXPORT_DIR, free_path, update_results
+from hftrain.core.runs import EXPORT_DIR, LAST_CHECKPOINT, free_path, update_results
+
+
+def run_folder(trainer: Trainer) -> str:
+    """Where a run's files go: Lightning's log folder (a broadcast under DDP, so every rank must ask), else the
+    trainer's root folder, for a logger that keeps none (the CLI sets it to `runs/<name>/version_N`)."""
+    return trainer.log_dir or trainer.default_root_dir
 
 
 def _numbers(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
     return {k: float(v) for k, v in sorted(metrics.items()) if k.startswith(prefix)}
 
 
-class TaskCheckpoint(pl_callbacks.ModelCheckpoint):
-    """Lightning's `ModelCheckpoint` with two differences: `monitor` defaults to the task's main validation
-    metric, and `last.ckpt` always holds the latest weights.
+def ranking_key(monitor: str, mode: str):
+    """How validations rank (smallest first): by the monitored metric, a tie going to the lower `val/loss`, then
+    to the earlier validation. `results.json`'s best and the best checkpoint (`hf_model/`) rank alike."""
 
-    With `monitor` unset it watches the module's `monitor` (`val/accuracy` for classification,
-    `val/f1` for NER, …) in the module's `monitor_mode`, so one config serves every task.
-    Lightning 2.6 rewrites `last.ckpt` at epoch end only when a top-k checkpoint was saved at the same
-    step: after an epoch without improvement it would hold stale weights and a resume would repeat work.
-    With `every_n_train_steps`, `last.ckpt` is also written every that many optimizer steps, which is
-    what an exact resume after a kill continues from.
+    def key(metrics: dict[str, float]) -> tuple[float, float]:
+        value = float(metrics[monitor])
+        return (-value if mode == "max" else value, float(metrics.get("val/loss", math.inf)))
+
+    return key
+
+
+class TaskCheckpoint(pl_callbacks.ModelCheckpoint):
+    """Lightning's `ModelCheckpoint` with the differences a fine-tuning run needs.
+
+    - `monitor` defaults to the task's main validation metric (`val/accuracy`, `val/f1`, …) and mode.
+    - Only a state that was just validated can become the best: top-k checkpoints are ranked at the end of
+      each validation. A checkpoint written every `every_n_train_steps` only refreshes `last.ckpt`, the
+      resume point (Lightning would rank it on the previous validation's metrics, and with
+      `every_n_train_steps` set it would rank no validation at all).
+    - A tie on the monitored metric goes to the lower `val/loss` (`ranking_key`).
+    - `last.ckpt` always holds the latest state (Lightning 2.6 refreshes it only with a top-k save): a
+      symbolic link to the checkpoint saved for that very state when there is one (no second copy of a best
+      checkpoint on disk), else a full file. Requeue checkpoints (`hpc_ckpt_N.ckpt`) it supersedes are removed.
     """
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if not hasattr(self, "validated"):
+            self.validated: dict[str, dict[str, float]] = {}  # top-k checkpoint path -> its step and val/loss
+            self._last_step = -1
         if self.monitor is None:
             self.monitor, self.mode = task_monitor(pl_module, "checkpoint.monitor")
             self.kth_value = torch.tensor(math.inf if self.mode == "min" else -math.inf)
         super().setup(trainer, pl_module, stage)
+        if stage == "fit" and trainer.is_global_zero:
+            # a fit's run folder has checkpoints/ from its start, so `--ckpt_path last` finds an interrupted
+            # run even before its first save (and names it, rather than taking an older run)
+            Path(self.dirpath).mkdir(parents=True, exist_ok=True)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        # with a monitored metric Lightning defers step saves to the next validation; `last.ckpt` must not
-        # wait, or a kill loses everything since the last epoch
         n = internals.every_n_train_steps(self)
         if n >= 1 and trainer.global_step % n == 0:
-            internals.save_last_checkpoint(self, trainer, keep_step_open=True)
+            self.refresh_last(trainer)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        super().on_validation_end(trainer, pl_module)
-        if not internals.saves_at_train_epoch_end(self, trainer):
-            internals.save_last_checkpoint(self, trainer)
+        if trainer.sanity_checking or trainer.state.fn != "fit" or trainer.fast_dev_run:
+            return
+        n = self.every_n_epochs  # 0 with every_n_train_steps: then every validation is ranked
+        if n >= 1 and (trainer.current_epoch + 1) % n:
+            self.refresh_last(trainer)
+            return
+        before = set(self.best_k_models)
+        internals.save_topk_checkpoint(self, trainer)
+        loss = float(trainer.callback_metrics.get("val/loss", math.inf))
+        for path in set(self.best_k_models) - before:
+            self.validated[path] = {"step": trainer.global_step, "val/loss": loss}
+        if self.best_k_models:
+            key = ranking_key("score", self.mode)
+            self.best_model_path = min(self.best_k_models, key=lambda p: key(self._metrics_of(p)))
+            self.best_model_score = self.best_k_models[self.best_model_path]
+        self.refresh_last(trainer)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        if internals.saves_at_train_epoch_end(self, trainer):
-            internals.save_last_checkpoint(self, trainer)
+        self.refresh_last(trainer)  # the validation at this epoch's end (if any) ranked and saved already
+
+    def refresh_last(self, trainer: Trainer) -> None:
+        """Make `last.ckpt` the current state, once per step."""
+        if (
+            not self.save_last
+            or trainer.sanity_checking
+            or trainer.fast_dev_run
+            or self._last_step == trainer.global_step
+        ):
+            return
+        last = Path(self.dirpath) / LAST_CHECKPOINT
+        self.last_model_path = str(last)  # part of the state being saved
+        same_state = internals.checkpoint_saved_at(self, trainer.global_step)
+        if same_state and Path(same_state) != last:
+            if trainer.is_global_zero:
+                partial = last.with_name(last.name + ".partial")  # a rename replaces the old file atomically
+                partial.unlink(missing_ok=True)
+                partial.symlink_to(os.path.relpath(same_state, last.parent))
+                os.replace(partial, last)
+            trainer.strategy.barrier()
+        else:
+            trainer.save_checkpoint(last)
+        self._last_step = trainer.global_step
+        run = Path(self.dirpath).parent
+        if trainer.is_global_zero and Path(trainer.default_root_dir).resolve() == run.resolve():
+            for requeue_checkpoint in run.glob("hpc_ckpt_*.ckpt"):
+                requeue_checkpoint.unlink()
+
+    def check_monitor_top_k(self, trainer: Trainer, current: torch.Tensor | None = None) -> bool:
+        """Lightning's rule, plus: a tie with the k-th best enters when its `val/loss` is lower."""
+        if super().check_monitor_top_k(trainer, current):
+            return True
+        kth = self.best_k_models.get(self.kth_best_model_path)
+        loss = trainer.callback_metrics.get("val/loss")
+        return bool(
+            current is not None
+            and kth is not None
+            and loss is not None
+            and current == kth
+            and float(loss) < self.validated.get(self.kth_best_model_path, {}).get("val/loss", math.inf)
+        )
+
+    def _metrics_of(self, path: str) -> dict[str, float]:
+        return {"score": float(self.best_k_models[path]), **self.validated.get(path, {})}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "validated": self.validated}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.validated = dict(state_dict.get("validated", {}))
 
 
 class TaskEarlyStopping(pl_callbacks.EarlyStopping):
@@ -163,8 +249,8 @@ class ExportHFModel(pl_callbacks.Callback):
     """
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        log_dir = trainer.log_dir  # a broadcast under DDP: every rank asks, once, before rank 0 goes on alone
-        if log_dir is None or not trainer.is_global_zero or not isinstance(pl_module, TaskModule):
+        log_dir = run_folder(trainer)  # every rank asks, once, before rank 0 goes on alone
+        if not trainer.is_global_zero or not isinstance(pl_module, TaskModule):
             return
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         state_dict = None
@@ -213,9 +299,14 @@ class ResultsWriter(pl_callbacks.Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         monitor, mode = task_monitor(pl_module, "results.json's best")
-        scored = [h for h in self.history if monitor in h]
-        best = (min if mode == "min" else max)(scored, key=lambda h: h[monitor]) if scored else None
         checkpoint = trainer.checkpoint_callback
+        if checkpoint is not None and checkpoint.monitor:
+            monitor, mode = checkpoint.monitor, checkpoint.mode  # the metric that chose hf_model/
+        best_step = getattr(checkpoint, "validated", {}).get(getattr(checkpoint, "best_model_path", ""), {}).get("step")
+        scored = [h for h in self.history if monitor in h]
+        best = next((h for h in scored if h["step"] == best_step), None)
+        if best is None and scored:
+            best = min(scored, key=ranking_key(monitor, mode))
         self._merge(
             trainer,
             {
@@ -233,8 +324,8 @@ class ResultsWriter(pl_callbacks.Callback):
         self._merge(trainer, {"test": _numbers(trainer.callback_metrics, "test/")})
 
     def _merge(self, trainer: Trainer, update: dict[str, Any]) -> None:
-        log_dir = trainer.log_dir  # a broadcast under DDP: every rank asks, once, before rank 0 goes on alone
-        if log_dir is not None and trainer.is_global_zero:
+        log_dir = run_folder(trainer)  # every rank asks, once, before rank 0 goes on alone
+        if trainer.is_global_zero:
             update_results(log_dir, update)
 
 
@@ -256,7 +347,7 @@ class PredictionWriter(pl_callbacks.BasePredictionWriter):
         if self.output_file:
             path = Path(self.output_file)
         else:
-            path = free_path(trainer.log_dir or ".", "predictions", ".jsonl")
+            path = free_path(run_folder(trainer), "predictions", ".jsonl")
         if trainer.world_size > 1:
             path = path.with_suffix(f".rank{trainer.global_rank}.jsonl")
         path.parent.mkdir(parents=True, exist_ok=True)

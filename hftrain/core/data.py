@@ -25,6 +25,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerBase
 
 from hftrain import __version__
+from hftrain.core import internals
 from hftrain.core.errors import HFTrainError
 from hftrain.core.pretrained import load_tokenizer
 from hftrain.core.sampling import EpochShuffleSampler, LengthGroupedSampler, sequence_lengths
@@ -89,7 +90,8 @@ class TaskDataModule(LightningDataModule):
         preprocessing_num_workers: Processes for tokenization (`datasets.map(num_proc=...)`).
         cache_dir: Where tokenized splits are cached; defaults to `$HFTRAIN_CACHE` or `~/.cache/hftrain`.
         seed: Seed for carving the validation split and shuffling the training data, so both are the same
-            in every run and in a resumed run.
+            in every run and in a resumed run. Unset, the run's seed (`seed_everything`, as the HF Trainer's
+            `seed` sets the data order too), else 42.
         group_by_length: Batch training examples of similar length together (shuffled in groups, as the HF
             Trainer's `group_by_length`), so batches carry little padding: faster, same accuracy.
     """
@@ -111,7 +113,7 @@ class TaskDataModule(LightningDataModule):
     num_workers: int = 0
     preprocessing_num_workers: int | None = None
     cache_dir: str | None = None
-    seed: int = 42
+    seed: int | None = None
     group_by_length: bool = False
 
     # whether the tokenizer pads with its end-of-sequence token when it has no padding token (causal LMs)
@@ -123,6 +125,8 @@ class TaskDataModule(LightningDataModule):
 
     def __post_init__(self) -> None:
         super().__init__()
+        if self.seed is None:
+            self.seed = internals.global_seed(default=42)
         self._check_settings()
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._cache_path: Path | None = None

@@ -54,9 +54,26 @@ def batches_trained(trainer) -> int:
     return _private(trainer.fit_loop.epoch_loop, "total_batch_idx")
 
 
-def global_seed() -> int:
+def global_seed(default: int = 0) -> int:
     """The seed `seed_everything` set, which Lightning keeps in `PL_GLOBAL_SEED` (also for spawned ranks)."""
-    return int(os.environ.get("PL_GLOBAL_SEED", 0))
+    return int(os.environ.get("PL_GLOBAL_SEED", default))
+
+
+def slurm_requeue_signal(trainer) -> int | None:
+    """The signal on which the trainer's SLURM environment requeues the job, None outside SLURM or without
+    auto-requeue (`SLURMEnvironment(auto_requeue=False)`)."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    environment = _private(trainer, "_accelerator_connector").cluster_environment
+    if isinstance(environment, SLURMEnvironment) and environment.auto_requeue:
+        return environment.requeue_signal
+    return None
+
+
+def hpc_checkpoint_path(trainer) -> str:
+    """Where Lightning saves a SLURM requeue checkpoint (`hpc_ckpt_N.ckpt` in the run folder), from which the
+    requeued job resumes by itself."""
+    return _private(trainer, "_checkpoint_connector").hpc_save_path(trainer.default_root_dir)
 
 
 # ------------------------------------------------------------------------------------- ModelCheckpoint
@@ -67,24 +84,16 @@ def every_n_train_steps(callback) -> int:
     return _private(callback, "_every_n_train_steps")
 
 
-def saves_at_train_epoch_end(callback, trainer) -> bool:
-    """Whether a `ModelCheckpoint` saves at the end of the training epoch rather than after validation."""
-    return _private(callback, "_should_save_on_train_epoch_end")(trainer)
+def save_topk_checkpoint(callback, trainer) -> None:
+    """Rank the current state among a `ModelCheckpoint`'s top-k by the metrics just logged, saving it if it enters."""
+    _private(callback, "_save_topk_checkpoint")(trainer, _private(callback, "_monitor_candidates")(trainer))
 
 
-def save_last_checkpoint(callback, trainer, keep_step_open: bool = False) -> None:
-    """Write a `ModelCheckpoint`'s `last.ckpt` now, unless this step was saved already.
-
-    Lightning 2.6 rewrites `last.ckpt` only when it saves a top-k checkpoint at the same step. With
-    `keep_step_open`, the callback still counts this step as unsaved, so a validation right after it
-    saves its top-k (and a fresher last) checkpoint.
-    """
-    if not callback.save_last or _private(callback, "_should_skip_saving_checkpoint")(trainer):
-        return
-    saved_before = _private(callback, "_last_global_step_saved")
-    _private(callback, "_save_last_checkpoint")(trainer, _private(callback, "_monitor_candidates")(trainer))
-    if keep_step_open:
-        callback._last_global_step_saved = saved_before
+def checkpoint_saved_at(callback, step: int) -> str | None:
+    """The file a `ModelCheckpoint` saved at optimizer step `step` (a top-k checkpoint of this very state), if any."""
+    if _private(callback, "_last_global_step_saved") == step:
+        return _private(callback, "_last_checkpoint_saved") or None
+    return None
 
 
 # --------------------------------------------------------------------------------------- checkpoint files

@@ -134,6 +134,13 @@ class TaskModule(LightningModule):
         so a run resumed from a checkpoint draws exactly the masks an uninterrupted run draws."""
         torch.manual_seed(internals.global_seed() * 1_000_003 + internals.batches_trained(self.trainer))
 
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Validate the final weights of a run that `max_steps` ends mid-epoch: Lightning would stop without
+        validating them, and `results.json`'s final and `hf_model/` would miss the last steps. Lightning
+        validates at a batch where the run asks to stop."""
+        if 0 < self.trainer.max_steps <= self.trainer.global_step:
+            self.trainer.should_stop = True
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self(**batch).loss
         self.log("train/loss", loss, prog_bar=True)

@@ -20,6 +20,7 @@ RESULTS_FILE = "results.json"
 EXPORT_DIR = "hf_model"
 CHECKPOINTS_DIR = "checkpoints"  # Lightning's own choice for `ModelCheckpoint` inside the log folder
 LAST_CHECKPOINT = "last.ckpt"
+DEFAULT_LOGGER_NAME = "lightning_logs"  # what TensorBoard's and CSV's loggers call a run without a name
 
 
 def run_name(config_files: Sequence[tuple[str, Mapping | None]], task_class_path: str) -> str:
@@ -38,39 +39,55 @@ def version_dir(root: str | Path, version: int | str) -> Path:
     return Path(root) / (version if isinstance(version, str) else f"version_{version}")
 
 
-def newest_run_with_checkpoints(root: str | Path) -> Path | None:
-    """The `version_N` folder under `root` with the highest N that holds a `checkpoints/` folder."""
-    versions = sorted(
+def fit_runs(root: str | Path) -> list[Path]:
+    """The `version_N` folders under `root` that a `fit` made (it creates `checkpoints/` when it starts), oldest
+    first by N (`version_12345` of a SLURM job counts by its job id)."""
+    found = [
         (int(d.name.removeprefix("version_")), d)
         for d in Path(root).glob("version_*")
         if d.name.removeprefix("version_").isdigit() and (d / CHECKPOINTS_DIR).is_dir()
-    )
-    return versions[-1][1] if versions else None
+    ]
+    return [d for _, d in sorted(found)]
 
 
 def find_checkpoint(run_dir: str | Path, which: str) -> Path:
     """The `best` or `last` checkpoint file of a run folder.
 
-    `last` is `checkpoints/last.ckpt`; `best` is what `results.json` recorded, else the best path that the
-    checkpoint callback kept in `last.ckpt` (a run stopped before its end wrote no results yet).
+    `last` is the newer of `checkpoints/last.ckpt` and a SLURM requeue checkpoint (`hpc_ckpt_N.ckpt`); `best`
+    is what `results.json` recorded, else the best path that the checkpoint callback kept in `last.ckpt` (a
+    run stopped before its end wrote no results yet).
     """
     run_dir = Path(run_dir)
     last = run_dir / CHECKPOINTS_DIR / LAST_CHECKPOINT
     if which == "last":
-        candidates = [last]
+        candidates = [c for c in [newest_resume_point(run_dir)] if c is not None]
     else:
         best = read_results(run_dir).get("best_checkpoint")
         if not best and last.is_file():
             best = best_model_path_in(last)
-        candidates = [Path(best)] if best else []
-    found = next((c for c in candidates if c.is_file()), None)
-    if found is None:
+        candidates = [Path(best)] if best and Path(best).is_file() else []
+    if not candidates:
+        others = ", ".join(d.name for d in fit_runs(run_dir.parent) if d != run_dir) or "none"
         raise HFTrainError(
-            f"--ckpt_path {which}: {run_dir} has no {which} checkpoint (looked for "
-            f"{candidates[0] if candidates else 'a best checkpoint in results.json or last.ckpt'}). "
-            "Pass the path of a .ckpt file instead."
+            f"--ckpt_path {which}: {run_dir} has no {which} checkpoint (it stopped before its first save, or "
+            f"has no validated checkpoint). Start a new run without --ckpt_path, choose another run of this "
+            f"config with --trainer.logger.init_args.version N (others here: {others}), or pass the path of a "
+            ".ckpt file."
         )
-    return found
+    return candidates[0]
+
+
+def newest_resume_point(run_dir: str | Path) -> Path | None:
+    """The newer of `checkpoints/last.ckpt` and a SLURM requeue checkpoint (`hpc_ckpt_N.ckpt`), if any."""
+    run_dir = Path(run_dir)
+    found = [c for c in [run_dir / CHECKPOINTS_DIR / LAST_CHECKPOINT, *run_dir.glob("hpc_ckpt_*.ckpt")] if c.is_file()]
+    return max(found, key=lambda c: c.stat().st_mtime, default=None)
+
+
+def next_version(root: str | Path) -> int:
+    """The N of the next `version_N` under `root`, as TensorBoard's logger numbers its folders."""
+    numbers = [int(d.name[8:]) for d in Path(root).glob("version_*") if d.name[8:].isdigit()]
+    return max(numbers, default=-1) + 1
 
 
 def free_path(folder: str | Path, stem: str, suffix: str) -> Path:
