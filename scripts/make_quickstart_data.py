@@ -25,16 +25,22 @@ LICENSE = "vaderSentiment-3.3.2/LICENSE.txt"
 SNIPPETS = "hutto_ICWSM_2014/amazonReviewSnippets_GroundTruth.txt"
 MIN_STRENGTH = 0.5  # |mean rating| below this is near-neutral and dropped
 VALIDATION_ROWS = 400  # whole reviews are moved to validation until it holds at least this many rows
-TRAIN_ROWS = 600  # enough to learn from, few enough for a short 2-epoch run on 2 CPU cores
+TRAIN_ROWS = 600  # enough to learn from, few enough for a short 2-epoch run on a CPU
 
 
 def read_sdist(sdist: Path) -> tuple[list[tuple[str, float, str]], str]:
     """(review id, mean rating, sentence) for every rated sentence, and the MIT licence text they ship under."""
-    with tarfile.open(sdist) as outer:
-        inner_bytes = outer.extractfile(DATA_ARCHIVE).read()
-        licence = outer.extractfile(LICENSE).read().decode("utf-8").replace("\r\n", "\n")
-    with tarfile.open(fileobj=io.BytesIO(inner_bytes)) as inner:
-        text = inner.extractfile(SNIPPETS).read().decode("utf-8")
+    try:
+        with tarfile.open(sdist) as outer:
+            inner_bytes = outer.extractfile(DATA_ARCHIVE).read()
+            licence = outer.extractfile(LICENSE).read().decode("utf-8").replace("\r\n", "\n")
+        with tarfile.open(fileobj=io.BytesIO(inner_bytes)) as inner:
+            text = inner.extractfile(SNIPPETS).read().decode("utf-8")
+    except (tarfile.ReadError, KeyError) as err:
+        raise SystemExit(
+            f"{sdist} is not the vaderSentiment 3.3.2 source package. The wheel lacks the data: "
+            "fetch the .tar.gz with the `pip download --no-binary :all:` command in this script's docstring."
+        ) from err
     rows = []
     for line in text.splitlines():
         sentence_id, rating, sentence = line.split("\t")
