@@ -17,10 +17,11 @@ schedule and gradient clipping at norm 1.0:
 - `hftrain-no-<part>` (ablations, `--variants all`): hftrain with one part of its per-step work taken
   away, so the difference to `hftrain` is that part's cost; `hftrain-bare-lightning` takes all of them away.
 
-Each run is a fresh subprocess and the variants alternate (A B C A B C …), so drift in a shared machine's
-load falls on all of them. A run times `--steps` optimizer steps after `--warmup` steps (start-up, the
-first steps' allocations and kernel choices are excluded) from step end to step end, so everything a
-framework does between two steps is counted, whichever hook it runs in. The table gives medians over
+Each run is a fresh subprocess and the variants alternate, each repeat starting one variant later
+(A B C, B C A, C A B, …), so drift in a shared machine's load falls on all of them. A run times `--steps`
+optimizer steps after `--warmup` steps (start-up, the first steps' allocations and kernel choices are
+excluded) from step end to step end, so everything a framework does between two steps is counted,
+whichever hook it runs in. The table gives medians over
 the repeats of the mean time per step (periodic work such as logging every 50 steps included), of
 the median step (robust to a neighbour's burst of load), and of CPU time per step. `--parts` also times
 the parts of the hftrain and bare steps in place (µs per step: the loader, each hook and callback, the
@@ -566,7 +567,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"load average before: {os.getloadavg()[0]:.1f}", flush=True)
     runs = []
     for repeat in range(args.repeats):
-        for variant in variants:
+        shift = repeat % len(variants)  # each repeat starts with the next variant: no one always runs first
+        for variant in variants[shift:] + variants[:shift]:
             run = run_once(args, argv, variant)
             run["load"] = os.getloadavg()[0]
             runs.append(run)
