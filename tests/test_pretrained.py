@@ -56,3 +56,18 @@ def test_revision_reaches_the_data_tokenizer(tiny_gpt2, tmp_path):
     assert loaded["module"] == pinned  # decodes generations
     assert loaded["data"] == pinned  # tokenized the training data
     assert len(set(loaded["pads"])) == 1  # both pad with the end-of-sequence token
+
+
+def test_half_precision_checkpoints_train_in_float32(tiny_bert, tmp_path):
+    """transformers 5 keeps a checkpoint's dtype; AdamW on bf16 weights would drop most updates."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from hftrain.core.pretrained import load_model
+
+    half = tmp_path / "bf16"
+    AutoModelForSequenceClassification.from_pretrained(tiny_bert, dtype=torch.bfloat16).save_pretrained(half)
+    load_tokenizer(tiny_bert).save_pretrained(half)
+    assert AutoModelForSequenceClassification.from_pretrained(half).dtype == torch.bfloat16  # what we guard against
+    model = load_model(AutoModelForSequenceClassification, str(half))
+    assert {p.dtype for p in model.parameters()} == {torch.float32} and model.training

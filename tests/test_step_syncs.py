@@ -137,13 +137,6 @@ def test_counter_sees_a_per_step_item(tiny_bert, sentiment_files, tmp_path):
     assert {step for step, _ in counter.framework()} - set(mine) <= LOGGING_STEPS
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 17: `TaskModule.training_step` logs `train/loss` with prog_bar=True, so Lightning converts it "
-    "with `.item()` after every step, twice: `_LoggerConnector.on_batch_end` -> `_ResultCollection.metrics` -> "
-    "`convert_tensors_to_scalars`, and again for the progress bar (`ProgressBar.get_metrics` -> "
-    "`trainer.progress_bar_metrics`); logging only on logging steps does not help: the stale value is converted",
-)
 def test_no_sync_between_logging_steps(tiny_bert, sentiment_files, tmp_path):
     counter = SyncCounter()
     with counter:

@@ -278,3 +278,19 @@ def test_minilm_on_mrpc_reaches_the_hf_trainer(tmp_path):
     )
     final = read_results(tmp_path / "runs" / "mrpc_minilm_local" / "version_0")["final"]
     assert final["val/accuracy"] >= 0.77 and final["val/f1"] >= 0.84  # README results: 0.7966 / 0.8614
+
+
+def test_predictions_come_back_in_input_order(fitted_run, tmp_path):
+    """Prediction batches are formed longest first; the rows are written in the predict file's order."""
+    config, run = fitted_run
+    texts = [" ".join(["the film was great"] * n + ["a boring plot"] * (5 - n)) for n in (0, 5, 1, 4, 2, 3)]
+    texts = [texts[i][: 6 + 11 * i] for i in range(len(texts))]  # lengths that differ, not sorted
+    predict = write_csv(tmp_path / "varied.csv", [{"text": t} for t in texts])
+    args = ["--config", config, "--ckpt_path", "best", "--data.predict_file", predict, "--data.eval_batch_size", 2]
+    assert run_cli("predict", *args) == 0
+    newest = max(run.glob("predictions*.jsonl"), key=lambda p: p.stat().st_mtime)
+    rows = [json.loads(line) for line in newest.read_text().splitlines()]
+    classify = pipeline("text-classification", model=str(run / "hf_model"), top_k=None)
+    for text, row in zip(texts, rows, strict=True):
+        expected = {r["label"]: r["score"] for r in classify([text])[0]}
+        assert row["scores"] == pytest.approx(expected, abs=1e-5), text

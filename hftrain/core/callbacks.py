@@ -198,23 +198,19 @@ class StopOnNonFiniteLoss(pl_callbacks.Callback):
     """Stop training with a clear error when the loss becomes NaN or infinite, before a checkpoint of the
     broken weights is written.
 
-    The check stays on the device (no host sync per step); it is read at each logging interval and
-    before every checkpoint save, so the last checkpoint on disk is always one of finite weights.
+    Each step only keeps its loss (a device tensor: no host sync); the losses kept are checked together at
+    each logging step and before every checkpoint save, so the last checkpoint on disk is always one of
+    finite weights and the error names the first bad step.
     """
 
     def __init__(self) -> None:
-        self._first_bad_step: torch.Tensor | None = None
+        self._losses: list[tuple[int, torch.Tensor]] = []
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is None:
-            return
-        if self._first_bad_step is None:
-            self._first_bad_step = torch.full((), -1, dtype=torch.long, device=loss.device)
-        step = torch.full_like(self._first_bad_step, trainer.global_step)
-        bad = ~torch.isfinite(loss.detach()) & (self._first_bad_step < 0)
-        self._first_bad_step = torch.where(bad, step, self._first_bad_step)
-        if trainer.global_step % max(trainer.log_every_n_steps, 1) == 0:
+        if loss is not None:
+            self._losses.append((trainer.global_step, loss.detach()))
+        if internals.logs_this_step(trainer):
             self._raise_if_bad(trainer)
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -224,11 +220,16 @@ class StopOnNonFiniteLoss(pl_callbacks.Callback):
         self._raise_if_bad(trainer)
 
     def _raise_if_bad(self, trainer: Trainer) -> None:
-        if self._first_bad_step is None or int(self._first_bad_step) < 0:
+        if not self._losses:
+            return
+        steps, losses = zip(*self._losses, strict=True)
+        self._losses = []
+        finite = torch.isfinite(torch.stack(losses)).tolist()
+        if all(finite):
             return
         last = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
         raise HFTrainError(
-            f"The training loss became NaN or infinite at step {int(self._first_bad_step)}, so training stopped. "
+            f"The training loss became NaN or infinite at step {steps[finite.index(False)]}, so training stopped. "
             f"Usual causes: a learning rate too high (model.learning_rate), or fp16 overflow (try "
             f"trainer.precision bf16-mixed or 32-true). "
             + (
@@ -255,7 +256,8 @@ class ExportHFModel(pl_callbacks.Callback):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         state_dict = None
         if best and Path(best).is_file():
-            state_dict = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+            # mapped, not read: the optimizer state in the file (twice the weights, with AdamW) stays on disk
+            state_dict = torch.load(best, map_location="cpu", weights_only=False, mmap=True)["state_dict"]
         elif best and Path(best).is_dir():
             state_dict = load_sharded_weights(Path(best))
         datamodule = trainer.datamodule
@@ -330,7 +332,8 @@ class ResultsWriter(pl_callbacks.Callback):
 
 
 class PredictionWriter(pl_callbacks.BasePredictionWriter):
-    """Write what `predict_step` returns (one dict per example) as JSONL in the run folder.
+    """Write what `predict_step` returns (one dict per example) as JSONL in the run folder, in input order
+    (batches are formed longest first; the rows are put back in the order of the predict file).
 
     Args:
         output_file: Where to write; defaults to `predictions.jsonl` in the run folder (or
@@ -341,7 +344,7 @@ class PredictionWriter(pl_callbacks.BasePredictionWriter):
     def __init__(self, output_file: str | None = None) -> None:
         super().__init__(write_interval="batch")
         self.output_file = output_file
-        self._handle = None
+        self._rows: dict[int, str] = {}
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.output_file:
@@ -350,14 +353,15 @@ class PredictionWriter(pl_callbacks.BasePredictionWriter):
             path = free_path(run_folder(trainer), "predictions", ".jsonl")
         if trainer.world_size > 1:
             path = path.with_suffix(f".rank{trainer.global_rank}.jsonl")
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._handle = path.open("w")
+        self._rows = {}
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
-        for row in prediction:
-            self._handle.write(json.dumps(row) + "\n")
+        for index, row in zip(batch_indices, prediction, strict=True):
+            self._rows[index] = json.dumps(row)
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._handle.close()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("".join(self._rows[i] + "\n" for i in sorted(self._rows)))
+        self._rows = {}
         rank_zero_info(f"Predictions written to {self.path}")

@@ -28,7 +28,7 @@ from hftrain import __version__
 from hftrain.core import internals
 from hftrain.core.errors import HFTrainError
 from hftrain.core.pretrained import load_tokenizer
-from hftrain.core.sampling import EpochShuffleSampler, LengthGroupedSampler, sequence_lengths
+from hftrain.core.sampling import EpochShuffleSampler, LengthGroupedSampler, LongestFirstSampler, sequence_lengths
 
 SPLITS = ("train", "validation", "test", "predict")
 
@@ -85,7 +85,9 @@ class TaskDataModule(LightningDataModule):
             validation split is given (0 disables validation).
         max_length: Longest input in tokens; longer inputs are truncated.
         batch_size: Training examples per batch (per device).
-        eval_batch_size: Examples per batch for validation, test and predict; defaults to `batch_size`.
+        eval_batch_size: Examples per batch for validation, test and predict; defaults to twice `batch_size`
+            (evaluation keeps no activations for a backward pass). Evaluation batches are formed longest
+            example first, so they carry little padding.
         num_workers: Dataloader worker processes (0 loads in the main process).
         preprocessing_num_workers: Processes for tokenization (`datasets.map(num_proc=...)`).
         cache_dir: Where tokenized splits are cached; defaults to `$HFTRAIN_CACHE` or `~/.cache/hftrain`.
@@ -421,21 +423,25 @@ class TaskDataModule(LightningDataModule):
         if split not in self.datasets:
             setting = "dataset_name or data.train_file" if split == "train" else f"{split}_file"
             raise HFTrainError(f"There is no {split} split to load: set data.{setting}.")
-        sampler = None
+        dataset = self.datasets[split]
         if train and self.group_by_length:
-            lengths = sequence_lengths(self.datasets[split], self.tokenizer.model_input_names[0])
-            sampler = LengthGroupedSampler(lengths, self.batch_size, self.seed)
+            sampler = LengthGroupedSampler(self._lengths(dataset), self.batch_size, self.seed)
         elif train:
-            sampler = EpochShuffleSampler(len(self.datasets[split]), self.seed)
+            sampler = EpochShuffleSampler(len(dataset), self.seed)
+        else:
+            sampler = LongestFirstSampler(self._lengths(dataset))
         return StatefulDataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size if train else self.eval_batch_size or self.batch_size,
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size or 2 * self.batch_size,
             sampler=sampler,
             collate_fn=self.collator,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
         )
+
+    def _lengths(self, dataset: datasets.Dataset):
+        return sequence_lengths(dataset, self.tokenizer.model_input_names[0])
 
     def train_dataloader(self) -> StatefulDataLoader:
         return self._loader("train", train=True)

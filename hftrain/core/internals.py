@@ -54,6 +54,11 @@ def batches_trained(trainer) -> int:
     return _private(trainer.fit_loop.epoch_loop, "total_batch_idx")
 
 
+def logs_this_step(trainer) -> bool:
+    """Whether the loggers write at the current training step (every `log_every_n_steps`, and at the end)."""
+    return _private(trainer, "_logger_connector").should_update_logs
+
+
 def global_seed(default: int = 0) -> int:
     """The seed `seed_everything` set, which Lightning keeps in `PL_GLOBAL_SEED` (also for spawned ranks)."""
     return int(os.environ.get("PL_GLOBAL_SEED", default))

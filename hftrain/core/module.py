@@ -131,8 +131,15 @@ class TaskModule(LightningModule):
 
     def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         """Seed each batch's randomness (dropout) from the run's seed and the batch's position in training,
-        so a run resumed from a checkpoint draws exactly the masks an uninterrupted run draws."""
-        torch.manual_seed(internals.global_seed() * 1_000_003 + internals.batches_trained(self.trainer))
+        so a run resumed from a checkpoint draws exactly the masks an uninterrupted run draws.
+
+        Only the generators that draw dropout are seeded: `torch.manual_seed` also visits every other
+        backend, and on a tiny model that costs more than the step (0.6 ms of 9.5 ms measured on CPU).
+        """
+        seed = internals.global_seed() * 1_000_003 + internals.batches_trained(self.trainer)
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         """Validate the final weights of a run that `max_steps` ends mid-epoch: Lightning would stop without
@@ -143,7 +150,10 @@ class TaskModule(LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self(**batch).loss
-        self.log("train/loss", loss, prog_bar=True)
+        # only at the steps the loggers write: Lightning turns a logged value into a Python number after
+        # every step it is logged at (a host-device sync on a GPU), and moves its store each call
+        if internals.logs_this_step(self.trainer):
+            self.log("train/loss", loss)
         return loss
 
     # ------------------------------------------------------------------ evaluation, written by each task

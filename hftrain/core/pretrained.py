@@ -6,6 +6,7 @@ name, revision and `trust_remote_code`, and fail with the same message.
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from hftrain.core.errors import HFTrainError
@@ -48,12 +49,18 @@ def load_model(
     **config_overrides: Any,
 ) -> PreTrainedModel:
     """Load `name` with `auto_class` (`AutoModelForSequenceClassification`, …), overriding config fields
-    (labels, problem type), in training mode."""
+    (labels, problem type), in training mode.
+
+    The weights are loaded in float32 whatever the checkpoint holds: transformers 5 keeps a bf16 or fp16
+    checkpoint's dtype, and AdamW on half-precision weights loses most small updates. Mixed precision
+    (`trainer.precision: bf16-mixed`) computes in half precision on top of these float32 weights;
+    `bf16-true` converts them.
+    """
     options = {"revision": revision, "trust_remote_code": trust_remote_code}
     try:
         config = AutoConfig.from_pretrained(name, **options, **config_overrides)
         model = auto_class.from_pretrained(
-            name, config=config, ignore_mismatched_sizes=ignore_mismatched_sizes, **options
+            name, config=config, ignore_mismatched_sizes=ignore_mismatched_sizes, dtype=torch.float32, **options
         )
     except OSError as err:
         where = (

@@ -128,6 +128,26 @@ class LengthGroupedSampler(EpochShuffleSampler):
         return np.concatenate([steps.reshape(-1), order[full * step :]])
 
 
+class LongestFirstSampler(Sampler[int]):
+    """Evaluation and prediction order: longest example first, so each batch holds examples of similar length
+    (little padding, and generation stops for the whole batch at about the same time) and an out-of-memory
+    error shows on the first batch. Metrics do not depend on the order; the prediction writer puts rows back
+    in input order.
+
+    Args:
+        lengths: Length (in tokens) of every example.
+    """
+
+    def __init__(self, lengths: Sequence[int]) -> None:
+        self.order = np.argsort(-np.asarray(lengths), kind="stable")
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order.tolist())
+
+
 def sequence_lengths(dataset: Any, column: str = "input_ids") -> np.ndarray:
     """Token counts of a tokenized `datasets.Dataset`, read column-wise from Arrow (no per-row Python)."""
     return pc.list_value_length(dataset.with_format("arrow")[column]).to_numpy(zero_copy_only=False)
