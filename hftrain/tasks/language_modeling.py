@@ -23,19 +23,10 @@ from hftrain.core.data import TaskDataModule
 from hftrain.core.errors import HFTrainError
 from hftrain.core.generation import log_text_table, set_generation_config
 from hftrain.core.module import Stage, TaskModule
+from hftrain.core.pretrained import require_eos
 
 IGNORE_INDEX = -100  # the label of positions without loss, as HF models expect
-
-
-def require_eos(tokenizer: PreTrainedTokenizerBase, name: str) -> PreTrainedTokenizerBase:
-    """Language modelling ends every document with the end-of-sequence token, so the model learns where text
-    stops: a tokenizer without one cannot be used."""
-    if tokenizer.eos_token is None:
-        raise HFTrainError(
-            f"The tokenizer of '{name}' has no end-of-sequence token, which language modelling needs to mark "
-            "where a document ends. Use a causal language model's tokenizer, or set its eos_token."
-        )
-    return tokenizer
+LM_EOS_USE = "language modelling, to mark where a document ends"
 
 
 @dataclass(eq=False, repr=False, kw_only=True)
@@ -86,7 +77,7 @@ class LanguageModeling(TaskModule):
                 "model.do_sample=false."
             )
         # generation happens in the module (validation samples, predict), so it needs the model's tokenizer
-        self.tokenizer = require_eos(self.load_tokenizer(pad_with_eos=True), self.model_name_or_path)
+        self.tokenizer = require_eos(self.load_tokenizer(pad_with_eos=True), self.model_name_or_path, LM_EOS_USE)
         model = self.load_pretrained(AutoModelForCausalLM, pad_token_id=self.tokenizer.pad_token_id)
         # greedy decoding clears the pretrained sampling settings: transformers refuses to save both
         sampling = {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
@@ -248,7 +239,7 @@ class LanguageModelingData(TaskDataModule):
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
-        return require_eos(super().tokenizer, self.tokenizer_name)
+        return require_eos(super().tokenizer, self.tokenizer_name, LM_EOS_USE)
 
     @property
     def collator(self) -> CausalLMCollator:

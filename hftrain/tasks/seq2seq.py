@@ -19,6 +19,7 @@ from hftrain.core.data import TaskDataModule
 from hftrain.core.errors import HFTrainError
 from hftrain.core.generation import log_text_table, set_generation_config
 from hftrain.core.module import Stage, TaskModule
+from hftrain.core.pretrained import require_eos
 from hftrain.metrics.text_generation import Task, generation_metrics, scores
 
 # the column holding `{source_lang: …, target_lang: …}` pairs in Hub translation datasets (wmt16, opus_books)
@@ -41,7 +42,7 @@ class Seq2Seq(TaskModule):
         no_repeat_ngram_size: Forbid repeating any n-gram of this size (a common summarization setting). Unset
             keeps the model's generation config.
         rouge_use_stemmer: Stem words before ROUGE matching, as in the HF summarization example and published
-            ROUGE figures (needs nltk).
+            ROUGE figures (nltk's Porter stemmer, installed with hftrain; nothing is downloaded).
         logged_examples: Source/reference/prediction triples written to TensorBoard as text each validation.
     """
 
@@ -57,16 +58,18 @@ class Seq2Seq(TaskModule):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.model = self.load_pretrained(AutoModelForSeq2SeqLM)
+        self.tokenizer = self.load_tokenizer()
         settings = {
             "num_beams": self.num_beams,
             "max_new_tokens": self.max_new_tokens,
             "length_penalty": self.length_penalty,
             "no_repeat_ngram_size": self.no_repeat_ngram_size,
         }
+        if self.model.generation_config.eos_token_id is None:  # else generation would never stop at the EOS
+            settings["eos_token_id"] = self.tokenizer.eos_token_id  # that training appends to every target
         self.generation_config = set_generation_config(
             self.model, **{k: v for k, v in settings.items() if v is not None}
         )
-        self.tokenizer = self.load_tokenizer()
         if self.predict_with_generate:
             metrics = generation_metrics(self.task, self.rouge_use_stemmer)
             self.metrics = torch.nn.ModuleDict({"val": metrics, "test": metrics.clone()})
@@ -273,13 +276,19 @@ class Seq2SeqData(TaskDataModule):
     # ------------------------------------------------------------------ tokenization
 
     def encode(self, batch: dict[str, list], split: str) -> dict[str, list]:
+        """Sources with the prefix; targets ending in the end-of-sequence token, which is appended where the
+        tokenizer does not add it (a tokenizer without a post-processor): a model that never sees it as a
+        target never learns to stop, and every generation runs to max_new_tokens."""
         sources = [self.source_prefix + text for text in self.texts(batch, "source")]
         encoded = self.tokenizer(sources, max_length=self.max_length, truncation=True)
         if self.has_texts(self.raw[split], "target"):
             targets = self.tokenizer(
                 text_target=self.texts(batch, "target"), max_length=self.max_target_length, truncation=True
             )
-            encoded["labels"] = targets["input_ids"]
+            eos = require_eos(self.tokenizer, self.tokenizer_name, "seq2seq training, so generation stops").eos_token_id
+            encoded["labels"] = [
+                ids if ids[-1:] == [eos] else [*ids[: self.max_target_length - 1], eos] for ids in targets["input_ids"]
+            ]
         return encoded
 
     @property
