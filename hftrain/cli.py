@@ -24,10 +24,17 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-from hftrain.core import runs
-from hftrain.core.callbacks import ExportHFModel, PredictionWriter, ResultsWriter, StopOnNonFiniteLoss, TaskCheckpoint
+from hftrain.core import internals, runs
+from hftrain.core.callbacks import (
+    ExportHFModel,
+    PredictionWriter,
+    ResultsWriter,
+    StopOnNonFiniteLoss,
+    TaskCheckpoint,
+    WriteModelCard,
+)
 from hftrain.core.checkpoint_io import AtomicCheckpointIO
 from hftrain.core.data import TaskDataModule
 from hftrain.core.errors import HFTrainError
@@ -35,6 +42,11 @@ from hftrain.core.internals import task_class_of
 from hftrain.core.module import TaskModule
 
 PARSER_MODE = "hftrain_yaml"
+MAX_STEPS_HELP = (
+    "Stop training after this many optimizer steps; -1 (the default): train for max_epochs. As in the HF "
+    "Trainer, max_steps wins over max_epochs: when it is set, training goes on for as many epochs as it "
+    "needs (max_epochs is ignored), and the learning-rate schedule spans max_steps."
+)
 
 
 def _load_value(text: str):
@@ -89,6 +101,7 @@ class HFTrainCLI(LightningCLI):
                     StopOnNonFiniteLoss(),
                     ExportHFModel(),
                     ResultsWriter(),
+                    WriteModelCard(),  # after the export and results.json, which it describes
                 ],
             },
             parser_kwargs={"default_env": True, "env_prefix": "HFTRAIN", "parser_mode": PARSER_MODE},
@@ -106,12 +119,14 @@ class HFTrainCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+        internals.set_option_help(parser, "trainer.max_steps", MAX_STEPS_HELP)
         # the data is tokenized with exactly the tokenizer the model was saved with
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer_name")
         parser.link_arguments("model.init_args.revision", "data.init_args.tokenizer_revision")
         parser.link_arguments("model.init_args.trust_remote_code", "data.init_args.trust_remote_code")
         parser.link_arguments("data.label_names", "model.init_args.label_names", apply_on="instantiate")
         parser.link_arguments("data.problem_type", "model.init_args.problem_type", apply_on="instantiate")
+        parser.link_arguments("data.validation_sets", "model.init_args.validation_sets", apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         super().parse_arguments(parser, args)
@@ -140,6 +155,7 @@ class HFTrainCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        self._max_steps_wins(config.trainer)
         logger = config.trainer.logger
         if hasattr(logger, "class_path") and logger.class_path.endswith("TensorBoardLogger"):
             args = logger.init_args
@@ -157,6 +173,17 @@ class HFTrainCLI(LightningCLI):
                 # saved the requeue checkpoint (hpc_ckpt_N.ckpt in default_root_dir) and resumes from it
                 args.version = job_id
                 config.trainer.default_root_dir = str(runs.version_dir(root, job_id))
+
+    @staticmethod
+    def _max_steps_wins(trainer) -> None:
+        """HF semantics: `max_steps` overrides the number of epochs (Lightning stops at whichever comes first,
+        so a config's `max_epochs: 3` would cut `--trainer.max_steps 1000` short on a small data set)."""
+        if trainer.max_steps is not None and trainer.max_steps > 0 and trainer.max_epochs not in (None, -1):
+            rank_zero_info(
+                f"trainer.max_steps={trainer.max_steps} wins over trainer.max_epochs={trainer.max_epochs} (as in the "
+                "HF Trainer): training runs for as many epochs as those steps take."
+            )
+            trainer.max_epochs = -1
 
     @staticmethod
     def _check_checkpoint(path: Path, model_class: str) -> None:
