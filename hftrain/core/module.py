@@ -104,6 +104,7 @@ class TaskModule(LightningModule):
         self.save_hyperparameters()
         self.monitor = "val/loss"
         self.monitor_mode: Literal["min", "max"] = "min"
+        self._logged_keys: set[str] = set()
         self.custom = torch.nn.ModuleDict(
             {
                 stage: torch.nn.ModuleDict(
@@ -195,10 +196,18 @@ class TaskModule(LightningModule):
         self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch_size)
 
     def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
-        """Lightning's `log`, without the `/dataloader_idx_N` suffix it adds under several validation sets:
-        the keys here already name their set (`val/<set>/accuracy`)."""
+        """Lightning's `log`, without the `/dataloader_idx_N` suffix it adds under several validation sets
+        (the keys here already name their set: `val/<set>/accuracy`), noting the key so that a custom metric
+        cannot silently overwrite one of the task's own."""
         kwargs["add_dataloader_idx"] = False
+        self._logged_keys.add(name)
         super().log(name, value, *args, **kwargs)
+
+    def on_validation_epoch_start(self) -> None:
+        self._logged_keys.clear()
+
+    def on_test_epoch_start(self) -> None:
+        self._logged_keys.clear()
 
     def update_custom_metrics(self, stage: Stage, predictions: Any, labels: Any) -> None:
         """Feed the user's `custom_metrics` a batch (or, for tasks scored at the end, all) of a stage's
@@ -211,7 +220,14 @@ class TaskModule(LightningModule):
             value = metric.compute()
             metric.reset()
             values = value if isinstance(value, dict) else {"": value}
-            self.log_dict({f"{stage}/{name}" + (f"_{key}" if key else ""): v for key, v in values.items()})
+            keyed = {f"{stage}/{name}" + (f"_{key}" if key else ""): v for key, v in values.items()}
+            taken = sorted(self._logged_keys & set(keyed))
+            if taken:
+                raise HFTrainError(
+                    f"model.custom_metrics.{name} would be logged as {', '.join(taken)}, which the task logs "
+                    "itself. Give the custom metric another name."
+                )
+            self.log_dict(keyed)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self.evaluate(batch, self.val_stages[dataloader_idx])
