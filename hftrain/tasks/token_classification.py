@@ -275,27 +275,27 @@ class TokenClassificationData(TaskDataModule):
 
     def _find_columns(self, raw: datasets.DatasetDict) -> None:
         """Fill in unset column names as `run_ner.py` does, among the columns that hold lists: `tokens` else
-        the first, `ner_tags` else the other one; with more list columns the guess is ambiguous."""
+        the first; `ner_tags` else the other one (with several others the guess is ambiguous: an error)."""
+        if self.tokens_column is not None and self.tag_column is not None:
+            return
         split = "train" if "train" in raw else next(iter(raw))
         dataset = raw[split]
         lists = [n for n, f in dataset.features.items() if isinstance(f, datasets.Sequence | datasets.List)]
-        named = {"tokens_column": "tokens", "tag_column": "ner_tags"}
-        for setting, name in named.items():
-            if getattr(self, setting) is None and name in dataset.column_names:
-                setattr(self, setting, name)
-        if self.tokens_column is not None and self.tag_column is not None:
-            return
-        candidates = [c for c in lists if c not in (self.tokens_column, self.tag_column)]
-        wanted = 2 - (self.tokens_column is not None) - (self.tag_column is not None)
-        if len(candidates) > wanted or (self.tokens_column is None and not candidates):
-            raise HFTrainError(
-                f"Which columns of the {split} data ({self.source(split)}) hold the words and the tags is "
-                f"ambiguous: its list columns are {', '.join(lists) or 'none'} and none is named 'tokens' / "
-                "'ner_tags'. Set data.tokens_column and data.tag_column."
-            )
         if self.tokens_column is None:
-            self.tokens_column = candidates.pop(0)
-        self.tag_column = self.tag_column or (candidates[0] if candidates else "ner_tags")
+            candidates = ["tokens"] if "tokens" in lists else [c for c in lists if c != self.tag_column]
+            self.tokens_column = candidates[0] if candidates else "tokens"  # none: require_columns says so
+        if self.tag_column is None:
+            others = [c for c in lists if c != self.tokens_column]
+            if "ner_tags" in others or not others:
+                self.tag_column = "ner_tags"  # absent: an error, except in predict data
+            elif len(others) == 1:
+                self.tag_column = others[0]
+            else:
+                raise HFTrainError(
+                    f"Which column of the {split} data ({self.source(split)}) holds the tags is ambiguous: besides "
+                    f"the words ('{self.tokens_column}') it has the list columns {', '.join(others)}, and none is "
+                    "named 'ner_tags'. Set data.tag_column (and data.tokens_column if the words are elsewhere)."
+                )
         rank_zero_info(f"Reading words from column '{self.tokens_column}', tags from '{self.tag_column}'.")
 
     def _discover_labels(self, train: datasets.Dataset) -> list[str]:
