@@ -180,8 +180,8 @@ def test_bad_input_errors_say_where(tiny_t5, tmp_path):
         Seq2SeqData(tokenizer_name=tiny_t5, train_file=nested, source_lang="en", target_lang="de")
 
     flat = write_jsonl(tmp_path / "flat.jsonl", [{"document": "a", "summary": "b"}] * 3)
-    with pytest.raises(HFTrainError, match=r"no column 'source' \(data.source_column\).*document, summary"):
-        Seq2SeqData(tokenizer_name=tiny_t5, train_file=flat)
+    with pytest.raises(HFTrainError, match=r"no column 'text' \(data.source_column\).*document, summary"):
+        Seq2SeqData(tokenizer_name=tiny_t5, train_file=flat, source_column="text", target_column="summary")
 
     empty = write_jsonl(tmp_path / "empty.jsonl", [{"source": "a", "target": "b"}, {"source": "c", "target": ""}])
     with pytest.raises(HFTrainError, match=r"target text at .*empty.jsonl, row 2 \('target'"):
