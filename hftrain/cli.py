@@ -26,15 +26,16 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-from hftrain.core import runs
+from hftrain.core import internals, runs
 from hftrain.core.callbacks import (
     ExportHFModel,
     PredictionWriter,
     ResultsWriter,
     StopOnNonFiniteLoss,
     TaskCheckpoint,
+    WriteModelCard,
     run_folder,
 )
 from hftrain.core.checkpoint_io import AtomicCheckpointIO
@@ -45,6 +46,11 @@ from hftrain.core.module import TaskModule
 from hftrain.core.signals import RunInterrupted, StopOnSignal
 
 PARSER_MODE = "hftrain_yaml"
+MAX_STEPS_HELP = (
+    "Stop training after this many optimizer steps; -1 (the default): train for max_epochs. As in the HF "
+    "Trainer, max_steps wins over max_epochs: when it is set, training goes on for as many epochs as it "
+    "needs (max_epochs is ignored), and the learning-rate schedule spans max_steps."
+)
 
 
 def _load_value(text: str):
@@ -100,6 +106,7 @@ class HFTrainCLI(LightningCLI):
                     StopOnSignal(),
                     ExportHFModel(),
                     ResultsWriter(),
+                    WriteModelCard(),  # after the export and results.json, which it describes
                 ],
             },
             parser_kwargs={"default_env": True, "env_prefix": "HFTRAIN", "parser_mode": PARSER_MODE},
@@ -117,12 +124,14 @@ class HFTrainCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+        internals.set_option_help(parser, "trainer.max_steps", MAX_STEPS_HELP)
         # the data is tokenized with exactly the tokenizer the model was saved with
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer_name")
         parser.link_arguments("model.init_args.revision", "data.init_args.tokenizer_revision")
         parser.link_arguments("model.init_args.trust_remote_code", "data.init_args.trust_remote_code")
         parser.link_arguments("data.label_names", "model.init_args.label_names", apply_on="instantiate")
         parser.link_arguments("data.problem_type", "model.init_args.problem_type", apply_on="instantiate")
+        parser.link_arguments("data.validation_sets", "model.init_args.validation_sets", apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         super().parse_arguments(parser, args)
@@ -155,6 +164,7 @@ class HFTrainCLI(LightningCLI):
         checkpoint folder. `--ckpt_path best|last` continue the newest fit of the config; a SLURM job's folder
         is named after the job id, so a requeued job comes back to it."""
         config = self.config[self.subcommand] if self.subcommand else self.config
+        self._max_steps_wins(config.trainer)
         args = getattr(config.trainer.logger, "init_args", None)  # None: no logger, or a logger object
         if args is None:
             return
@@ -190,6 +200,17 @@ class HFTrainCLI(LightningCLI):
                 args.save_dir = str(run_dir)
             if "checkpoint" in config:
                 config.checkpoint.dirpath = config.checkpoint.dirpath or str(run_dir / runs.CHECKPOINTS_DIR)
+
+    @staticmethod
+    def _max_steps_wins(trainer) -> None:
+        """HF semantics: `max_steps` overrides the number of epochs (Lightning stops at whichever comes first,
+        so a config's `max_epochs: 3` would cut `--trainer.max_steps 1000` short on a small data set)."""
+        if trainer.max_steps is not None and trainer.max_steps > 0 and trainer.max_epochs not in (None, -1):
+            rank_zero_info(
+                f"trainer.max_steps={trainer.max_steps} wins over trainer.max_epochs={trainer.max_epochs} (as in the "
+                "HF Trainer): training runs for as many epochs as those steps take."
+            )
+            trainer.max_epochs = -1
 
     @staticmethod
     def _check_checkpoint(path: Path, model_class: str) -> None:

@@ -32,6 +32,12 @@ def test_every_private_member_used_exists_in_the_installed_versions():
     assert internals.rouge_tokens("The cats ran.", None) == ["the", "cats", "ran"]
     assert internals.rouge_lsum_fmeasure([["a", "b"]], [["a", "b"]]) == 1.0
     assert callable(rouge._rouge_lsum_score)
+    from lightning.pytorch.cli import LightningArgumentParser
+
+    parser = LightningArgumentParser()
+    parser.add_lightning_class_args(Trainer, "trainer")
+    internals.set_option_help(parser, "trainer.max_steps", "new help")
+    assert "new help" in parser.format_help()
 
 
 def test_a_missing_private_member_names_the_tested_versions():

@@ -16,10 +16,9 @@ from hftrain.tasks.question_answering_processing import (
     answer_token_span,
     best_answer,
     context_index,
-    flatten_squad,
-    is_nested_squad,
     merge_rank_predictions,
     rank_share,
+    read_squad_json,
     tokenize_windows,
     update_squad_metrics,
     window_candidates,
@@ -343,13 +342,18 @@ def test_nested_squad_json_is_flattened_to_one_row_per_question(tmp_path):
     }
     path = tmp_path / "squad.json"
     path.write_text(json.dumps(nested))
-    rows = flatten_squad(is_nested_squad(path))
+    rows = read_squad_json(path)
     assert rows[0]["answers"] == {"text": ["France"], "answer_start": [12]}
     assert rows[1]["answers"] == {"text": [], "answer_start": []}
     assert [r["context"] for r in rows] == ["Paris is in France."] * 2
+    # run_qa's flat shape (its SQUAD/sample.json fixture): rows under "data", taken as they are
+    flat_rows = [{"id": "a", "question": "q", "context": "c", "answers": {"text": [], "answer_start": []}}]
     flat = tmp_path / "flat.json"
-    flat.write_text(json.dumps([{"id": "a", "question": "q", "context": "c"}]))
-    assert is_nested_squad(flat) is None
+    flat.write_text(json.dumps({"version": 2.0, "data": flat_rows}))
+    assert read_squad_json(flat) == flat_rows
+    for other in ([{"id": "a", "question": "q", "context": "c"}], {"data": [{"title": "no questions"}]}):
+        flat.write_text(json.dumps(other))
+        assert read_squad_json(flat) is None
 
 
 def test_the_collator_keeps_whole_questions_together_and_pads_on_the_right(tokenizer):

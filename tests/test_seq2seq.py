@@ -92,6 +92,48 @@ def test_batches_pad_labels_with_ignore_index_and_add_the_prefix(tiny_t5, cipher
     assert tokenizer.decode(row, skip_special_tokens=True) == first["target"]
 
 
+@pytest.fixture
+def t5_without_post_processor(tiny_t5, tmp_path) -> str:
+    """The tiny T5 with a tokenizer that appends nothing (a custom or from-scratch tokenizer)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "t5-no-post-processor"
+    shutil.copytree(tiny_t5, folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.backend_tokenizer.post_processor = None
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def test_targets_end_in_eos_also_when_the_tokenizer_does_not_add_it(t5_without_post_processor, cipher_files):
+    data = Seq2SeqData(
+        tokenizer_name=t5_without_post_processor,
+        train_file=cipher_files["train"],
+        validation_file=cipher_files["validation"],
+        max_target_length=4,  # the targets have 3 to 6 words
+    )
+    tokenizer = data.tokenizer
+    assert tokenizer("rot katze").input_ids[-1] != tokenizer.eos_token_id  # the tokenizer appends nothing
+    data.setup("fit")
+    labels = data.datasets["validation"]["labels"]
+    targets = texts(data, "validation")[1]
+    for row, target in zip(labels, targets, strict=True):  # cut to 3 tokens + EOS, or whole + EOS
+        assert row == [*tokenizer(target).input_ids[:3], tokenizer.eos_token_id]
+
+
+def test_a_tokenizer_without_eos_is_refused_for_targets(t5_without_post_processor, cipher_files):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(t5_without_post_processor)
+    tokenizer.eos_token = None
+    tokenizer.save_pretrained(t5_without_post_processor)
+    data = Seq2SeqData(tokenizer_name=t5_without_post_processor, train_file=cipher_files["train"])
+    with pytest.raises(HFTrainError, match="no end-of-sequence token, which seq2seq training"):
+        data.setup("fit")
+
+
 def test_reads_hub_translation_shape_flat_columns_and_parallel_text(tiny_t5, tmp_path):
     rows = cipher_rows(6, seed=4)
     nested = write_jsonl(
@@ -144,8 +186,8 @@ def test_bad_input_errors_say_where(tiny_t5, tmp_path):
         Seq2SeqData(tokenizer_name=tiny_t5, train_file=nested, source_lang="en", target_lang="de")
 
     flat = write_jsonl(tmp_path / "flat.jsonl", [{"document": "a", "summary": "b"}] * 3)
-    with pytest.raises(HFTrainError, match=r"no column 'source' \(data.source_column\).*document, summary"):
-        Seq2SeqData(tokenizer_name=tiny_t5, train_file=flat)
+    with pytest.raises(HFTrainError, match=r"no column 'text' \(data.source_column\).*document, summary"):
+        Seq2SeqData(tokenizer_name=tiny_t5, train_file=flat, source_column="text", target_column="summary")
 
     empty = write_jsonl(
         tmp_path / "empty.jsonl", [{"source": "a", "target": "b"}, {"source": "c", "target": ""}]
@@ -171,6 +213,42 @@ def test_translation_metrics_match_sacrebleu():
     values = scores(metrics)
     assert values["bleu"].item() == pytest.approx(sacrebleu.corpus_bleu(preds, [refs]).score, abs=0.01)
     assert values["chrf"].item() == pytest.approx(sacrebleu.corpus_chrf(preds, [refs]).score, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("preds", "refs"),
+    [
+        # short outputs, some exactly right, no 4-gram matching: unsmoothed BLEU is 0, sacrebleu's is not
+        (
+            ["rot katze isst gross alt", "blau hund laeuft", "gross", "alt vogel isst", ""],
+            ["rot katze schlaeft gross alt", "blau hund", "klein", "alt vogel schlaeft", "gruen"],
+        ),
+        # partly right longer outputs: the 4-gram order has matches in one row only
+        (["the cat sat on the mat today", "a dog ran"], ["the cat sat on a mat today", "the dog ran far"]),
+        # no output longer than two words: the 3- and 4-gram orders are never tried
+        (["rot katze", "hund"], ["rot katze isst", "hund laeuft"]),
+    ],
+)
+def test_bleu_and_chrf_equal_sacrebleu_defaults_on_short_partial_outputs(preds, refs):
+    import sacrebleu
+
+    metrics = generation_metrics("translation")
+    for start in range(0, len(preds), 2):  # several updates, as batches
+        metrics.update(preds[start : start + 2], [[r] for r in refs[start : start + 2]])
+    values = scores(metrics)
+    assert values["bleu"].item() == pytest.approx(sacrebleu.corpus_bleu(preds, [refs]).score, abs=1e-4)
+    assert values["chrf"].item() == pytest.approx(sacrebleu.corpus_chrf(preds, [refs]).score, abs=1e-4)
+
+
+def test_chrf_takes_the_best_of_several_references_as_sacrebleu():
+    import sacrebleu
+
+    preds, refs_a, refs_b = ["rot katze isst", "blau hund"], ["rot hund isst", "blau hund"], ["rot katze", "gross"]
+    metrics = generation_metrics("translation")
+    metrics.update(preds, [[a, b] for a, b in zip(refs_a, refs_b, strict=True)])
+    values = scores(metrics)
+    assert values["chrf"].item() == pytest.approx(sacrebleu.corpus_chrf(preds, [refs_a, refs_b]).score, abs=1e-4)
+    assert values["bleu"].item() == pytest.approx(sacrebleu.corpus_bleu(preds, [refs_a, refs_b]).score, abs=1e-4)
 
 
 def test_summarization_metrics_match_rouge_score():

@@ -20,9 +20,11 @@ from lightning.pytorch import callbacks as pl_callbacks
 from lightning.pytorch.utilities import rank_zero_info
 
 from hftrain.core import internals
+from hftrain.core.data import TaskDataModule
 from hftrain.core.errors import HFTrainError
+from hftrain.core.model_card import framework_versions, model_card
 from hftrain.core.module import TaskModule, task_monitor
-from hftrain.core.runs import EXPORT_DIR, LAST_CHECKPOINT, free_path, update_results
+from hftrain.core.runs import EXPORT_DIR, LAST_CHECKPOINT, free_path, read_results, update_results
 
 
 def run_folder(trainer: Trainer) -> str:
@@ -266,6 +268,66 @@ class ExportHFModel(pl_callbacks.Callback):
         rank_zero_info(f"Exported {'the best' if state_dict else 'the final'} model to {folder}")
 
 
+class WriteModelCard(pl_callbacks.Callback):
+    """At the end of `fit`, once `hf_model/` and `results.json` are written, add the model card
+    `hf_model/README.md` (task, base model, data, best and final metrics, hyperparameters, versions), as the HF
+    Trainer does; `huggingface_hub.ModelCard` reads it and the Hub shows it once the folder is uploaded."""
+
+    # data settings that say where data lives or how it is served, not how the model was trained
+    SKIPPED = ("tokenizer_", "trust_remote_code", "cache_dir", "num_workers", "overwrite_cache", "reader_options")
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank asks, once
+        if log_dir is None or not trainer.is_global_zero or not isinstance(pl_module, TaskModule):
+            return
+        folder = Path(log_dir) / EXPORT_DIR
+        datamodule = trainer.datamodule
+        if not folder.is_dir() or not isinstance(datamodule, TaskDataModule):
+            return
+        text = model_card(
+            name=Path(log_dir).parent.name,
+            pipeline_tag=pl_module.pipeline_tag,
+            base_model=pl_module.model_name_or_path,
+            data={
+                split: f"{datamodule.source(split)} ({len(rows)} rows)"
+                for split, rows in datamodule.raw.items()
+                if split != "predict"
+            },
+            hub_dataset=datamodule.dataset_name,
+            hyperparameters=self.hyperparameters(trainer, pl_module, datamodule),
+            results=read_results(log_dir),
+            versions=framework_versions(),
+        )
+        partial = folder / "README.md.partial"
+        partial.write_text(text, encoding="utf-8")
+        partial.replace(folder / "README.md")
+
+    def hyperparameters(self, trainer: Trainer, module: TaskModule, data: TaskDataModule) -> dict[str, Any]:
+        def shown(values: dict[str, Any], prefix: str) -> dict[str, Any]:
+            return {
+                f"{prefix}.{key}": value if isinstance(value, int | float | str | bool) else json.dumps(value)
+                for key, value in values.items()
+                if value is not None and not key.startswith("_")
+            }
+
+        hparams = {k: v for k, v in module.hparams.items() if k not in ("model_name_or_path", "label_names")}
+        settings = {
+            k: v
+            for k, v in data.settings().items()
+            if not k.endswith(("_file", "_name", "_names")) and not k.startswith(self.SKIPPED)
+        }
+        run = {
+            "max_epochs": trainer.max_epochs,
+            "max_steps": trainer.max_steps,
+            "accumulate_grad_batches": trainer.accumulate_grad_batches,
+            "gradient_clip_val": trainer.gradient_clip_val,
+            "precision": trainer.precision,
+            "world_size": trainer.world_size,
+            "seed": internals.global_seed(),
+        }
+        return {**shown(hparams, "model"), **shown(settings, "data"), **shown(run, "trainer")}
+
+
 def load_sharded_weights(folder: Path) -> dict[str, torch.Tensor]:
     """The module weights of a sharded checkpoint folder (Lightning's FSDP format: shards written by
     torch.distributed.checkpoint, weights under `model`), gathered by torch into one state dict here."""
@@ -300,10 +362,12 @@ class ResultsWriter(pl_callbacks.Callback):
             self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics})
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        monitor, mode = task_monitor(pl_module, "results.json's best")
         checkpoint = trainer.checkpoint_callback
-        if checkpoint is not None and checkpoint.monitor:
-            monitor, mode = checkpoint.monitor, checkpoint.mode  # the metric that chose hf_model/
+        monitor, mode = task_monitor(pl_module, "results.json's best")
+        if (
+            isinstance(checkpoint, pl_callbacks.ModelCheckpoint) and checkpoint.monitor
+        ):  # the metric that chose hf_model/
+            monitor, mode = checkpoint.monitor, checkpoint.mode
         best_step = getattr(checkpoint, "validated", {}).get(getattr(checkpoint, "best_model_path", ""), {}).get("step")
         scored = [h for h in self.history if monitor in h]
         best = next((h for h in scored if h["step"] == best_step), None)

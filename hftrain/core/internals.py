@@ -16,7 +16,7 @@ import torch
 from hftrain.core.errors import HFTrainError
 
 # the versions whose private members this module was written against; pyproject.toml pins the same
-TESTED = {"lightning": ">=2.6,<2.7", "torchmetrics": ">=1.9,<1.10"}
+TESTED = {"lightning": ">=2.6,<2.7", "torchmetrics": ">=1.9,<1.10", "jsonargparse": ">=4.53,<5"}
 
 
 def _private(owner: Any, name: str, library: str = "lightning") -> Any:
@@ -30,6 +30,19 @@ def _private(owner: Any, name: str, library: str = "lightning") -> Any:
             f"tested with {library}{TESTED[library]}: install a version in that range "
             f"(`pip install '{library}{TESTED[library]}'`)."
         ) from None
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+
+def set_option_help(parser, dest: str, text: str) -> None:
+    """Replace the `--help` text of an option that a signature put on the parser (argparse keeps its actions
+    in a private list; jsonargparse, built on it, has no public way to change a help text)."""
+    for action in _private(parser, "_actions", "jsonargparse"):
+        if action.dest == dest:
+            action.help = text
+            return
+    raise HFTrainError(f"hftrain could not find the option --{dest} to document it: report this as a bug.")
 
 
 # ---------------------------------------------------------------------------------------------- fit loop

@@ -8,7 +8,9 @@ warmup schedule and the `save_pretrained` export are shared. Being dataclasses, 
 
 What the callbacks need of a task (the contract, read through `task_monitor` and `TaskModule.export`):
 `monitor` and `monitor_mode`, the validation metric that picks the best checkpoint and whether higher is
-better, set in `__post_init__`; and `export`, which writes the `save_pretrained` folder.
+better, set in `__post_init__`; and `export`, which writes the `save_pretrained` folder. Metrics are kept per
+stage (`eval_stages`: `val`, or `val/<name>` for each of several validation sets, and `test`), and each
+task feeds the user's `custom_metrics` with `update_custom_metrics`.
 """
 
 import inspect
@@ -16,7 +18,7 @@ import shutil
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from lightning.pytorch import LightningModule
@@ -25,8 +27,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 from hftrain.core import internals
 from hftrain.core.errors import HFTrainError
 from hftrain.core.pretrained import load_model, load_tokenizer
+from hftrain.metrics.custom import CustomMetricSpec, build_custom_metric
 
-Stage = Literal["val", "test"]
+# "val" (or "val/<name>" for each of several validation sets) and "test"; metric keys start with it
+Stage = str
+
+
+def is_validation(stage: Stage) -> bool:
+    return stage != "test"
 
 
 @dataclass(eq=False, repr=False, kw_only=True)
@@ -52,6 +60,18 @@ class TaskModule(LightningModule):
         revision: Hub branch, tag or commit of the model.
         ignore_mismatched_sizes: Re-initialize weights whose shape differs from the checkpoint's (e.g. a
             classifier head fine-tuned for a different label set).
+        custom_metrics: Metrics of your own, logged beside the task's as `val/<name>` (and `test/<name>`), so
+            also usable as `checkpoint.monitor`: name -> the import path of a torchmetrics `Metric` class
+            (or `{class_path: …, init_args: {…}}`), or of a function `f(predictions, labels)` returning a
+            number or a dict of numbers. What they receive, per task: text classification the predicted and
+            gold class ids (multi-label: probabilities and 0/1 targets; regression: scores); token
+            classification the predicted and gold tag ids of each word, flat; question answering the
+            answer texts and the lists of gold answers; seq2seq the generated texts and `[[reference], …]`;
+            language modelling the predicted and gold next-token ids.
+        validation_sets: Names of the validation sets when `data.validation_file` maps names to files; set by
+            the CLI from the data (in Python pass `data.validation_sets`). Each is logged as
+            `val/<name>/...`, and the first one picks the best checkpoint unless `checkpoint.monitor` names
+            another.
     """
 
     model_name_or_path: str
@@ -67,9 +87,13 @@ class TaskModule(LightningModule):
     trust_remote_code: bool = False
     revision: str | None = None
     ignore_mismatched_sizes: bool = False
+    custom_metrics: dict[str, CustomMetricSpec] | None = None
+    validation_sets: list[str] | None = None
 
     # the model's own tokenizer, for tasks that decode what they generate (not a config field: no annotation)
     tokenizer = None
+    # the Hub's name for the task (model card, `transformers.pipeline`)
+    pipeline_tag: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
         super().__init__()
@@ -80,6 +104,25 @@ class TaskModule(LightningModule):
         self.save_hyperparameters()
         self.monitor = "val/loss"
         self.monitor_mode: Literal["min", "max"] = "min"
+        self._logged_keys: set[str] = set()
+        self.custom = torch.nn.ModuleDict(
+            {
+                stage: torch.nn.ModuleDict(
+                    {name: build_custom_metric(name, spec) for name, spec in (self.custom_metrics or {}).items()}
+                )
+                for stage in self.eval_stages
+            }
+        )
+
+    @property
+    def val_stages(self) -> list[str]:
+        """The stage name of each validation set, in dataloader order: `val`, or `val/<name>` per named set."""
+        return [f"val/{name}" for name in self.validation_sets] if self.validation_sets else ["val"]
+
+    @property
+    def eval_stages(self) -> list[str]:
+        """Every stage that has metrics: the validation sets and `test`."""
+        return [*self.val_stages, "test"]
 
     def load_pretrained(self, auto_class: type, **config_overrides: Any) -> PreTrainedModel:
         """Load `model_name_or_path` with `auto_class`, overriding config fields (labels, problem type)."""
@@ -169,17 +212,54 @@ class TaskModule(LightningModule):
     def log_loss(self, stage: Stage, loss: torch.Tensor, batch_size: int) -> None:
         self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch_size)
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.evaluate(batch, "val")
+    def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
+        """Lightning's `log`, without the `/dataloader_idx_N` suffix it adds under several validation sets
+        (the keys here already name their set: `val/<set>/accuracy`), noting the key so that a custom metric
+        cannot silently overwrite one of the task's own."""
+        kwargs["add_dataloader_idx"] = False
+        self._logged_keys.add(name)
+        super().log(name, value, *args, **kwargs)
+
+    def on_validation_epoch_start(self) -> None:
+        self._logged_keys.clear()
+
+    def on_test_epoch_start(self) -> None:
+        self._logged_keys.clear()
+
+    def update_custom_metrics(self, stage: Stage, predictions: Any, labels: Any) -> None:
+        """Feed the user's `custom_metrics` a batch (or, for tasks scored at the end, all) of a stage's
+        predictions and labels."""
+        for metric in self.custom[stage].values():
+            metric.update(predictions, labels)
+
+    def log_custom_metrics(self, stage: Stage) -> None:
+        for name, metric in self.custom[stage].items():
+            value = metric.compute()
+            metric.reset()
+            values = value if isinstance(value, dict) else {"": value}
+            keyed = {f"{stage}/{name}" + (f"_{key}" if key else ""): v for key, v in values.items()}
+            taken = sorted(self._logged_keys & set(keyed))
+            if taken:
+                raise HFTrainError(
+                    f"model.custom_metrics.{name} would be logged as {', '.join(taken)}, which the task logs "
+                    "itself. Give the custom metric another name."
+                )
+            self.log_dict(keyed)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.evaluate(batch, self.val_stages[dataloader_idx])
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self.evaluate(batch, "test")
 
     def on_validation_epoch_end(self) -> None:
-        self.log_metrics("val")
+        for stage in self.val_stages:
+            self.log_metrics(stage)
+            self.log_custom_metrics(stage)
 
     def on_test_epoch_end(self) -> None:
         self.log_metrics("test")
+        self.log_custom_metrics("test")
 
     def configure_optimizers(self):
         """AdamW without decay on biases and normalization weights, stepped per optimizer step."""
@@ -259,4 +339,7 @@ def task_monitor(module: LightningModule, needed_for: str) -> tuple[str, Literal
             f"{type(module).__name__} is not an hftrain task module, so it names no metric for {needed_for}. "
             "Set the monitor (and mode) explicitly, or train a TaskModule subclass."
         )
-    return module.monitor, module.monitor_mode
+    monitor = module.monitor
+    if module.validation_sets and monitor.startswith("val/"):  # the first of several validation sets
+        monitor = f"{module.val_stages[0]}/{monitor.removeprefix('val/')}"
+    return monitor, module.monitor_mode

@@ -40,6 +40,18 @@ def load_tokenizer(
     return tokenizer
 
 
+def require_eos(tokenizer: PreTrainedTokenizerBase, name: str, needed_for: str) -> PreTrainedTokenizerBase:
+    """The tokenizer, if it has an end-of-sequence token: generated text stops at it, so every target a model
+    learns from ends with it (causal LM documents, seq2seq targets); without one the model never learns to
+    stop."""
+    if tokenizer.eos_token_id is None:
+        raise HFTrainError(
+            f"The tokenizer of '{name}' has no end-of-sequence token, which {needed_for} needs. Use the "
+            "tokenizer saved with a model of this kind, or set its eos_token (tokenizer_config.json)."
+        )
+    return tokenizer
+
+
 def load_model(
     auto_class: type,
     name: str,
