@@ -245,8 +245,10 @@ def test_batches_are_padded_to_their_longest_row_not_max_length(tiny_bert, senti
         tokenizer_name=tiny_bert, train_file=sentiment_files["train"], validation_file=sentiment_files["validation"]
     )
     data.setup("fit")
-    batch = next(iter(data.val_dataloader()))
-    longest = max(len(ids) for ids in data.datasets["validation"]["input_ids"][: len(batch["input_ids"])])
+    loader = data.val_dataloader()
+    batch = next(iter(loader))
+    rows = list(loader.sampler)[: len(batch["input_ids"])]  # evaluation batches are formed longest first
+    longest = max(len(data.datasets["validation"][i]["input_ids"]) for i in rows)
     assert batch["input_ids"].shape[1] == longest < data.max_length
 
 
