@@ -2,7 +2,7 @@
 # The GPU figures of docs/performance.md, on one NVIDIA GPU. Run from the repository root with hftrain's
 # dependencies importable (the repository on PYTHONPATH is enough), offline:
 #
-#   MINILM=<all-MiniLM-L6-v2 folder> DATA=<folder with mrpc/{train,dev}.tsv and conll/{train,dev}.txt> \
+#   MINILM=<all-MiniLM-L6-v2 folder> DATA=<folder with glue/MRPC/{train,dev}.tsv, conll2003/{train,dev}.txt> \
 #   OUT=<results folder> bash scripts/bench_gpu.sh [overhead|throughput|mfu|grouping|all]...
 #
 # overhead:   host syncs on the step path (torch's sync debug mode) and per-step time of hftrain, the HF
@@ -10,15 +10,15 @@
 # throughput: MRPC/MiniLM training, hftrain against the HF Trainer, bf16-mixed and 16-mixed, 1 epoch;
 # mfu:        bert-base (random weights, MiniLM's uncased vocabulary) on MRPC with hftrain, bf16-mixed: the
 #             share of the GPU's bf16 peak its training FLOPs reach;
-# grouping:   dev metrics with and without length-grouped batches (3-epoch MRPC, 1-epoch CoNLL-2003),
-#             several seeds: whether grouping holds accuracy.
+# grouping:   scripts/bench_grouping.sh on the GPU (bf16-mixed): dev metrics with and without length-grouped
+#             batches, 3-epoch MRPC and 1-epoch CoNLL-2003, three seeds.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 out=${OUT:-gpu-results}
 mkdir -p "$out"
 minilm=${MINILM:?set MINILM to the all-MiniLM-L6-v2 folder}
-data=${DATA:?set DATA to the folder with mrpc/ and conll/}
+data=${DATA:?set DATA to the folder with glue/MRPC and conll2003}
 parts=("${@:-all}")
 wants() { [[ " ${parts[*]} " == *" $1 "* || " ${parts[*]} " == *" all "* ]]; }
 
@@ -36,7 +36,7 @@ bench() {  # bench_vs_hf_trainer on MRPC with the given model, precision and var
     local model=$1 precision=$2 variants=$3
     shift 3
     python scripts/bench_vs_hf_trainer.py --accelerator gpu --precision "$precision" --model "$model" \
-        --data-dir "$data/mrpc" --variants "$variants" --threads 8 "$@"
+        --data-dir "$data/glue/MRPC" --variants "$variants" --threads 8 "$@"
 }
 
 if wants throughput; then
@@ -59,7 +59,7 @@ tokenizer.save_pretrained(sys.argv[2])
 EOF
     bench "$bert" bf16-mixed hftrain+group,hf --epochs 1 --repeats 1 --json "$out/mfu.json" 2>&1 | tail -n 8 |
         tee "$out/mfu.log"
-    python - "$bert" "$data/mrpc/train.tsv" "$out/mfu.json" <<'EOF' | tee -a "$out/mfu.log"
+    python - "$bert" "$data/glue/MRPC/train.tsv" "$out/mfu.json" <<'EOF' | tee -a "$out/mfu.log"
 import csv, json, sys
 from scripts.bench_common import training_flops_per_token
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -79,26 +79,6 @@ EOF
 fi
 
 if wants grouping; then
-    for seed in 42 43 44; do
-        for group in true false; do
-            python -m hftrain fit --config configs/glue/mrpc_minilm_local.yaml --model.model_name_or_path "$minilm" \
-                --data.train_file "$data/mrpc/train.tsv" --data.validation_file "$data/mrpc/dev.tsv" \
-                --data.group_by_length $group --seed_everything $seed --trainer.accelerator gpu \
-                --trainer.precision bf16-mixed --trainer.enable_progress_bar false \
-                --trainer.logger.init_args.save_dir "$out/runs" --trainer.logger.init_args.name "mrpc-g$group-s$seed" \
-                >"$out/mrpc-g$group-s$seed.log" 2>&1
-            python -m hftrain fit --config configs/ner/conll2003_minilm_local.yaml --model.model_name_or_path "$minilm" \
-                --data.train_file "$data/conll/train.txt" --data.validation_file "$data/conll/dev.txt" \
-                --data.test_file null --data.group_by_length $group --seed_everything $seed --trainer.accelerator gpu \
-                --trainer.precision bf16-mixed --trainer.enable_progress_bar false \
-                --trainer.logger.init_args.save_dir "$out/runs" --trainer.logger.init_args.name "conll-g$group-s$seed" \
-                >"$out/conll-g$group-s$seed.log" 2>&1
-        done
-    done
-    python - "$out/runs" <<'EOF' | tee "$out/grouping.txt"
-import json, pathlib, sys
-for results in sorted(pathlib.Path(sys.argv[1]).glob("*/version_0/results.json")):
-    final = json.loads(results.read_text())["final"]
-    print(results.parts[-3], {k: round(v, 4) for k, v in final.items() if k in ("val/accuracy", "val/f1")})
-EOF
+    EXTRA="--trainer.accelerator gpu --trainer.precision bf16-mixed" MINILM=$minilm DATA=$data \
+        bash scripts/bench_grouping.sh "$out/grouping" 42 43 44 | tee "$out/grouping.txt"
 fi
