@@ -22,13 +22,12 @@ import yaml
 from jsonargparse import get_loader, set_loader
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-from hftrain.core import internals, runs
+from hftrain.core import console, internals, runs
 from hftrain.core.callbacks import (
     ExportHFModel,
     PredictionWriter,
@@ -44,6 +43,7 @@ from hftrain.core.errors import HFTrainError
 from hftrain.core.internals import task_class_of
 from hftrain.core.module import TaskModule
 from hftrain.core.signals import RunInterrupted, StopOnSignal
+from hftrain.core.training_log import TrainingLog
 
 PARSER_MODE = "hftrain_yaml"
 MAX_STEPS_HELP = (
@@ -95,13 +95,16 @@ class HFTrainCLI(LightningCLI):
             seed_everything_default=42,
             trainer_defaults={
                 "gradient_clip_val": 1.0,  # the HF Trainer's max_grad_norm default
+                "enable_model_summary": False,  # RunHeader gives the model's size; --verbose shows the summary
                 "logger": {
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                    "init_args": {"save_dir": runs.RUNS_DIR, "name": None},
+                    # the hyperparameters are written with the best score by TrainingLog, not with hp_metric=-1
+                    "init_args": {"save_dir": runs.RUNS_DIR, "name": None, "default_hp_metric": False},
                 },
                 # export first, so the results summary is the last thing a fit prints
                 "callbacks": [
-                    LearningRateMonitor(logging_interval="step"),
+                    console.RunHeader(),
+                    TrainingLog(),
                     StopOnNonFiniteLoss(),
                     StopOnSignal(),
                     ExportHFModel(),
@@ -114,7 +117,18 @@ class HFTrainCLI(LightningCLI):
             run=run,
         )
 
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """LightningCLI's subcommands, with `--verbose` hftrain's own flag: `Trainer.validate` / `test`'s
+        `verbose` (print the metrics table) keeps its default, on."""
+        return {name: skip | {"verbose"} for name, skip in LightningCLI.subcommands().items()}
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--verbose",
+            action="store_true",
+            help="Show every message of Lightning, transformers and datasets, and the model summary.",
+        )
         parser.add_lightning_class_args(TaskCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -136,6 +150,10 @@ class HFTrainCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        console.configure(verbose=config.verbose)
+        if config.verbose:
+            config.trainer.enable_model_summary = True
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path not in (None, "best", "last", "hpc", "registry"):
             self._check_checkpoint(Path(ckpt_path), self.config[subcommand].model.class_path)
@@ -144,6 +162,11 @@ class HFTrainCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not when the user chose another
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.trainer.log_every_n_steps is None:  # unless given, as many points as a curve needs
+            for callback in trainer.callbacks:
+                if isinstance(callback, TrainingLog):
+                    callback.scale_log_interval = True
         return trainer
 
     def after_instantiate_classes(self) -> None:

@@ -26,7 +26,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerBase
 
 from hftrain import __version__
-from hftrain.core import internals
+from hftrain.core import console, internals
 from hftrain.core.errors import HFTrainError
 from hftrain.core.pretrained import load_tokenizer
 from hftrain.core.sampling import EpochShuffleSampler, LengthGroupedSampler, LongestFirstSampler, sequence_lengths
@@ -210,7 +210,8 @@ class TaskDataModule(LightningDataModule):
         builder, options = READERS[path.suffix.lower()]
         options = {**options, **(self.reader_options or {})}
         try:
-            dataset = datasets.load_dataset(builder, data_files={"data": str(path)}, split="data", **options)
+            with console.datasets_bars_hidden():
+                dataset = datasets.load_dataset(builder, data_files={"data": str(path)}, split="data", **options)
         except Exception as err:  # noqa: BLE001 - datasets wraps reader errors in many types
             if "corresponds to no data" in str(err):  # a header without rows: report it as an empty split
                 return datasets.Dataset.from_dict({})
@@ -455,7 +456,8 @@ class TaskDataModule(LightningDataModule):
         processed = self.preprocess(self.raw)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
-        processed.save_to_disk(str(partial))
+        with console.datasets_bars_hidden():
+            processed.save_to_disk(str(partial))
         try:
             partial.rename(path)
         except OSError:  # another process finished the same cache first

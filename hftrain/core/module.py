@@ -125,8 +125,9 @@ class TaskModule(LightningModule):
         return [*self.val_stages, "test"]
 
     def load_pretrained(self, auto_class: type, **config_overrides: Any) -> PreTrainedModel:
-        """Load `model_name_or_path` with `auto_class`, overriding config fields (labels, problem type)."""
-        model = load_model(
+        """Load `model_name_or_path` with `auto_class`, overriding config fields (labels, problem type); the
+        weights that did not come from it are kept in `load_report` for the run's first lines."""
+        model, self.load_report = load_model(
             auto_class,
             self.model_name_or_path,
             self.revision,
