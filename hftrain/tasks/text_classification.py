@@ -290,6 +290,12 @@ class TextClassificationData(TaskDataModule):
 
     def _encode_labels(self, values: list, split: str) -> list:
         """Label values to model targets; any value outside the label set is an error naming its row."""
+        for row, value in enumerate(values):
+            if value is None or (isinstance(value, str) and not value.strip()):
+                raise HFTrainError(
+                    f"The {split} data ({self.source(split)}) has no label at row {row + 1}: the cell in column "
+                    f"'{self.label_column}' is empty. Fill it in, or drop the row."
+                )
         if self.problem_type == "regression":
             targets = []
             for row, value in enumerate(values):
