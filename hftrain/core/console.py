@@ -49,6 +49,12 @@ QUIET_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     ),
     # torchdata's StatefulDataLoader calls `torch.set_vital`, which torch has deprecated, for every loader
     (r"'set_vital' is deprecated, please do not call", UserWarning),
+    # torchmetrics on constructing the Spearman metric of regression tasks (a validation set's scores are small)
+    (
+        r"Metric `SpearmanCorrcoef` will save all targets and predictions in the buffer\. For large datasets, this "
+        r"may lead to large memory footprint\.",
+        UserWarning,
+    ),
     # Lightning 2.6's batch transfer builds a `LeafSpec`, which torch has deprecated
     (
         r"`isinstance\(treespec, LeafSpec\)` is deprecated, use `isinstance\(treespec, TreeSpec\) and "
