@@ -80,9 +80,9 @@ set_loader(PARSER_MODE, _load_value, (yaml.YAMLError,))
 def parser_kwargs(run: bool) -> dict:
     """How the parsers read their input: no abbreviated options (`--trainer.max_epoch` is an error, not
     `max_epochs`), errors raised for `main` to explain in a paragraph, and defaults from environment variables
-    named `HFTRAIN_<SUBCOMMAND>__<KEY>` (`HFTRAIN_FIT__TRAINER__MAX_EPOCHS=3`); the CLI built in Python
-    (`run=False`) reads the `fit` ones. A variable of another shape (`HFTRAIN_DATA`, `HFTRAIN_CACHE`) is
-    never read as an option."""
+    named `HFTRAIN_<SUBCOMMAND>__<KEY>` (`HFTRAIN_FIT__TRAINER__MAX_EPOCHS=3`; the task classes only whole,
+    `HFTRAIN_FIT__MODEL`); the CLI built in Python (`run=False`) reads the `fit` ones. A variable of another
+    shape (`HFTRAIN_DATA`, `HFTRAIN_CACHE`) is never read as an option."""
     strict = {"exit_on_error": False, "allow_abbrev": False, "parser_mode": PARSER_MODE}
     # the main parser reads no variable (it would take HFTRAIN_CONFIG); HFTrainCLI.setup_parser turns them on
     # for the subcommands, whose names jsonargparse derives from this prefix

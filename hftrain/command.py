@@ -106,8 +106,8 @@ def subcommand_help(subcommand: str, argv: list[str]) -> str:
         SUBCOMMANDS[subcommand],
         "",
         "Options come from YAML configs (--config) and the command line (--trainer.max_epochs 3), later ones",
-        f"winning; an environment variable HFTRAIN_{subcommand.upper()}__<SECTION>__<OPTION> sets a default "
-        f"(HFTRAIN_{subcommand.upper()}__TRAINER__MAX_EPOCHS=3).",
+        f"winning; HFTRAIN_{subcommand.upper()}__<SECTION>__<OPTION> environment variables set defaults of the "
+        f"options outside model and data (HFTRAIN_{subcommand.upper()}__TRAINER__MAX_EPOCHS=3).",
         "",
         "general:",
     ]
