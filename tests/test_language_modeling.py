@@ -206,7 +206,7 @@ def test_fit_halves_perplexity_and_exports_a_pipeline_model(tiny_gpt2, counting_
     assert '| `"10 11 12"` | `"' in samples[-1].tensor_proto.string_val[0].decode()
     # and validation rows: a block's start, its true continuation and the model's
     examples = events.Tensors("val/examples/text_summary")
-    assert len(examples) == 4 and examples[-1].tensor_proto.string_val[0].decode().count("\n") == 2 + 3
+    assert len(examples) == 4 and len(examples[-1].tensor_proto.string_val[0].decode().splitlines()) == 2 + 3
 
     cli("predict", *common, "--ckpt_path=best")
     predictions = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]

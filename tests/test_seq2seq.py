@@ -79,9 +79,10 @@ def test_batches_pad_labels_with_ignore_index_and_add_the_prefix(tiny_t5, cipher
     batch = next(iter(data.val_dataloader()))
     assert set(batch) == {"input_ids", "attention_mask", "labels", "row"}
     tokenizer = data.tokenizer
-    first = data.raw["validation"][0]
+    row = batch["row"][0]  # batches are formed longest first: the row's id says which example it is
+    first = data.raw["validation"][row["id"]]
     # the raw source (no prefix) and gold target ride along for predictions and examples
-    assert batch["row"][0] == {"id": 0, "source": first["source"], "gold": first["target"]}
+    assert row == {"id": row["id"], "source": first["source"], "gold": first["target"]}
     assert (
         tokenizer.decode(batch["input_ids"][0], skip_special_tokens=True) == "translate: " + first["source"]
     )

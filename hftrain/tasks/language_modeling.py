@@ -153,7 +153,7 @@ class LanguageModeling(TaskModule):
                 continuation = self._continue(ids[None, :cut], torch.ones_like(ids[None, :cut]))[0]
             decode = self.tokenizer.decode
             gold = ids[cut : cut + self.max_new_tokens]
-            self.add_examples([(decode(ids[:cut], skip_special_tokens=True), decode(gold), continuation)])
+            self.add_examples([(decode(ids[:cut]), decode(gold), continuation)])  # end-of-text marks shown
 
     def log_metrics(self, stage: Stage) -> None:
         loss = self.metrics[stage].compute().float()
