@@ -24,7 +24,13 @@ from hftrain.core.callbacks import run_folder
 
 # logger name -> full texts of the messages dropped from it (regular expressions matched against all of it)
 QUIET_LOGS: dict[str, tuple[str, ...]] = {
-    "lightning.fabric.utilities.seed": (r"Seed set to \d+",),
+    "lightning.fabric.utilities.seed": (r"(\[rank: \d+\] )?Seed set to \d+",),
+    # RunHeader gives the number of processes; a launch that hangs still shows them with --verbose
+    "lightning.fabric.utilities.distributed": (r"Initializing distributed: GLOBAL_RANK: \d+, MEMBER: \d+/\d+",),
+    "lightning.fabric.utilities.rank_zero": (
+        r"-{100}\ndistributed_backend=\w+\n"
+        r"All distributed processes registered\. Starting with \d+ processes\n-{100}\n",
+    ),
     "lightning.pytorch.utilities.rank_zero": (
         r"GPU available: (True|False)( \(\w+\))?, used: (True|False)",  # RunHeader names the device
         r"TPU available: (True|False), using: \d+ TPU cores",
