@@ -37,7 +37,7 @@ def test_a_default_run_prints_the_lines_to_act_on_and_no_notices(tiny_bert, sent
     assert lines[first + 3] == "Device: cpu, precision 32-true, 1 process"
     assert any(line.startswith("Run folder: runs/quiet/version_0  (best val/accuracy = ") for line in lines)
     assert not [(n, line) for line in lines for n in NOISE if n in line]
-    assert len(lines) <= 11, out  # tokenizing (2 bars, 2 lines each), the cache, the header, export, result
+    assert len(lines) <= 12, out  # the text column used, tokenizing (2 lines per bar), cache, header, export, result
 
 
 def test_verbose_shows_every_notice(tiny_bert, sentiment_files, tmp_path):

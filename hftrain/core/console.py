@@ -20,8 +20,6 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from transformers.utils import logging as transformers_logging
 
-from hftrain.core.callbacks import run_folder
-
 # logger name -> full texts of the messages dropped from it (regular expressions matched against all of it)
 QUIET_LOGS: dict[str, tuple[str, ...]] = {
     "lightning.fabric.utilities.seed": (r"(\[rank: \d+\] )?Seed set to \d+",),
@@ -140,6 +138,8 @@ class RunHeader(Callback):
     """Print where the run goes, its data, model, device and precision as a run starts (rank 0)."""
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        from hftrain.core.callbacks import run_folder  # here: callbacks imports data, which imports this module
+
         log_dir = run_folder(trainer)  # every rank asks
         if not trainer.is_global_zero:
             return
@@ -156,7 +156,8 @@ class RunHeader(Callback):
         raw = getattr(datamodule, "raw", None)
         if raw is None:
             return None
-        sizes = [f"{len(raw[split]):,} {split}" for split in SPLITS_USED.get(stage, ()) if split in raw]
+        used = SPLITS_USED.get(stage, ())
+        sizes = [f"{len(dataset):,} {split}" for split, dataset in raw.items() if split.split("/")[0] in used]
         labels = getattr(datamodule, "label_names", None)
         described = f"; {len(labels)} labels: {_listing(labels, 6)}" if labels else ""
         return f"Data: {', '.join(sizes)} rows{described}" if sizes else None

@@ -119,6 +119,7 @@ class TaskModule(LightningModule):
                 for stage in self.eval_stages
             }
         )
+        self.examples: list[tuple[str, str, str]] = []
 
     @property
     def val_stages(self) -> list[str]:
@@ -129,7 +130,6 @@ class TaskModule(LightningModule):
     def eval_stages(self) -> list[str]:
         """Every stage that has metrics: the validation sets and `test`."""
         return [*self.val_stages, "test"]
-        self.examples: list[tuple[str, str, str]] = []
 
     def load_pretrained(self, auto_class: type, **config_overrides: Any) -> PreTrainedModel:
         """Load `model_name_or_path` with `auto_class`, overriding config fields (labels, problem type); the
