@@ -4,7 +4,8 @@ By default a run starts with four lines of its own (`RunHeader`: where the run g
 the device and precision) and then the progress bar. Notices that other libraries print on every run and
 that no hftrain user can act on are dropped, each matched by its full text so that a changed or new
 message still shows; `--verbose` (`configure(verbose=True)`) lets every one of them through again, and
-turns Lightning's model summary back on. Warnings hftrain itself caused are fixed where they arise, not
+turns Lightning's model summary back on. Multi-process runs keep Lightning's line per process and its start
+banner: on a cluster they show which nodes joined. Warnings hftrain itself caused are fixed where they arise, not
 filtered (the `log_every_n_steps` one by `training_log.TrainingLog`, which sizes the interval to the run).
 """
 
@@ -23,12 +24,6 @@ from transformers.utils import logging as transformers_logging
 # logger name -> full texts of the messages dropped from it (regular expressions matched against all of it)
 QUIET_LOGS: dict[str, tuple[str, ...]] = {
     "lightning.fabric.utilities.seed": (r"(\[rank: \d+\] )?Seed set to \d+",),
-    # RunHeader gives the number of processes; a launch that hangs still shows them with --verbose
-    "lightning.fabric.utilities.distributed": (r"Initializing distributed: GLOBAL_RANK: \d+, MEMBER: \d+/\d+",),
-    "lightning.fabric.utilities.rank_zero": (
-        r"-{100}\ndistributed_backend=\w+\n"
-        r"All distributed processes registered\. Starting with \d+ processes\n-{100}\n",
-    ),
     "lightning.pytorch.utilities.rank_zero": (
         r"GPU available: (True|False)( \(\w+\))?, used: (True|False)",  # RunHeader names the device
         r"TPU available: (True|False), using: \d+ TPU cores",
