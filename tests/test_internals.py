@@ -18,6 +18,7 @@ def test_every_private_member_used_exists_in_the_installed_versions():
     assert internals.every_n_train_steps(checkpoint) == 5
     assert internals.checkpoint_saved_at(checkpoint, 0) is None
     assert internals.batches_trained(trainer) == -1  # no batch yet: the first counts as 0
+    assert internals.logged_step(trainer) == 0  # the step the first logs are written at
     assert internals.slurm_requeue_signal(trainer) is None  # not a SLURM job
     assert internals.hpc_checkpoint_path(trainer).endswith("hpc_ckpt_1.ckpt")
     for owner, name in (

@@ -7,6 +7,7 @@ import pytest
 import torch
 import yaml
 from conftest import FILLER, NEGATIVE, POSITIVE, REPO, SHARED_DATA, minilm_path
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
 from hftrain.cli import main
@@ -119,6 +120,9 @@ def test_fit_logs_squad_v2_metrics_over_whole_questions(trained):
     for key in ("val/exact_match", "val/f1", "val/HasAns_f1", "val/NoAns_f1"):
         assert 0 <= final[key] <= 100
     assert results["monitor"] == "val/f1"
+    events = EventAccumulator(str(trained["run"]), size_guidance={"tensors": 0}).Reload()
+    table = events.Tensors("val/examples/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert table.count("which word is good?") == 3  # question, gold answers, predicted answer per row
     # 16 questions, 4 unanswerable: the overall score is the count-weighted mean of HasAns and NoAns
     assert final["val/exact_match"] == pytest.approx(
         (12 * final["val/HasAns_exact_match"] + 4 * final["val/NoAns_exact_match"]) / 16, abs=1e-3
@@ -130,8 +134,9 @@ def test_predict_writes_one_answer_per_question_taken_from_its_context(trained):
     questions = sentiment_questions(12, seed=3)
     assert [r["id"] for r in rows] == [f"q{i}" for i in range(12)]
     for row, example in zip(rows, questions, strict=True):
-        assert set(row) == {"id", "question", "answer", "score"}
-        assert row["question"] == example["question"]
+        assert set(row) == {"id", "question", "context", "gold", "answer", "score"}
+        assert (row["question"], row["context"]) == (example["question"], example["context"])
+        assert row["gold"] == ([example["answer"]] if example["answer"] else [])
         assert row["answer"] in example["context"]
         assert 0 <= row["score"] <= 1
 

@@ -76,11 +76,13 @@ def test_batches_pad_labels_with_ignore_index_and_add_the_prefix(tiny_t5, cipher
         batch_size=8,
     )
     data.setup("fit")
-    loader = data.val_dataloader()
-    batch = next(iter(loader))
-    assert set(batch) == {"input_ids", "attention_mask", "labels"}
+    batch = next(iter(data.val_dataloader()))
+    assert set(batch) == {"input_ids", "attention_mask", "labels", "row"}
     tokenizer = data.tokenizer
-    first = data.raw["validation"][next(iter(loader.sampler))]  # evaluation batches start with the longest row
+    row = batch["row"][0]  # batches are formed longest first: the row's id says which example it is
+    first = data.raw["validation"][row["id"]]
+    # the raw source (no prefix) and gold target ride along for predictions and examples
+    assert row == {"id": row["id"], "source": first["source"], "gold": first["target"]}
     assert (
         tokenizer.decode(batch["input_ids"][0], skip_special_tokens=True) == "translate: " + first["source"]
     )
@@ -317,7 +319,8 @@ def test_learns_a_substitution_cipher(tiny_t5, cipher_files):
     )
     predictions = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
     rows = cipher_rows(8, seed=3)
-    assert [p["source"] for p in predictions] == [r["source"] for r in rows]
+    assert [(p["id"], p["source"]) for p in predictions] == [(i, r["source"]) for i, r in enumerate(rows)]
+    assert not any("gold" in p for p in predictions)  # the predict file has sources only
     pairs = [
         (p, t)
         for row, r in zip(predictions, rows, strict=True)

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from conftest import FILLER, NEGATIVE, POSITIVE, REPO, SHARED_DATA, minilm_path
 from helpers import run_cli, write_jsonl
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import pipeline
 
 from hftrain.cli import HFTrainCLI
@@ -105,12 +106,18 @@ def test_fit_learns_entities_and_logs_per_type_scores(fitted_run):
     assert {"val/f1_PER", "val/f1_LOC", "val/precision_PER", "val/recall_LOC", "val/accuracy"} <= set(best)
     assert best["val/support_PER"] + best["val/support_LOC"] > 32
     assert results["test"]["test/f1"] >= 0.9 and "test/f1_LOC" in results["test"]
+    # validation examples in TensorBoard: words, gold tags, predicted tags
+    events = EventAccumulator(str(fitted_run), size_guidance={"tensors": 0}).Reload()
+    table = events.Tensors("val/examples/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert table.startswith("| input | gold | prediction |") and "B-PER" in table
 
 
 def test_predictions_hold_words_tags_and_entities(fitted_run):
     rows = [json.loads(line) for line in (fitted_run / "predictions.jsonl").read_text().splitlines()]
     expected = ner_rows(12, 4)
     assert [r["tokens"] for r in rows] == [e["tokens"] for e in expected]
+    assert [r["id"] for r in rows] == list(range(12))  # the row in predict.jsonl, to join back
+    assert not any("gold" in r for r in rows)  # the predict file has no tags
     hits = 0
     for row, truth in zip(rows, expected, strict=True):
         assert len(row["tags"]) == len(row["tokens"])

@@ -121,7 +121,7 @@ class TaskCheckpoint(pl_callbacks.ModelCheckpoint):
                 os.replace(partial, last)
             trainer.strategy.barrier()
         else:
-            trainer.save_checkpoint(last)
+            trainer.save_checkpoint(last, weights_only=self.save_weights_only)
         self._last_step = trainer.global_step
         run = Path(self.dirpath).parent
         if trainer.is_global_zero and Path(trainer.default_root_dir).resolve() == run.resolve():

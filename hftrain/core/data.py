@@ -26,12 +26,14 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerBase
 
 from hftrain import __version__
-from hftrain.core import internals
+from hftrain.core import console, internals
 from hftrain.core.errors import HFTrainError
 from hftrain.core.pretrained import load_tokenizer
 from hftrain.core.sampling import EpochShuffleSampler, LengthGroupedSampler, LongestFirstSampler, sequence_lengths
 
 SPLITS = ("train", "validation", "test", "predict")
+# bumped whenever the columns of the tokenized cache change, so that no run reads an older layout
+CACHE_FORMAT = 2
 
 # file suffix -> (datasets builder, its default reader options)
 READERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -105,6 +107,8 @@ class TaskDataModule(LightningDataModule):
         max_predict_samples: Test and predict on the first N rows only.
         overwrite_cache: Tokenize again even if a cached copy exists (the cache is already keyed by the files'
             size and modification time, the tokenizer and the settings, so this is rarely needed).
+        id_column: Column whose value is each row's `id` in predictions.jsonl. Unset: a column named `id` if
+            the data has one, else the row's position in its file (counting from 0).
     """
 
     tokenizer_name: str | None = None
@@ -130,6 +134,7 @@ class TaskDataModule(LightningDataModule):
     max_eval_samples: int | None = None
     max_predict_samples: int | None = None
     overwrite_cache: bool = False
+    id_column: str | None = None
 
     # whether the tokenizer pads with its end-of-sequence token when it has no padding token (causal LMs)
     pad_with_eos: ClassVar[bool] = False
@@ -156,6 +161,8 @@ class TaskDataModule(LightningDataModule):
         self.datasets: datasets.DatasetDict | None = None
         self.raw = self.load_raw()
         self.check_data(self.raw)
+        if self.id_column:
+            self.require_columns({k: v for k, v in self.raw.items() if k != "train"}, {"id_column": self.id_column})
         self.hold_out_validation(self.raw)
         self.limit_rows(self.raw)
         self.save_hyperparameters()
@@ -176,6 +183,13 @@ class TaskDataModule(LightningDataModule):
         """Turn a batch of raw rows of `split` into model inputs (token ids, labels)."""
         raise NotImplementedError
 
+    def row_fields(self, batch: dict[str, list], split: str) -> dict[str, list] | None:
+        """What each row of an evaluation or predict split carries through to predictions.jsonl and the
+        TensorBoard examples, besides its id: the input text and, where the data has it, the gold answer
+        (key `gold`), as columns of the batch's rows. None: no rows (the split's encoded rows are not one
+        per input row)."""
+        return None
+
     def preprocess(self, raw: datasets.DatasetDict) -> datasets.DatasetDict:
         """Turn raw splits into model inputs with `encode`; called once, then cached on disk."""
         return self.map_splits(raw, self.encode)
@@ -183,14 +197,17 @@ class TaskDataModule(LightningDataModule):
     def map_splits(
         self, raw: datasets.DatasetDict, function: Callable, desc: str = "Tokenizing", **options: Any
     ) -> datasets.DatasetDict:
-        """`function(batch, split=…)` over every split with `datasets.map(batched=True)`, replacing the raw
-        columns by what it returns; `options` go to `map` (e.g. `with_indices`)."""
+        """`function(batch, split=…)` (with `with_indices`: `function(batch, indices, split=…)`) over every split
+        with `datasets.map(batched=True)`, replacing the raw columns by what it returns, plus the `row` column
+        of `row_fields` outside the training split; other `options` go to `map`."""
+        with_indices = options.pop("with_indices", False)
         return datasets.DatasetDict(
             {
                 split: dataset.map(
-                    function,
+                    self._encode_with_rows,
                     batched=True,
-                    fn_kwargs={"split": split},
+                    with_indices=True,
+                    fn_kwargs={"split": split, "function": function, "with_indices": with_indices},
                     remove_columns=dataset.column_names,
                     num_proc=self.preprocessing_num_workers,
                     desc=f"{desc} {split}",
@@ -199,6 +216,19 @@ class TaskDataModule(LightningDataModule):
                 for split, dataset in raw.items()
             }
         )
+
+    def _encode_with_rows(
+        self, batch: dict[str, list], indices: list[int], split: str, function: Callable, with_indices: bool
+    ) -> dict[str, list]:
+        encoded = function(batch, indices, split=split) if with_indices else function(batch, split=split)
+        fields = self.row_fields(batch, split) if split != "train" else None
+        if fields is not None:
+            id_column = self.id_column or ("id" if "id" in batch else None)
+            ids = batch[id_column] if id_column else indices
+            encoded["row"] = [
+                {"id": row_id, **{name: values[i] for name, values in fields.items()}} for i, row_id in enumerate(ids)
+            ]
+        return encoded
 
     @property
     def collator(self):
@@ -210,7 +240,8 @@ class TaskDataModule(LightningDataModule):
         builder, options = READERS[path.suffix.lower()]
         options = {**options, **(self.reader_options or {})}
         try:
-            dataset = datasets.load_dataset(builder, data_files={"data": str(path)}, split="data", **options)
+            with console.datasets_bars_hidden():
+                dataset = datasets.load_dataset(builder, data_files={"data": str(path)}, split="data", **options)
         except Exception as err:  # noqa: BLE001 - datasets wraps reader errors in many types
             if "corresponds to no data" in str(err):  # a header without rows: report it as an empty split
                 return datasets.Dataset.from_dict({})
@@ -366,7 +397,7 @@ class TaskDataModule(LightningDataModule):
                 return plain
         return split
 
-    def require_columns(self, raw: datasets.DatasetDict, columns: dict[str, str | None], optional=()) -> None:
+    def require_columns(self, raw: dict[str, datasets.Dataset], columns: dict[str, str | None], optional=()) -> None:
         """Fail early when a configured column is missing from a split.
 
         `columns` maps setting names (`text_column`) to column names; columns in `optional` may be absent
@@ -435,6 +466,7 @@ class TaskDataModule(LightningDataModule):
             payload = {
                 "task": f"{type(self).__module__}.{type(self).__qualname__}",
                 "hftrain": __version__,
+                "format": CACHE_FORMAT,
                 "settings": settings,
                 "sources": sources,
                 "tokenizer": tokenizer_fingerprint(self.tokenizer),
@@ -455,7 +487,8 @@ class TaskDataModule(LightningDataModule):
         processed = self.preprocess(self.raw)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
-        processed.save_to_disk(str(partial))
+        with console.datasets_bars_hidden():
+            processed.save_to_disk(str(partial))
         try:
             partial.rename(path)
         except OSError:  # another process finished the same cache first
@@ -513,7 +546,7 @@ class TaskDataModule(LightningDataModule):
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size or 2 * self.batch_size,
             sampler=sampler,
-            collate_fn=self.collator,
+            collate_fn=KeepRows(self.collator),
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
@@ -538,3 +571,18 @@ class TaskDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> StatefulDataLoader:
         return self._loader("predict")
+
+
+@dataclass
+class KeepRows:
+    """A task's collator, with each example's `row` (id, input text, gold answer; see `row_fields`) passed
+    on as the batch's list `row`, for `predict_step` and the validation examples; the model never sees it."""
+
+    collate: Callable
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        if "row" not in features[0]:
+            return self.collate(features)
+        batch = self.collate([{k: v for k, v in f.items() if k != "row"} for f in features])
+        batch["row"] = [f["row"] for f in features]
+        return batch

@@ -72,6 +72,11 @@ def logs_this_step(trainer) -> bool:
     return _private(trainer, "_logger_connector").should_update_logs
 
 
+def logged_step(trainer) -> int:
+    """The step Lightning writes the current logs at (optimizer steps before this one, counted from 0)."""
+    return _private(trainer.fit_loop.epoch_loop, "_batches_that_stepped")
+
+
 def global_seed(default: int = 0) -> int:
     """The seed `seed_everything` set, which Lightning keeps in `PL_GLOBAL_SEED` (also for spawned ranks)."""
     return int(os.environ.get("PL_GLOBAL_SEED", default))

@@ -14,7 +14,9 @@ task feeds the user's `custom_metrics` with `update_custom_metrics`.
 """
 
 import inspect
+import json
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -26,6 +28,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from hftrain.core import internals
 from hftrain.core.errors import HFTrainError
+from hftrain.core.generation import log_text_table
 from hftrain.core.pretrained import load_model, load_tokenizer
 from hftrain.metrics.custom import CustomMetricSpec, build_custom_metric
 
@@ -72,6 +75,8 @@ class TaskModule(LightningModule):
             the CLI from the data (in Python pass `data.validation_sets`). Each is logged as
             `val/<name>/...`, and the first one picks the best checkpoint unless `checkpoint.monitor` names
             another.
+        logged_examples: Validation rows written to TensorBoard as text at each validation (tag
+            `val/examples`: input, gold answer, prediction), to see what the model gets right and wrong.
     """
 
     model_name_or_path: str
@@ -89,6 +94,7 @@ class TaskModule(LightningModule):
     ignore_mismatched_sizes: bool = False
     custom_metrics: dict[str, CustomMetricSpec] | None = None
     validation_sets: list[str] | None = None
+    logged_examples: int = 3
 
     # the model's own tokenizer, for tasks that decode what they generate (not a config field: no annotation)
     tokenizer = None
@@ -113,6 +119,7 @@ class TaskModule(LightningModule):
                 for stage in self.eval_stages
             }
         )
+        self.examples: list[tuple[str, str, str]] = []
 
     @property
     def val_stages(self) -> list[str]:
@@ -125,8 +132,9 @@ class TaskModule(LightningModule):
         return [*self.val_stages, "test"]
 
     def load_pretrained(self, auto_class: type, **config_overrides: Any) -> PreTrainedModel:
-        """Load `model_name_or_path` with `auto_class`, overriding config fields (labels, problem type)."""
-        model = load_model(
+        """Load `model_name_or_path` with `auto_class`, overriding config fields (labels, problem type); the
+        weights that did not come from it are kept in `load_report` for the run's first lines."""
+        model, self.load_report = load_model(
             auto_class,
             self.model_name_or_path,
             self.revision,
@@ -246,6 +254,28 @@ class TaskModule(LightningModule):
                 )
             self.log_dict(keyed)
 
+    def examples_wanted(self, stage: Stage, rows: list | None) -> list:
+        """Those of a batch's rows (`batch["row"]`, see `TaskDataModule.row_fields`) still wanted as
+        TensorBoard examples: the first `logged_examples` of each validation (of its first set), none in the
+        sanity check, on rank 0. Each task turns them into (input, gold, prediction) texts for `add_examples`."""
+        if stage != self.val_stages[0] or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return []
+        return list(rows or [])[: max(0, self.logged_examples - len(self.examples))]
+
+    def add_examples(self, rows: Iterable[tuple[Any, Any, Any]]) -> None:
+        """Keep (input, gold, prediction) rows for the validation's text table; numbers and lists as text."""
+        self.examples.extend(tuple(_as_text(value) for value in row) for row in rows)
+
+    @staticmethod
+    def with_rows(batch: dict[str, Any], predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each prediction after its row's id, input and gold answer, so predictions.jsonl joins back to the
+        input; a key the row has (the raw input text) wins over the prediction's own (the decoded one)."""
+        rows = batch.get("row") or [{}] * len(predictions)
+        return [
+            {**row, **{k: v for k, v in prediction.items() if k not in row}}
+            for row, prediction in zip(rows, predictions, strict=True)
+        ]
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self.evaluate(batch, self.val_stages[dataloader_idx])
 
@@ -256,6 +286,8 @@ class TaskModule(LightningModule):
         for stage in self.val_stages:
             self.log_metrics(stage)
             self.log_custom_metrics(stage)
+        log_text_table(self, "val/examples", ["input", "gold", "prediction"], self.examples)
+        self.examples = []
 
     def on_test_epoch_end(self) -> None:
         self.log_metrics("test")
@@ -330,6 +362,12 @@ class TaskModule(LightningModule):
     def exported_model(self, weights: dict[str, torch.Tensor] | None) -> tuple[PreTrainedModel, dict | None]:
         """The model `export` saves and the weights to save with it (None: the model's own)."""
         return self.model, weights
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return f"{value:.4g}" if isinstance(value, float) else json.dumps(value, ensure_ascii=False)
 
 
 def task_monitor(module: LightningModule, needed_for: str) -> tuple[str, Literal["min", "max"]]:

@@ -106,7 +106,7 @@ class StopOnSignal(Callback):
         else:
             path = None
         if path is not None:
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=False)  # a resumable state
         if requeue and trainer.is_global_zero:
             job = SLURMEnvironment.job_id()
             done = subprocess.run(["scontrol", "requeue", str(job)], capture_output=True, text=True)

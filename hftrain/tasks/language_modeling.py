@@ -7,8 +7,10 @@ whose prompt tokens carry no loss. Validation reports the loss and perplexity ov
 and continues a few configured prompts so the TensorBoard log shows what the model writes.
 """
 
+import contextlib
 import copy
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -142,6 +144,16 @@ class LanguageModeling(TaskModule):
             if self.custom[stage]:
                 predicted = outputs.logits[:, :-1].argmax(-1)
                 self.update_custom_metrics(stage, predicted[scored], batch["labels"][:, 1:][scored])
+        for row in self.examples_wanted(stage, list(range(len(batch["input_ids"])))):
+            ids = batch["input_ids"][row][batch["attention_mask"][row].bool()]
+            labels = batch["labels"][row][: len(ids)]
+            prompted = int((labels == IGNORE_INDEX).long().cumprod(0).sum())  # a completion example's prompt
+            cut = prompted if 0 < prompted < len(ids) else min(len(ids) // 2, 64)
+            with self.generation_rng():
+                continuation = self._continue(ids[None, :cut], torch.ones_like(ids[None, :cut]))[0]
+            decode = self.tokenizer.decode
+            gold = ids[cut : cut + self.max_new_tokens]
+            self.add_examples([(decode(ids[:cut]), decode(gold), continuation)])  # end-of-text marks shown
 
     def log_metrics(self, stage: Stage) -> None:
         loss = self.metrics[stage].compute().float()
@@ -149,14 +161,21 @@ class LanguageModeling(TaskModule):
         self.log(f"{stage}/loss", loss)
         self.log(f"{stage}/perplexity", loss.exp(), prog_bar=True)
         if stage == self.val_stages[0] and self.validation_prompts and not self.trainer.sanity_checking:
-            on_cuda = self.device.type == "cuda"
-            with torch.random.fork_rng(devices=[self.device.index] if on_cuda else []):
-                torch.manual_seed(self.generation_seed)
+            with self.generation_rng():
                 completions = self.generate(self.validation_prompts)
             rows = list(zip(self.validation_prompts, completions, strict=True))
             log_text_table(self, "val/generations", ["prompt", "completion"], rows)
 
     # ------------------------------------------------------------------ generation
+
+    @contextlib.contextmanager
+    def generation_rng(self) -> Iterator[None]:
+        """Sample with `generation_seed`, so validation samples change only because the model did; training's
+        own random state is restored afterwards."""
+        on_cuda = self.device.type == "cuda"
+        with torch.random.fork_rng(devices=[self.device.index] if on_cuda else []):
+            torch.manual_seed(self.generation_seed)
+            yield
 
     @torch.no_grad()
     def generate(self, prompts: list[str]) -> list[str]:
@@ -170,9 +189,12 @@ class LanguageModeling(TaskModule):
         return self.tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> list[dict[str, str]]:
+        """Per prompt: its id, text and gold completion where the data has one, then the generated text."""
         prompts = self.tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
         completions = self._continue(batch["input_ids"], batch["attention_mask"])
-        return [{"prompt": p, "completion": c} for p, c in zip(prompts, completions, strict=True)]
+        return self.with_rows(
+            batch, [{"prompt": p, "completion": c} for p, c in zip(prompts, completions, strict=True)]
+        )
 
     # ------------------------------------------------------------------ export
 
@@ -313,6 +335,16 @@ class LanguageModelingData(TaskDataModule):
                     desc=f"Packing {split} into blocks",
                 )
         return processed
+
+    def row_fields(self, batch: dict[str, list], split: str) -> dict[str, list] | None:
+        """Prompts to continue (`predict`) keep their text and, where the data has it, the gold completion;
+        the other splits' rows are packed or dropped when blank, so they carry none."""
+        if split != "predict":
+            return None
+        fields = {"prompt": batch[self.prompt_column or self.text_column]}
+        if self.completion_column and self.completion_column in batch:
+            fields["gold"] = batch[self.completion_column]
+        return fields
 
     def _encode(self, batch: dict[str, list], indices: list[int], split: str) -> dict[str, list]:
         """Prompts to continue for `predict`, labelled examples for the other splits."""

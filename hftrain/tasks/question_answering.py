@@ -105,6 +105,8 @@ class QuestionAnswering(TaskModule):
             self.log_loss(stage, loss, len(answered))
         for example, answer in answered:
             self._predictions.setdefault(stage, {})[example["id"]] = (answer.text, example["answers"])
+        wanted = self.examples_wanted(stage, answered)
+        self.add_examples((example["question"], " | ".join(example["answers"] or []), a.text) for example, a in wanted)
 
     def log_metrics(self, stage: Stage) -> None:
         """Score every question exactly once across ranks, then log EM/F1 (and HasAns/NoAns in v2 mode)."""
@@ -130,11 +132,15 @@ class QuestionAnswering(TaskModule):
             metric.reset()
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """Per question: its id, question, context and gold answers where the data has them, then the answer
+        ("" for none, in SQuAD 2.0 mode) and its probability."""
         _, answered = self.answer(batch)
         return [
             {
                 "id": example["id"],
                 "question": example["question"],
+                "context": example["context"],
+                **({"gold": example["answers"]} if example["answers"] is not None else {}),
                 "answer": answer.text,
                 "score": answer.probability,
             }

@@ -18,7 +18,7 @@ from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq
 
 from hftrain.core.data import TaskDataModule
 from hftrain.core.errors import HFTrainError
-from hftrain.core.generation import log_text_table, set_generation_config
+from hftrain.core.generation import set_generation_config
 from hftrain.core.module import Stage, TaskModule, is_validation
 from hftrain.core.pretrained import require_eos
 from hftrain.metrics.text_generation import Task, generation_metrics, scores
@@ -47,7 +47,6 @@ class Seq2Seq(TaskModule):
             keeps the model's generation config.
         rouge_use_stemmer: Stem words before ROUGE matching, as in the HF summarization example and published
             ROUGE figures (nltk's Porter stemmer, installed with hftrain; nothing is downloaded).
-        logged_examples: Source/reference/prediction triples written to TensorBoard as text each validation.
     """
 
     task: Task = "translation"
@@ -57,7 +56,6 @@ class Seq2Seq(TaskModule):
     length_penalty: float | None = None
     no_repeat_ngram_size: int | None = None
     rouge_use_stemmer: bool = True
-    logged_examples: int = 3
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -79,7 +77,6 @@ class Seq2Seq(TaskModule):
             self.metrics = torch.nn.ModuleDict({stage: metrics.clone() for stage in self.eval_stages})
             self.monitor = "val/bleu" if self.task == "translation" else "val/rougeL"
             self.monitor_mode = "max"
-        self._examples: list[tuple[str, str, str]] = []
 
     @property
     def pipeline_tag(self) -> str:
@@ -107,23 +104,20 @@ class Seq2Seq(TaskModule):
         references = self.decode(batch["labels"])
         self.metrics[stage].update(predictions, [[ref] for ref in references])
         self.update_custom_metrics(stage, predictions, [[ref] for ref in references])
-        if stage == self.val_stages[0] and len(self._examples) < self.logged_examples:
-            sources = self.decode(batch["input_ids"])
-            self._examples.extend(zip(sources, references, predictions, strict=True))
-            del self._examples[self.logged_examples :]
+        rows = self.examples_wanted(stage, batch.get("row"))
+        self.add_examples(zip([r["source"] for r in rows], references, predictions, strict=False))
 
     def log_metrics(self, stage: Stage) -> None:
         if self.predict_with_generate:
             metrics = self.metrics[stage]
             self.log_dict({f"{stage}/{k}": v for k, v in scores(metrics).items()}, prog_bar=is_validation(stage))
             metrics.reset()
-        if stage == self.val_stages[0]:
-            log_text_table(self, "val/examples", ["source", "reference", "prediction"], self._examples)
-            self._examples = []
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> list[dict[str, str]]:
+        """Per row: its id, source text and gold target where the data has one, then the generated text."""
         sources = self.decode(batch["input_ids"])
-        return [{"source": s, "prediction": p} for s, p in zip(sources, self.generate(batch), strict=True)]
+        predictions = [{"source": s, "prediction": p} for s, p in zip(sources, self.generate(batch), strict=True)]
+        return self.with_rows(batch, predictions)
 
 
 @dataclass(eq=False, repr=False, kw_only=True)
@@ -317,6 +311,13 @@ class Seq2SeqData(TaskDataModule):
                 )
 
     # ------------------------------------------------------------------ tokenization
+
+    def row_fields(self, batch: dict[str, list], split: str) -> dict[str, list]:
+        """The source text (without `source_prefix`) and, where the data has one, the gold target."""
+        fields = {"source": self.texts(batch, "source")}
+        if self.has_texts(self.raw[split], "target"):
+            fields["gold"] = self.texts(batch, "target")
+        return fields
 
     def encode(self, batch: dict[str, list], split: str) -> dict[str, list]:
         """Sources with the prefix; targets ending in the end-of-sequence token, which is appended where the

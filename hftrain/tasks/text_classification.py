@@ -133,7 +133,8 @@ class TextClassification(TaskModule):
                 "score. Give a labelled file, or use `hftrain predict` to label it."
             )
         outputs = self(**batch)
-        self.log_loss(stage, outputs.loss, len(batch["labels"]))
+        size = len(batch["labels"])
+        self.log_loss(stage, outputs.loss, size)
         metrics = self.metrics[stage]
         predictions = self._predictions(outputs.logits.float())
         labels = (
@@ -141,10 +142,18 @@ class TextClassification(TaskModule):
         )
         metrics.update(predictions, labels)
         self.update_custom_metrics(stage, predictions, labels)
-        self.log_dict(metrics, prog_bar=is_validation(stage))
+        self.log_dict(metrics, prog_bar=is_validation(stage), batch_size=size)
+        rows = self.examples_wanted(stage, batch.get("row"))
+        if rows:
+            predicted = self.label_predictions(outputs.logits[: len(rows)])
+            self.add_examples(
+                (" / ".join(r[k] for k in ("text", "text_pair") if k in r), r.get("gold"), next(iter(p.values())))
+                for r, p in zip(rows, predicted, strict=True)
+            )
 
-    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> list[dict[str, Any]]:
-        logits = self(**batch).logits.float()
+    def label_predictions(self, logits: torch.Tensor) -> list[dict[str, Any]]:
+        """Per example: the predicted label (`labels` when multi-label, `score` for regression) and scores."""
+        logits = logits.float()
         if self.problem_type == "regression":
             return [{"score": value} for value in logits.squeeze(-1).tolist()]
         names = [self.model.config.id2label[i] for i in range(self.num_labels)]
@@ -163,6 +172,10 @@ class TextClassification(TaskModule):
             {"label": names[i], "score": row[i], "scores": dict(zip(names, row, strict=True))}
             for i, row in zip(best, probs.tolist(), strict=True)
         ]
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> list[dict[str, Any]]:
+        """Per row: its id, text (and text_pair), gold label where the data has one, then the prediction."""
+        return self.with_rows(batch, self.label_predictions(self(**batch).logits))
 
 
 @dataclass(eq=False, repr=False, kw_only=True)
@@ -277,6 +290,12 @@ class TextClassificationData(TaskDataModule):
 
     def _encode_labels(self, values: list, split: str) -> list:
         """Label values to model targets; any value outside the label set is an error naming its row."""
+        for row, value in enumerate(values):
+            if value is None or (isinstance(value, str) and not value.strip()):
+                raise HFTrainError(
+                    f"The {split} data ({self.source(split)}) has no label at row {row + 1}: the cell in column "
+                    f"'{self.label_column}' is empty. Fill it in, or drop the row."
+                )
         if self.problem_type == "regression":
             targets = []
             for row, value in enumerate(values):
@@ -309,6 +328,21 @@ class TextClassificationData(TaskDataModule):
             else:
                 targets.append(ids[0])
         return targets
+
+    def row_fields(self, batch: dict[str, list], split: str) -> dict[str, list]:
+        """The text (and text_pair), as the `pipeline` input is named, and the gold label(s) by name."""
+        fields = {"text": batch[self.text_column]}
+        if self.text_pair_column:
+            fields["text_pair"] = batch[self.text_pair_column]
+        if self.label_column in batch:
+            targets = self._encode_labels(batch[self.label_column], split)
+            if self.problem_type == "multi_label_classification":
+                fields["gold"] = [[n for n, on in zip(self.label_names, t, strict=True) if on] for t in targets]
+            elif self.problem_type == "regression":
+                fields["gold"] = targets
+            else:
+                fields["gold"] = [self.label_names[t] for t in targets]
+        return fields
 
     def encode(self, batch: dict[str, list], split: str) -> dict[str, list]:
         texts = [batch[self.text_column]]

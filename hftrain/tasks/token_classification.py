@@ -98,6 +98,24 @@ class TokenClassification(TaskModule):
         predicted, gold = outputs.logits.argmax(-1), batch["labels"].masked_fill(word_ids < 0, IGNORE)
         self.metrics[stage].update(predicted, gold)
         self.update_custom_metrics(stage, predicted[gold != IGNORE], gold[gold != IGNORE])
+        rows = self.examples_wanted(stage, batch.get("row"))
+        if rows:
+            tags = self.word_tags(rows, word_ids[: len(rows)].tolist(), predicted[: len(rows)].tolist())
+            self.add_examples(
+                (" ".join(r["tokens"]), " ".join(r.get("gold", [])), " ".join(t or "-" for t in row_tags))
+                for r, row_tags in zip(rows, tags, strict=True)
+            )
+
+    def word_tags(self, rows: list[dict], word_ids: list[list[int]], tag_ids: list[list[int]]) -> list[list]:
+        """Per sentence, the predicted tag of each word: its first subword's (None past max_length)."""
+        tagged = []
+        for row, words, tags in zip(rows, word_ids, tag_ids, strict=True):
+            row_tags: list[str | None] = [None] * len(row["tokens"])
+            for word, tag_id in zip(words, tags, strict=True):
+                if word >= 0:
+                    row_tags[word] = self.tags[tag_id]
+            tagged.append(row_tags)
+        return tagged
 
     def log_metrics(self, stage: Stage) -> None:
         results = self.metrics[stage].compute()
@@ -107,30 +125,28 @@ class TokenClassification(TaskModule):
         self.log_dict(results, sync_dist=True)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        """Per sentence: its words, a tag per word (null past max_length), the entities (`end` exclusive)."""
+        """Per sentence: its id, words and gold tags where the data has them, a predicted tag per word (null
+        past max_length), the entities (`end` exclusive)."""
         predicted = self(**batch).logits.argmax(-1).tolist()
-        rows = []
-        sentences = zip(batch["words"], batch["word_ids"].tolist(), predicted, strict=True)
-        for words, word_ids, tag_ids in sentences:
-            tags: list[str | None] = [None] * len(words)
-            for word, tag_id in zip(word_ids, tag_ids, strict=True):
-                if word >= 0:
-                    tags[word] = self.tags[tag_id]
-            row: dict[str, Any] = {"tokens": words, "tags": tags}
+        predictions = []
+        tagged = self.word_tags(batch["row"], batch["word_ids"].tolist(), predicted)
+        for row, tags in zip(batch["row"], tagged, strict=True):
+            prediction: dict[str, Any] = {"tags": tags}
             if self.scheme:
+                words = row["tokens"]
                 spans = extract_spans([t or "O" for t in tags], self.scheme, self.span_mode)
-                row["entities"] = [
+                prediction["entities"] = [
                     {"text": " ".join(words[start:end]), "type": type_, "start": start, "end": end}
                     for type_, start, end in spans
                 ]
-            rows.append(row)
-        return rows
+            predictions.append(prediction)
+        return self.with_rows(batch, predictions)
 
 
 @dataclass
 class TokenClassificationCollator:
     """`DataCollatorForTokenClassification`, plus the padded `word_ids` (the word each first subword starts,
-    else -100) that evaluation and prediction read, and the predict split's `words` as plain lists."""
+    else -100) that evaluation and prediction read."""
 
     tokenizer: PreTrainedTokenizerBase
 
@@ -138,20 +154,15 @@ class TokenClassificationCollator:
         self.pad = DataCollatorForTokenClassification(self.tokenizer, label_pad_token_id=IGNORE)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        extras = {key: [f[key] for f in features] for key in ("word_ids", "words") if key in features[0]}
-        inputs = [{k: v for k, v in f.items() if k not in extras} for f in features]
-        batch = dict(self.pad(inputs))
-        if "word_ids" in extras:
+        word_ids = [f["word_ids"] for f in features] if "word_ids" in features[0] else None
+        batch = dict(self.pad([{k: v for k, v in f.items() if k != "word_ids"} for f in features]))
+        if word_ids is not None:
             width = batch["input_ids"].shape[1]
             left = self.tokenizer.padding_side == "left"
+            padding = [[IGNORE] * (width - len(ids)) for ids in word_ids]
             batch["word_ids"] = torch.tensor(
-                [
-                    [IGNORE] * (width - len(ids)) + ids if left else ids + [IGNORE] * (width - len(ids))
-                    for ids in extras["word_ids"]
-                ]
+                [pad + ids if left else ids + pad for pad, ids in zip(padding, word_ids, strict=True)]
             )
-        if "words" in extras:
-            batch["words"] = extras["words"]
         return batch
 
 
@@ -384,10 +395,16 @@ class TokenClassificationData(TaskDataModule):
         encoded["word_ids"] = word_ids
         if with_tags:
             encoded["labels"] = labels
-        if split == "predict":
-            encoded["words"] = sentences
         encoded["words_cut"] = [len(s) - k for s, k in zip(sentences, kept, strict=True)]
         return encoded
+
+    def row_fields(self, batch: dict[str, list], split: str) -> dict[str, list]:
+        """The words and, where the data has them, the gold tag of each word by name."""
+        fields = {"tokens": batch[self.tokens_column]}
+        if self.tag_column in batch:
+            names = self.class_names(self.raw[split], self.tag_column)
+            fields["gold"] = [[names[t] if names else t for t in tags] for tags in batch[self.tag_column]]
+        return fields
 
     def preprocess(self, raw: datasets.DatasetDict) -> datasets.DatasetDict:
         if not self.tokenizer.is_fast:
