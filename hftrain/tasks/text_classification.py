@@ -233,6 +233,9 @@ class TextClassificationData(TaskDataModule):
                 targets.append(ids[0])
         return targets
 
+    def input_columns(self) -> list[str]:
+        return [self.text_column] + ([self.text_pair_column] if self.text_pair_column else [])
+
     def encode(self, batch: dict[str, list], split: str) -> dict[str, list]:
         texts = [batch[self.text_column]]
         if self.text_pair_column:
