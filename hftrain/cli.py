@@ -21,7 +21,7 @@ import yaml
 from jsonargparse import get_loader, set_loader
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
@@ -33,6 +33,7 @@ from hftrain.core.data import TaskDataModule
 from hftrain.core.errors import HFTrainError
 from hftrain.core.internals import task_class_of
 from hftrain.core.module import TaskModule
+from hftrain.core.progress import TrainingProgress
 
 PARSER_MODE = "hftrain_yaml"
 
@@ -56,9 +57,18 @@ set_loader(PARSER_MODE, _load_value, (yaml.YAMLError,))
 
 class SaveRunConfig(SaveConfigCallback):
     """Save the resolved config as `config.yaml`, or `config-N.yaml` when a resumed or evaluation run
-    writes into a folder that already has one, so the original is never overwritten."""
+    writes into a folder that already has one, so the original is never overwritten.
+
+    Settings changed on the module after it was built (in a notebook, `model.learning_rate = 5e-5` before
+    another fit) are written into the config, which is then saved again: the folder records what ran.
+    """
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        changed = pl_module.changed_hyperparameters() if isinstance(pl_module, TaskModule) else {}
+        for name, value in changed.items():
+            self.config.model.init_args[name] = value
+        if changed:
+            self.already_saved = False
         if not self.already_saved:
             log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask, not only rank 0
             name = runs.free_path(log_dir, "config", ".yaml").name if trainer.is_global_zero else None
@@ -66,8 +76,37 @@ class SaveRunConfig(SaveConfigCallback):
         super().setup(trainer, pl_module, stage)
 
 
+# What every hftrain run gets, shared by `HFTrainCLI` and `hftrain.trainer()` (Lightning's Trainer for notebooks)
+TRAINER_DEFAULTS = {"gradient_clip_val": 1.0}  # the HF Trainer's max_grad_norm default
+CHECKPOINT_DEFAULTS = {"save_last": True, "filename": "epoch={epoch}-step={step}", "auto_insert_metric_name": False}
+SEED = 42
+
+
+def default_callbacks() -> list[Callback]:
+    """The callbacks of every run besides the checkpoint (which the CLI makes configurable as `checkpoint`)."""
+    # export first, so the results summary is the last thing a fit prints
+    return [LearningRateMonitor(logging_interval="step"), StopOnNonFiniteLoss(), ExportHFModel(), ResultsWriter()]
+
+
+def with_progress_bar(callbacks: Callback | list[Callback] | None, enable_progress_bar: bool | None) -> list[Callback]:
+    """`callbacks` plus hftrain's progress display, unless progress is turned off or a progress bar is given
+    (Lightning refuses a progress bar callback together with `enable_progress_bar=False`)."""
+    callbacks = [] if callbacks is None else list(callbacks) if isinstance(callbacks, list) else [callbacks]
+    if enable_progress_bar is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(TrainingProgress())
+    return callbacks
+
+
+def use_atomic_checkpoints(trainer: Trainer) -> Trainer:
+    """Write the trainer's checkpoints through a temporary file, unless the user chose another checkpoint IO."""
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+    return trainer
+
+
 class HFTrainCLI(LightningCLI):
-    """The hftrain command line; `run=False` builds model, data and trainer without running (for notebooks)."""
+    """The hftrain command line. `run=False` builds model, data and trainer without running, for use from
+    Python (`hftrain.fit` is built on it): a bad option then raises an `ArgumentError` instead of exiting."""
 
     def __init__(self, args: list[str] | dict | None = None, run: bool = True) -> None:
         super().__init__(
@@ -76,35 +115,28 @@ class HFTrainCLI(LightningCLI):
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_callback=SaveRunConfig,
-            seed_everything_default=42,
+            seed_everything_default=SEED,
             trainer_defaults={
-                "gradient_clip_val": 1.0,  # the HF Trainer's max_grad_norm default
+                **TRAINER_DEFAULTS,
                 "logger": {
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                     "init_args": {"save_dir": runs.RUNS_DIR, "name": None},
                 },
-                # export first, so the results summary is the last thing a fit prints
-                "callbacks": [
-                    LearningRateMonitor(logging_interval="step"),
-                    StopOnNonFiniteLoss(),
-                    ExportHFModel(),
-                    ResultsWriter(),
-                ],
+                "callbacks": default_callbacks(),
             },
-            parser_kwargs={"default_env": True, "env_prefix": "HFTRAIN", "parser_mode": PARSER_MODE},
+            parser_kwargs={
+                "default_env": True,
+                "env_prefix": "HFTRAIN",
+                "parser_mode": PARSER_MODE,
+                "exit_on_error": run,
+            },
             args=args,
             run=run,
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(TaskCheckpoint, "checkpoint")
-        parser.set_defaults(
-            {
-                "checkpoint.save_last": True,
-                "checkpoint.filename": "epoch={epoch}-step={step}",
-                "checkpoint.auto_insert_metric_name": False,
-            }
-        )
+        parser.set_defaults({f"checkpoint.{key}": value for key, value in CHECKPOINT_DEFAULTS.items()})
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         # the data is tokenized with exactly the tokenizer the model was saved with
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer_name")
@@ -121,10 +153,9 @@ class HFTrainCLI(LightningCLI):
             self._check_checkpoint(Path(ckpt_path), self.config[subcommand].model.class_path)
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
-        trainer = super().instantiate_trainer(**kwargs)
-        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not when the user chose another
-            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        return trainer
+        trainer_config = (self.config_init[self.subcommand] if self.subcommand else self.config_init).trainer
+        kwargs.setdefault("callbacks", with_progress_bar(trainer_config.callbacks, trainer_config.enable_progress_bar))
+        return use_atomic_checkpoints(super().instantiate_trainer(**kwargs))
 
     def after_instantiate_classes(self) -> None:
         """Refuse a tokenizer with more tokens than the model has embeddings (ids past the table crash
@@ -210,17 +241,17 @@ def main(args: list[str] | None = None) -> None:
         transformers.logging.disable_progress_bar()
         datasets.disable_progress_bars()
     try:
-        _check_yaml_files(sys.argv[1:] if args is None else args)
+        check_yaml_files(sys.argv[1:] if args is None else args)
         HFTrainCLI(args=args)
     except Exception as err:
-        user_error = _find_user_error(err)
+        user_error = find_user_error(err)
         if user_error is None or os.environ.get("HFTRAIN_DEBUG") == "1":
             raise
         print(f"hftrain: error: {user_error}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
-def _check_yaml_files(args: list) -> None:
+def check_yaml_files(args: list) -> None:
     """Name a config file that is not valid YAML (jsonargparse's message does not say which file)."""
     for flag, value in zip(args, args[1:], strict=False):
         if str(flag) in ("--config", "-c") and Path(value).is_file():
@@ -230,7 +261,7 @@ def _check_yaml_files(args: list) -> None:
                 raise HFTrainError(f"The config file {value} is not valid YAML: {err}") from err
 
 
-def _find_user_error(err: BaseException | None) -> HFTrainError | None:
+def find_user_error(err: BaseException | None) -> HFTrainError | None:
     """The `HFTrainError` behind `err`: jsonargparse re-raises errors from constructors as its own."""
     seen = set()
     while err is not None and id(err) not in seen:

@@ -18,6 +18,8 @@ def test_every_private_member_used_exists_in_the_installed_versions():
     assert internals.every_n_train_steps(checkpoint) == 5
     assert internals.saves_at_train_epoch_end(checkpoint, trainer) in (True, False)
     assert internals.batches_trained(trainer) == -1  # no batch yet: the first counts as 0
+    internals.set_fit_limits(trainer, max_epochs=7, max_steps=-1)
+    assert (trainer.max_epochs, trainer.max_steps) == (7, -1)
     for owner, name in (
         (trainer.fit_loop, "_combined_loader_states_to_load"),
         (trainer.fit_loop, "_load_combined_loader_states"),

@@ -166,16 +166,21 @@ class ExportHFModel(pl_callbacks.Callback):
         log_dir = trainer.log_dir  # a broadcast under DDP: every rank asks, once, before rank 0 goes on alone
         if log_dir is None or not trainer.is_global_zero or not isinstance(pl_module, TaskModule):
             return
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        state_dict = None
-        if best and Path(best).is_file():
-            state_dict = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
-        elif best and Path(best).is_dir():
-            state_dict = load_sharded_weights(Path(best))
+        state_dict = best_weights(trainer)
         datamodule = trainer.datamodule
         tokenizer = getattr(datamodule, "tokenizer", None) if datamodule is not None else None
         folder = pl_module.export(Path(log_dir) / EXPORT_DIR, tokenizer, state_dict)
         rank_zero_info(f"Exported {'the best' if state_dict else 'the final'} model to {folder}")
+
+
+def best_weights(trainer: Trainer) -> dict[str, torch.Tensor] | None:
+    """The module weights of the trainer's best checkpoint (a file, or a sharded folder), None without one."""
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best and Path(best).is_file():
+        return torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+    if best and Path(best).is_dir():
+        return load_sharded_weights(Path(best))
+    return None
 
 
 def load_sharded_weights(folder: Path) -> dict[str, torch.Tensor]:

@@ -54,6 +54,13 @@ def batches_trained(trainer) -> int:
     return _private(trainer.fit_loop.epoch_loop, "total_batch_idx")
 
 
+def set_fit_limits(trainer, max_epochs: int, max_steps: int) -> None:
+    """Change a trainer's `max_epochs` / `max_steps` between two fits (the Trainer's own properties are
+    read-only; Lightning's docs set the fit loop's, whose class is private)."""
+    trainer.fit_loop.max_epochs = max_epochs
+    _private(trainer.fit_loop, "epoch_loop").max_steps = max_steps
+
+
 def global_seed() -> int:
     """The seed `seed_everything` set, which Lightning keeps in `PL_GLOBAL_SEED` (also for spawned ranks)."""
     return int(os.environ.get("PL_GLOBAL_SEED", 0))
