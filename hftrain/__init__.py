@@ -1,7 +1,7 @@
 """hftrain: fine-tune pretrained Hugging Face transformers with PyTorch Lightning.
 
-The task classes are imported lazily so that ``import hftrain`` (and ``hftrain --help``) stays cheap;
-``from hftrain import TextClassification`` still works as usual.
+Everything is imported lazily so that ``import hftrain`` (and ``hftrain --help``) stays cheap;
+``from hftrain import TextClassification`` and ``hftrain.fit(...)`` still work as usual.
 """
 
 from importlib import import_module
@@ -9,6 +9,9 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "fit": "hftrain.api",
+    "Run": "hftrain.api",
+    "trainer": "hftrain.api",
     "HFTrainError": "hftrain.core.errors",
     "TaskModule": "hftrain.core.module",
     "TaskDataModule": "hftrain.core.data",
