@@ -4,9 +4,14 @@ Everything is imported lazily so that ``import hftrain`` (and ``hftrain --help``
 ``from hftrain import TextClassification`` and ``hftrain.fit(...)`` still work as usual.
 """
 
+import warnings
 from importlib import import_module
 
 __version__ = "0.1.0"
+
+# In a Jupyter kernel without ipywidgets, tqdm.auto (imported by datasets and transformers) warns to install
+# them; hftrain's progress display needs none, so the advice only misleads.
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 _EXPORTS = {
     "fit": "hftrain.api",
