@@ -13,7 +13,7 @@ This one draws plain text: `\\r`-rewritten in a terminal, a display that is upda
 import math
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -72,6 +72,11 @@ class LineOutput:
         self.width = 0
         self.last_write = -math.inf
 
+    def due(self, final: bool = False, now: float | None = None) -> bool:
+        """Whether `show` would write now (a file gets a line only every `log_every` seconds)."""
+        now = time.monotonic() if now is None else now
+        return self.live or final or now - self.last_write >= self.log_every
+
     def show(self, text: str, final: bool = False) -> None:
         """Show the current state; `final` ends the line, so the next `show` starts a new one."""
         now = time.monotonic()
@@ -88,7 +93,7 @@ class LineOutput:
             sys.stdout.write("\r" + text.ljust(self.width) + ("\n" if final else ""))
             sys.stdout.flush()
             self.width = 0 if final else len(text)
-        elif final or now - self.last_write >= self.log_every:
+        elif self.due(final, now):
             print(text, flush=True)
             self.last_write = now
 
@@ -157,14 +162,16 @@ class TrainingProgress(ProgressBar):
             parts.append(self._evaluating)
         return " · ".join(parts)
 
-    def _show(self, text: str, final: bool = False) -> None:
+    def _show(self, text: Callable[[], str], final: bool = False) -> None:
+        """Show `text()` if it is time to. The text is made only then: reading the loss as a number waits for
+        the device, which should not happen every step."""
         if not self._enabled:
             return
         if self._output is None:  # decided per run: the same process may move between terminal and file
             self._output = LineOutput(self.log_every_seconds)
         now = time.monotonic()
-        if final or now - self._last_refresh >= self.refresh_seconds:
-            self._output.show(text, final)
+        if (final or now - self._last_refresh >= self.refresh_seconds) and self._output.due(final):
+            self._output.show(text(), final)
             self._last_refresh = now
             self._line_open = not final
 
@@ -180,14 +187,14 @@ class TrainingProgress(ProgressBar):
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
         self._samples += batch_size(batch)
-        self._show(self._train_text(trainer, pl_module))
+        self._show(lambda: self._train_text(trainer, pl_module))
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._show(self._train_text(trainer, pl_module), final=True)
+        self._show(lambda: self._train_text(trainer, pl_module), final=True)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._line_open:  # stopped inside an epoch (max_steps, early stopping)
-            self._show(self._train_text(trainer, pl_module), final=True)
+            self._show(lambda: self._train_text(trainer, pl_module), final=True)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         if self._output is not None:
@@ -205,20 +212,23 @@ class TrainingProgress(ProgressBar):
         self._eval_what = what
         self._evaluating = what
 
+    def _eval_text(self) -> str:
+        return f"{self._evaluating} · {duration(time.monotonic() - self._eval_began)}"
+
     def _eval_batch(self, trainer: Trainer, pl_module: LightningModule, batch_idx: int, total: float) -> None:
         self._evaluating = f"{self._eval_what} {batch_idx + 1}" + (f"/{total}" if math.isfinite(total) else "")
         if self._fitting(trainer):
-            self._show(self._train_text(trainer, pl_module))
+            self._show(lambda: self._train_text(trainer, pl_module))
         else:
-            self._show(f"{self._evaluating} · {duration(time.monotonic() - self._eval_began)}")
+            self._show(self._eval_text)
 
     def _eval_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._fitting(trainer):
             self._eval_seconds += time.monotonic() - self._eval_began
             self._evaluating = ""
-            self._show(self._train_text(trainer, pl_module))
+            self._show(lambda: self._train_text(trainer, pl_module))
         else:
-            self._show(f"{self._evaluating} · {duration(time.monotonic() - self._eval_began)}", final=True)
+            self._show(self._eval_text, final=True)
             self._evaluating = ""
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
