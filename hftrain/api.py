@@ -52,7 +52,7 @@ class Run:
         model: Overrides of the `model:` section, e.g. `{"learning_rate": 1e-4}` (`init_args` may be left out).
         data: Overrides of the `data:` section, e.g. `{"batch_size": 16}`.
         trainer: Overrides of the `trainer:` section (any `lightning.Trainer` argument), e.g. `{"max_epochs": 1}`.
-        checkpoint: Overrides of the `checkpoint:` section (`TaskCheckpoint`), e.g. `{"save_top_k": 2}`.
+        checkpoint: Overrides of the `checkpoint:` section (`TaskCheckpoint`), e.g. `{"every_n_train_steps": 100}`.
         seed_everything: The seed (default 42, as on the command line).
         args: More command-line arguments, as strings (`["--data.max_length", "64"]`).
     """
