@@ -24,6 +24,7 @@ import yaml
 from jsonargparse import get_loader, set_loader
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -45,6 +46,7 @@ from hftrain.core.data import TaskDataModule
 from hftrain.core.errors import HFTrainError, parser_error
 from hftrain.core.internals import task_class_of
 from hftrain.core.module import TaskModule
+from hftrain.core.progress import TrainingProgress
 from hftrain.core.signals import RunInterrupted, StopOnSignal
 from hftrain.core.training_log import TrainingLog
 
@@ -91,7 +93,11 @@ def parser_kwargs(run: bool) -> dict:
 
 class SaveRunConfig(SaveConfigCallback):
     """Save the resolved config as `config.yaml`, or `config-N.yaml` when a resumed or evaluation run
-    writes into a folder that already has one, so the original is never overwritten."""
+    writes into a folder that already has one, so the original is never overwritten.
+
+    Settings changed on the module after it was built (in a notebook, `model.learning_rate = 5e-5` before
+    another fit) are written into the config, which is then saved again: the folder records what ran.
+    """
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "predict":  # predict saves its config with its predictions: a failed predict leaves neither
@@ -101,6 +107,11 @@ class SaveRunConfig(SaveConfigCallback):
         self.write(trainer, pl_module, "predict")
 
     def write(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        changed = pl_module.changed_hyperparameters() if isinstance(pl_module, TaskModule) else {}
+        for name, value in changed.items():
+            self.config.model.init_args[name] = value
+        if changed:
+            self.already_saved = False
         if not self.already_saved:
             log_dir = run_folder(trainer)  # every rank must ask, not only rank 0
             name = runs.free_path(log_dir, "config", ".yaml").name if trainer.is_global_zero else None
@@ -108,8 +119,39 @@ class SaveRunConfig(SaveConfigCallback):
         super().setup(trainer, pl_module, stage)
 
 
+def default_callbacks() -> list[Callback]:
+    """The callbacks of every run besides the checkpoint (which the CLI makes configurable as `checkpoint`),
+    shared by `HFTrainCLI` and `hftrain.trainer()`; their other defaults are in `hftrain/options.py`."""
+    return [
+        console.RunHeader(),
+        TrainingLog(),
+        StopOnNonFiniteLoss(),
+        StopOnSignal(),
+        ExportHFModel(),  # before the results, so the results summary is the last thing a fit prints
+        ResultsWriter(),
+        WriteModelCard(),  # after the export and results.json, which it describes
+    ]
+
+
+def with_progress_bar(callbacks: Callback | list[Callback] | None, enable_progress_bar: bool | None) -> list[Callback]:
+    """`callbacks` plus hftrain's progress display, unless progress is turned off or a progress bar is given
+    (Lightning refuses a progress bar callback together with `enable_progress_bar=False`)."""
+    callbacks = [] if callbacks is None else list(callbacks) if isinstance(callbacks, list) else [callbacks]
+    if enable_progress_bar is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(TrainingProgress())
+    return callbacks
+
+
+def use_atomic_checkpoints(trainer: Trainer) -> Trainer:
+    """Write the trainer's checkpoints through a temporary file, unless the user chose another checkpoint IO."""
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+    return trainer
+
+
 class HFTrainCLI(LightningCLI):
-    """The hftrain command line; `run=False` builds model, data and trainer without running (for notebooks)."""
+    """The hftrain command line. `run=False` builds model, data and trainer without running, for use from
+    Python (`hftrain.fit` is built on it): a bad option then raises an `ArgumentError` instead of exiting."""
 
     def __init__(self, args: list[str] | dict | None = None, run: bool = True) -> None:
         super().__init__(
@@ -126,16 +168,7 @@ class HFTrainCLI(LightningCLI):
                     # the hyperparameters are written with the best score by TrainingLog, not with hp_metric=-1
                     "init_args": {"save_dir": runs.RUNS_DIR, "name": None, "default_hp_metric": False},
                 },
-                # export first, so the results summary is the last thing a fit prints
-                "callbacks": [
-                    console.RunHeader(),
-                    TrainingLog(),
-                    StopOnNonFiniteLoss(),
-                    StopOnSignal(),
-                    ExportHFModel(),
-                    ResultsWriter(),
-                    WriteModelCard(),  # after the export and results.json, which it describes
-                ],
+                "callbacks": default_callbacks(),
             },
             parser_kwargs=parser_kwargs(run),
             args=args,
@@ -205,9 +238,9 @@ class HFTrainCLI(LightningCLI):
             )
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
-        trainer = super().instantiate_trainer(**kwargs)
-        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not when the user chose another
-            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        trainer_config = (self.config_init[self.subcommand] if self.subcommand else self.config_init).trainer
+        kwargs.setdefault("callbacks", with_progress_bar(trainer_config.callbacks, trainer_config.enable_progress_bar))
+        trainer = use_atomic_checkpoints(super().instantiate_trainer(**kwargs))
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.trainer.log_every_n_steps is None:  # unless given, as many points as a curve needs
             for callback in trainer.callbacks:
@@ -334,10 +367,10 @@ def main(args: list[str] | None = None) -> None:
         transformers.logging.disable_progress_bar()
         datasets.disable_progress_bars()
     try:
-        _check_yaml_files(sys.argv[1:] if args is None else args)
+        check_yaml_files(sys.argv[1:] if args is None else args)
         HFTrainCLI(args=args)
     except Exception as err:
-        user_error = _find_user_error(err)
+        user_error = find_user_error(err)
         if user_error is None or os.environ.get("HFTRAIN_DEBUG") == "1":
             raise
         if isinstance(user_error, RunInterrupted):  # stopped on a signal, after saving where it stood
@@ -353,7 +386,7 @@ def _import(class_path: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-def _check_yaml_files(args: list) -> None:
+def check_yaml_files(args: list) -> None:
     """Name a config file that is not valid YAML (jsonargparse's message does not say which file)."""
     for flag, value in zip(args, args[1:], strict=False):
         if str(flag) in ("--config", "-c") and Path(value).is_file():
@@ -363,7 +396,7 @@ def _check_yaml_files(args: list) -> None:
                 raise HFTrainError(f"The config file {value} is not valid YAML: {err}") from err
 
 
-def _find_user_error(err: BaseException | None) -> HFTrainError | None:
+def find_user_error(err: BaseException | None) -> HFTrainError | None:
     """The `HFTrainError` behind `err`: jsonargparse re-raises errors from constructors as its own."""
     seen = set()
     while err is not None and id(err) not in seen:

@@ -21,6 +21,8 @@ def test_every_private_member_used_exists_in_the_installed_versions():
     assert internals.logged_step(trainer) == 0  # the step the first logs are written at
     assert internals.slurm_requeue_signal(trainer) is None  # not a SLURM job
     assert internals.hpc_checkpoint_path(trainer).endswith("hpc_ckpt_1.ckpt")
+    internals.set_fit_limits(trainer, max_epochs=7, max_steps=-1)
+    assert (trainer.max_epochs, trainer.max_steps) == (7, -1)
     for owner, name in (
         (trainer.fit_loop, "_combined_loader_states_to_load"),
         (trainer.fit_loop, "_load_combined_loader_states"),

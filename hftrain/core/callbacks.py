@@ -62,6 +62,9 @@ class TaskCheckpoint(pl_callbacks.ModelCheckpoint):
       checkpoint on disk), else a full file. Requeue checkpoints (`hpc_ckpt_N.ckpt`) it supersedes are removed.
     """
 
+    def _ModelCheckpoint__validate_init_configuration(self) -> None:  # noqa: N802 - Lightning's name for it
+        internals.check_checkpoint_settings(self, pl_callbacks.ModelCheckpoint)
+
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if not hasattr(self, "validated"):
             self.validated: dict[str, dict[str, float]] = {}  # top-k checkpoint path -> its step and val/loss
@@ -92,10 +95,12 @@ class TaskCheckpoint(pl_callbacks.ModelCheckpoint):
         loss = float(trainer.callback_metrics.get("val/loss", math.inf))
         for path in set(self.best_k_models) - before:
             self.validated[path] = {"step": trainer.global_step, "val/loss": loss}
-        if self.best_k_models:
+        if self.best_k_models:  # best and k-th (the next to go) by the same ranking as results.json
             key = ranking_key("score", self.mode)
-            self.best_model_path = min(self.best_k_models, key=lambda p: key(self._metrics_of(p)))
+            ranked = sorted(self.best_k_models, key=lambda p: key(self._metrics_of(p)))
+            self.best_model_path, self.kth_best_model_path = ranked[0], ranked[-1]
             self.best_model_score = self.best_k_models[self.best_model_path]
+            self.kth_value = self.best_k_models[self.kth_best_model_path]
         self.refresh_last(trainer)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -255,13 +260,7 @@ class ExportHFModel(pl_callbacks.Callback):
         log_dir = run_folder(trainer)  # every rank asks, once, before rank 0 goes on alone
         if not trainer.is_global_zero or not isinstance(pl_module, TaskModule):
             return
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        state_dict = None
-        if best and Path(best).is_file():
-            # mapped, not read: the optimizer state in the file (twice the weights, with AdamW) stays on disk
-            state_dict = torch.load(best, map_location="cpu", weights_only=False, mmap=True)["state_dict"]
-        elif best and Path(best).is_dir():
-            state_dict = load_sharded_weights(Path(best))
+        state_dict = best_weights(trainer)
         datamodule = trainer.datamodule
         tokenizer = getattr(datamodule, "tokenizer", None) if datamodule is not None else None
         folder = pl_module.export(Path(log_dir) / EXPORT_DIR, tokenizer, state_dict)
@@ -277,8 +276,8 @@ class WriteModelCard(pl_callbacks.Callback):
     SKIPPED = ("tokenizer_", "trust_remote_code", "cache_dir", "num_workers", "overwrite_cache", "reader_options")
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        log_dir = trainer.log_dir  # a broadcast under DDP: every rank asks, once
-        if log_dir is None or not trainer.is_global_zero or not isinstance(pl_module, TaskModule):
+        log_dir = run_folder(trainer)  # every rank asks, once
+        if not trainer.is_global_zero or not isinstance(pl_module, TaskModule):
             return
         folder = Path(log_dir) / EXPORT_DIR
         datamodule = trainer.datamodule
@@ -326,6 +325,17 @@ class WriteModelCard(pl_callbacks.Callback):
             "seed": internals.global_seed(),
         }
         return {**shown(hparams, "model"), **shown(settings, "data"), **shown(run, "trainer")}
+
+
+def best_weights(trainer: Trainer) -> dict[str, torch.Tensor] | None:
+    """The module weights of the trainer's best checkpoint (a file, or a sharded folder), None without one."""
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best and Path(best).is_file():
+        # mapped, not read: the optimizer state in the file (twice the weights, with AdamW) stays on disk
+        return torch.load(best, map_location="cpu", weights_only=False, mmap=True)["state_dict"]
+    if best and Path(best).is_dir():
+        return load_sharded_weights(Path(best))
+    return None
 
 
 def load_sharded_weights(folder: Path) -> dict[str, torch.Tensor]:

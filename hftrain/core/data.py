@@ -13,7 +13,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,6 +22,7 @@ import datasets
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerBase
 
@@ -29,6 +30,7 @@ from hftrain import __version__
 from hftrain.core import console, internals
 from hftrain.core.errors import HFTrainError
 from hftrain.core.pretrained import load_tokenizer
+from hftrain.core.progress import library_progress_bars_off
 from hftrain.core.sampling import EpochShuffleSampler, LengthGroupedSampler, LongestFirstSampler, sequence_lengths
 
 SPLITS = ("train", "validation", "test", "predict")
@@ -158,6 +160,7 @@ class TaskDataModule(LightningDataModule):
         self._check_settings()
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._cache_path: Path | None = None
+        self._predicting_inputs = False
         self.datasets: datasets.DatasetDict | None = None
         self.raw = self.load_raw()
         self.check_data(self.raw)
@@ -285,6 +288,8 @@ class TaskDataModule(LightningDataModule):
 
     def source(self, split: str) -> str:
         """Where a split comes from, in words for error messages."""
+        if split == "predict" and self._predicting_inputs:
+            return "the inputs given to predict"
         path = self.files().get(split)
         if path:
             return path
@@ -571,6 +576,53 @@ class TaskDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> StatefulDataLoader:
         return self._loader("predict")
+
+    # ------------------------------------------------------------------ predicting on inputs in memory
+
+    def input_columns(self) -> list[str]:
+        """The columns a predict row needs, in the order a tuple input gives them (`predict_rows`)."""
+        raise NotImplementedError
+
+    def predict_rows(self, inputs: list[Any]) -> list[dict[str, Any]]:
+        """Raw inputs as rows of a predict file. A dict is a row as it would stand in the file (keys are column
+        names); otherwise an input fills `input_columns`: a string (or a task's list value, such as a
+        sentence's words) the only one, a tuple or list of strings several in order (a text pair)."""
+        columns = self.input_columns()
+        rows = []
+        for number, item in enumerate(inputs, 1):
+            if isinstance(item, Mapping):
+                rows.append(dict(item))
+            elif len(columns) == 1:
+                rows.append({columns[0]: item})
+            elif isinstance(item, list | tuple) and len(item) == len(columns):
+                rows.append(dict(zip(columns, item, strict=True)))
+            else:
+                raise HFTrainError(
+                    f"Input {number} to predict is {item!r}, but this data takes {len(columns)} texts per example "
+                    f"({', '.join(columns)}). Give a tuple of {len(columns)} strings or a dict with those keys."
+                )
+        return rows
+
+    def predict_loader(self, inputs: Any, batch_size: int | None = None) -> DataLoader:
+        """Batches of raw inputs (see `predict_rows`; one input or a list) made exactly as a predict file's are:
+        the same checks (`check_data`), tokenization (`preprocess`) and collator, all in memory."""
+        inputs = [inputs] if isinstance(inputs, str | Mapping) else list(inputs)
+        if not inputs:
+            raise HFTrainError("Nothing to predict: give a list of inputs (strings, tuples or dicts).")
+        raw = datasets.DatasetDict({"predict": datasets.Dataset.from_list(self.predict_rows(inputs))})
+        # the checks and `encode` read a split's features from `self.raw` and name it with `source`
+        files, self.raw, self._predicting_inputs = self.raw, raw, True
+        try:
+            self.check_data(raw)
+            with library_progress_bars_off():
+                encoded = self.preprocess(raw)["predict"]
+        finally:
+            self.raw, self._predicting_inputs = files, False
+        return DataLoader(
+            encoded,
+            batch_size=batch_size or self.eval_batch_size or 2 * self.batch_size,
+            collate_fn=KeepRows(self.collator),
+        )
 
 
 @dataclass

@@ -67,6 +67,13 @@ def batches_trained(trainer) -> int:
     return _private(trainer.fit_loop.epoch_loop, "total_batch_idx")
 
 
+def set_fit_limits(trainer, max_epochs: int, max_steps: int) -> None:
+    """Change a trainer's `max_epochs` / `max_steps` between two fits (the Trainer's own properties are
+    read-only; Lightning's docs set the fit loop's, whose class is private)."""
+    trainer.fit_loop.max_epochs = max_epochs
+    _private(trainer.fit_loop, "epoch_loop").max_steps = max_steps
+
+
 def logs_this_step(trainer) -> bool:
     """Whether the loggers write at the current training step (every `log_every_n_steps`, and at the end)."""
     return _private(trainer, "_logger_connector").should_update_logs
@@ -110,6 +117,16 @@ def every_n_train_steps(callback) -> int:
 def save_topk_checkpoint(callback, trainer) -> None:
     """Rank the current state among a `ModelCheckpoint`'s top-k by the metrics just logged, saving it if it enters."""
     _private(callback, "_save_topk_checkpoint")(trainer, _private(callback, "_monitor_candidates")(trainer))
+
+
+def check_checkpoint_settings(callback, checkpoint_class) -> None:
+    """Lightning's checks of a `ModelCheckpoint`'s settings, except the one that refuses `save_top_k` > 1
+    without a `monitor`: an hftrain checkpoint without one watches the task's metric, named at setup."""
+    top_k, callback.save_top_k = callback.save_top_k, min(callback.save_top_k, 1)
+    try:
+        _private(checkpoint_class, "_ModelCheckpoint__validate_init_configuration")(callback)
+    finally:
+        callback.save_top_k = top_k
 
 
 def checkpoint_saved_at(callback, step: int) -> str | None:

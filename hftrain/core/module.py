@@ -17,19 +17,22 @@ import inspect
 import json
 import shutil
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
 from lightning.pytorch import LightningModule
+from torchmetrics import Metric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from hftrain.core import internals
+from hftrain.core.data import TaskDataModule
 from hftrain.core.errors import HFTrainError
 from hftrain.core.generation import log_text_table
 from hftrain.core.pretrained import load_model, load_tokenizer
+from hftrain.core.progress import library_progress_bars_off
 from hftrain.metrics.custom import CustomMetricSpec, build_custom_metric
 
 # "val" (or "val/<name>" for each of several validation sets) and "test"; metric keys start with it
@@ -100,6 +103,30 @@ class TaskModule(LightningModule):
     tokenizer = None
     # the Hub's name for the task (model card, `transformers.pipeline`)
     pipeline_tag: ClassVar[str] = ""
+    # settings read only while the model is loaded: changing one on a built module would change nothing
+    load_settings: ClassVar[frozenset[str]] = frozenset(
+        {
+            "model_name_or_path",
+            "revision",
+            "trust_remote_code",
+            "ignore_mismatched_sizes",
+            "gradient_checkpointing",
+            "label_names",
+            "problem_type",
+        }
+    )
+    # settings the optimizer and schedule are built from, which a resumed run restores from its checkpoint
+    optimizer_settings: ClassVar[frozenset[str]] = frozenset(
+        {
+            "learning_rate",
+            "weight_decay",
+            "adam_beta1",
+            "adam_beta2",
+            "adam_epsilon",
+            "lr_scheduler_type",
+            "warmup_steps",
+        }
+    )
 
     def __post_init__(self) -> None:
         super().__init__()
@@ -171,11 +198,66 @@ class TaskModule(LightningModule):
     def forward(self, **batch: Any):
         return self.model(**{k: v for k, v in batch.items() if k in self.model_inputs})
 
+    def changed_hyperparameters(self) -> dict[str, Any]:
+        """The settings changed on this object since `hparams` last recorded them (a notebook may set
+        `model.learning_rate = 5e-5` between two fits), with their new values.
+
+        A changed setting that only matters while the model loads (`load_settings`) is an error: the run
+        would record a value it does not use.
+        """
+        changed = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name in self.hparams and self.hparams[f.name] != getattr(self, f.name)
+        }
+        for name in sorted(changed.keys() & self.load_settings):
+            raise HFTrainError(
+                f"model.{name} was changed from {self.hparams[name]!r} to {changed[name]!r} after the model was "
+                f"loaded, so training would not use it. Build a new module with it (in a notebook: "
+                f"hftrain.fit(config, model={{'{name}': ...}})), or set it back."
+            )
+        return changed
+
     def setup(self, stage: str) -> None:
+        # what the checkpoints and the logger (which logs `hparams_initial`) record is what this run uses
+        changed = self.changed_hyperparameters()
+        if changed:
+            self.save_hyperparameters({**self.hparams, **changed})
         # compiling `forward` (every step's model call) rather than wrapping the module keeps the state-dict
         # keys, checkpoints and the exported model as they are, and leaves `generate` eager
         if self.torch_compile and "forward" not in vars(self):
             self.forward = torch.compile(self.forward)
+
+    def on_fit_start(self) -> None:
+        """Make a fit on a module used before behave as on a new one (a notebook cell run again):
+
+        - train in train mode (dropout on) whatever mode the module was left in, e.g. by `model.eval()`:
+          Lightning keeps the mode it finds;
+        - start from fresh metric states: a `validate` or `test` leaves them as tensors made under
+          `torch.inference_mode`, which the fit's validation (run under `no_grad`) may not update in place;
+        - refuse a fit that would do nothing because the trainer already reached its limits.
+        """
+        self.train()
+        for module in self.modules():
+            if isinstance(module, Metric):
+                module.reset()
+        trainer = self.trainer
+        reached = [
+            (limit, value)
+            for limit, value, done in (
+                ("max_epochs", trainer.max_epochs, trainer.current_epoch),
+                ("max_steps", trainer.max_steps, trainer.global_step),
+            )
+            if value is not None and value >= 0 and done >= value
+        ]
+        if reached and trainer.ckpt_path is None:
+            limit, value = reached[0]
+            raise HFTrainError(
+                f"This Trainer has already trained to {limit}={value} (epoch {trainer.current_epoch}, step "
+                f"{trainer.global_step}), so another fit would do nothing. In a Run of hftrain.fit, "
+                "run.fit(epochs=1) trains on from the last checkpoint; with a Trainer of your own, "
+                "build a new one to fine-tune further in a new run folder."
+            )
 
     def on_train_start(self) -> None:
         internals.restore_loader_position(self.trainer)
@@ -293,6 +375,24 @@ class TaskModule(LightningModule):
         self.log_metrics("test")
         self.log_custom_metrics("test")
 
+    @torch.inference_mode()
+    def predict(self, inputs: Any, data: TaskDataModule, batch_size: int | None = None) -> list[dict[str, Any]]:
+        """Predict on raw inputs in memory: the records `hftrain predict` writes, one per input, in order.
+
+        `inputs` is one input or a list: strings, tuples of strings (text pairs, question + context) or dicts
+        of the data's columns; `data` turns them into batches as it does a predict file
+        (`TaskDataModule.predict_loader`). Runs on the module's device in eval mode, then restores the mode.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            rows: list[dict[str, Any]] = []
+            for index, batch in enumerate(data.predict_loader(inputs, batch_size)):
+                rows += self.predict_step(self.transfer_batch_to_device(batch, self.device, 0), index)
+            return rows
+        finally:
+            self.train(was_training)
+
     def configure_optimizers(self):
         """AdamW without decay on biases and normalization weights, stepped per optimizer step."""
         norm_params = {
@@ -348,7 +448,8 @@ class TaskModule(LightningModule):
         if state_dict is not None:
             weights = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
         model, weights = self.exported_model(weights)
-        model.save_pretrained(partial, state_dict=weights)
+        with library_progress_bars_off():  # transformers' "Writing model shards" bar, mid-way through the run's output
+            model.save_pretrained(partial, state_dict=weights)
         if (tokenizer or self.tokenizer) is not None:
             (tokenizer or self.tokenizer).save_pretrained(partial)
         previous = folder.with_name(folder.name + ".previous")

@@ -309,6 +309,9 @@ class LanguageModelingData(TaskDataModule):
         self.require_columns(raw, columns, optional=("completion_column",))
         self.require_text(raw, list(columns.values()))
 
+    def input_columns(self) -> list[str]:
+        return [self.prompt_column or self.text_column]
+
     # ------------------------------------------------------------------ tokenization
 
     def packed_block_size(self) -> int:

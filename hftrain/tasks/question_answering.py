@@ -248,6 +248,14 @@ class QuestionAnsweringData(TaskDataModule):
                         "into the context) or the answer text."
                     )
 
+    def input_columns(self) -> list[str]:
+        return [self.question_column, self.context_column]
+
+    def predict_rows(self, inputs: list[Any]) -> list[dict[str, Any]]:
+        """Questions as `(question, context)` tuples or dicts; an input without an id is numbered from 0."""
+        rows = super().predict_rows(inputs)
+        return [{self.id_column: str(number), **row} for number, row in enumerate(rows)]
+
     def encode(self, batch: dict[str, list], split: str) -> dict[str, list]:
         """Training rows are windows; evaluation rows are whole questions."""
         return self._encode_windows(batch) if split == "train" else self._encode_examples(batch)

@@ -9,7 +9,7 @@ and chrF for translation, ROUGE-1/2/L/Lsum for summarization, all on the 0-100 s
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import datasets
 import torch
@@ -309,6 +309,17 @@ class Seq2SeqData(TaskDataModule):
                     f"Empty or missing {role} text at {where(role)} {bad[0] + 1} ('{column}'; {len(bad)} "
                     "such rows). Every pair needs a source and a non-empty target: fill in or drop them."
                 )
+
+    def input_columns(self) -> list[str]:
+        return [TRANSLATION_COLUMN if self.parallel else self.source_column]
+
+    def predict_rows(self, inputs: list[Any]) -> list[dict[str, Any]]:
+        """A string input is a source text (in translation pairs, the `source_lang` side)."""
+        if self.parallel:
+            inputs = [
+                {TRANSLATION_COLUMN: {self.source_lang: text}} if isinstance(text, str) else text for text in inputs
+            ]
+        return super().predict_rows(inputs)
 
     # ------------------------------------------------------------------ tokenization
 

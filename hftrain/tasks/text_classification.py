@@ -344,6 +344,9 @@ class TextClassificationData(TaskDataModule):
                 fields["gold"] = [self.label_names[t] for t in targets]
         return fields
 
+    def input_columns(self) -> list[str]:
+        return [self.text_column] + ([self.text_pair_column] if self.text_pair_column else [])
+
     def encode(self, batch: dict[str, list], split: str) -> dict[str, list]:
         texts = [batch[self.text_column]]
         if self.text_pair_column:

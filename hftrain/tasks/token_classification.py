@@ -406,6 +406,13 @@ class TokenClassificationData(TaskDataModule):
             fields["gold"] = [[names[t] if names else t for t in tags] for tags in batch[self.tag_column]]
         return fields
 
+    def input_columns(self) -> list[str]:
+        return [self.tokens_column]
+
+    def predict_rows(self, inputs: list[Any]) -> list[dict[str, Any]]:
+        """A string input is a sentence split into words on whitespace; a list is its words."""
+        return super().predict_rows([text.split() if isinstance(text, str) else text for text in inputs])
+
     def preprocess(self, raw: datasets.DatasetDict) -> datasets.DatasetDict:
         if not self.tokenizer.is_fast:
             raise HFTrainError(
