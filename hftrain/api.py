@@ -30,11 +30,12 @@ from hftrain.cli import (
     check_yaml_files,
     default_callbacks,
     find_user_error,
+    scale_log_interval,
     use_atomic_checkpoints,
     with_progress_bar,
 )
 from hftrain.core import internals, runs
-from hftrain.core.callbacks import TaskCheckpoint, best_weights
+from hftrain.core.callbacks import PredictionWriter, TaskCheckpoint, best_weights
 from hftrain.core.errors import HFTrainError
 from hftrain.core.signals import RunInterrupted
 from hftrain.options import CHECKPOINT_DEFAULTS, TRAINER_DEFAULTS
@@ -162,9 +163,15 @@ class Run:
         if inputs is not None:
             with user_errors():
                 return self.module.to(self.trainer.strategy.root_device).predict(inputs, self.data, batch_size)
+        writer = next((c for c in self.trainer.callbacks if isinstance(c, PredictionWriter)), None)
+        if writer is None:
+            raise HFTrainError(
+                "This run's trainer has no PredictionWriter, which writes the predictions and puts them back in "
+                "input order: keep it among trainer.callbacks."
+            )
         with self._lightning_call():
-            batches = self.trainer.predict(self.module, datamodule=self.data)
-        return [row for batch in batches or [] for row in batch]
+            self.trainer.predict(self.module, datamodule=self.data, return_predictions=False)
+        return writer.predictions
 
     def _continue_from(self) -> str:
         """The checkpoint a continued fit resumes from; settings it would silently override are refused."""
@@ -217,8 +224,9 @@ def fit(*configs: str | Path, **overrides: Any) -> Run:
 def trainer(name: str = "notebook", save_dir: str | Path = runs.RUNS_DIR, **trainer_kwargs: Any) -> Trainer:
     """A `lightning.Trainer` with what `hftrain fit` adds, for modules built by hand: the run folder
     `<save_dir>/<name>/version_N/` with TensorBoard logs, the best and last checkpoints by the task's metric,
-    `results.json`, the `hf_model/` export, the learning-rate monitor, the NaN-loss stop, gradient clipping at
-    1.0 and hftrain's progress display.
+    `results.json`, the `hf_model/` export, the training log (learning rate, gradient norm, throughput, every
+    `log_every_n_steps`, sized to the run unless given), the NaN-loss stop, gradient clipping at 1.0 and
+    hftrain's progress display.
 
     `trainer_kwargs` are `lightning.Trainer` arguments and win over these defaults; `callbacks` are added to
     hftrain's (a checkpoint callback or progress bar given replaces hftrain's own). Seed first, as the CLI
@@ -228,7 +236,10 @@ def trainer(name: str = "notebook", save_dir: str | Path = runs.RUNS_DIR, **trai
     if not any(isinstance(c, Checkpoint) for c in callbacks):
         callbacks.append(TaskCheckpoint(**CHECKPOINT_DEFAULTS))
     options = {"logger": TensorBoardLogger(save_dir, name=name), **TRAINER_DEFAULTS, **trainer_kwargs}
-    return use_atomic_checkpoints(Trainer(**options, callbacks=callbacks + default_callbacks()))
+    trainer = use_atomic_checkpoints(Trainer(**options, callbacks=callbacks + default_callbacks()))
+    if "log_every_n_steps" not in trainer_kwargs:
+        scale_log_interval(trainer)
+    return trainer
 
 
 @contextmanager

@@ -133,6 +133,14 @@ def default_callbacks() -> list[Callback]:
     ]
 
 
+def scale_log_interval(trainer: Trainer) -> None:
+    """Size `log_every_n_steps` to the run, for a trainer not given one: as many points as a curve needs
+    (Lightning's 50 would log nothing in a run of 30 steps)."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, TrainingLog):
+            callback.scale_log_interval = True
+
+
 def with_progress_bar(callbacks: Callback | list[Callback] | None, enable_progress_bar: bool | None) -> list[Callback]:
     """`callbacks` plus hftrain's progress display, unless progress is turned off or a progress bar is given
     (Lightning refuses a progress bar callback together with `enable_progress_bar=False`)."""
@@ -242,10 +250,8 @@ class HFTrainCLI(LightningCLI):
         kwargs.setdefault("callbacks", with_progress_bar(trainer_config.callbacks, trainer_config.enable_progress_bar))
         trainer = use_atomic_checkpoints(super().instantiate_trainer(**kwargs))
         config = self.config[self.subcommand] if self.subcommand else self.config
-        if config.trainer.log_every_n_steps is None:  # unless given, as many points as a curve needs
-            for callback in trainer.callbacks:
-                if isinstance(callback, TrainingLog):
-                    callback.scale_log_interval = True
+        if config.trainer.log_every_n_steps is None:
+            scale_log_interval(trainer)
         return trainer
 
     def after_instantiate_classes(self) -> None:

@@ -34,7 +34,9 @@ def test_fit_returns_the_run_with_the_cli_run_folder_and_metrics(config):
     assert run.folder == Path("runs/sentiment/version_0")  # named after the config, as on the command line
     assert (run.folder / "config.yaml").is_file() and (run.export_dir / "config.json").is_file()
     assert [h["epoch"] for h in run.history] == [0, 1, 2, 3, 4]
-    assert run.best == max(run.history, key=lambda h: h["val/accuracy"]) and run.final == run.history[-1]
+    # best: the highest accuracy, a tie going to the lower validation loss
+    assert run.best == max(run.history, key=lambda h: (h["val/accuracy"], -h["val/loss"]))
+    assert run.final == run.history[-1]
     assert run.best["val/accuracy"] >= 0.9
     # the module holds the best checkpoint's weights, as hf_model/ does
     best = torch.load(run.results["best_checkpoint"], weights_only=False)["state_dict"]
@@ -216,6 +218,10 @@ def predict_case(task: str, folder: Path, models: dict[str, str]) -> tuple[dict,
     }, prompts
 
 
+def rounded(rows: list[dict]) -> list[dict]:
+    return [{k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
+
+
 @pytest.mark.parametrize("task", ["text pairs", "ner", "qa", "seq2seq", "lm"])
 def test_predict_on_inputs_in_memory_gives_the_records_hftrain_predict_writes(
     task, tiny_bert, tiny_t5, tiny_gpt2, tmp_path
@@ -232,7 +238,8 @@ def test_predict_on_inputs_in_memory_gives_the_records_hftrain_predict_writes(
     written = [json.loads(line) for line in (run.folder / "predictions.jsonl").read_text().splitlines()]
     in_memory = run.predict(inputs)
     assert len(in_memory) == len(inputs) == len(written)
-    assert json.loads(json.dumps(in_memory)) == written == json.loads(json.dumps(from_file))
+    # scores to 5 places: a batch of other lengths pads differently, which moves the last float digits
+    assert rounded(in_memory) == rounded(written) == rounded(from_file)
     assert sorted(p.name for p in run.folder.iterdir() if p.name.startswith("predictions")) == ["predictions.jsonl"]
 
 

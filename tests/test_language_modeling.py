@@ -250,9 +250,7 @@ def test_lora_export_is_merged_and_gives_the_module_logits(tiny_gpt2, counting_f
     with torch.no_grad():
         expected = module(input_ids=input_ids).logits
         assert torch.allclose(exported(input_ids=input_ids).logits, expected, atol=1e-5)
-        assert not torch.allclose(
-            base(input_ids=input_ids).logits, expected, atol=1e-3
-        )  # the adapters learnt
+        assert not torch.allclose(base(input_ids=input_ids).logits, expected, atol=1e-3)  # the adapters learnt
 
 
 def test_data_errors_name_the_setting_and_the_fix(tiny_gpt2, tmp_path):

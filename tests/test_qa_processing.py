@@ -34,9 +34,7 @@ def labelled_windows(tokenizer, question, context, answer_text, answer_start, ma
     for w in range(len(encoding["input_ids"])):
         layout = window_layout(encoding, w, context_index(tokenizer), tokenizer.cls_token_id)
         span = (answer_start, answer_start + len(answer_text)) if answer_text else None
-        start, end = answer_token_span(
-            layout["offset_mapping"], layout["context_span"], layout["cls_index"], span
-        )
+        start, end = answer_token_span(layout["offset_mapping"], layout["context_span"], layout["cls_index"], span)
         windows.append((encoding["input_ids"][w], layout, start, end))
     return windows
 
@@ -173,19 +171,14 @@ def test_squad_v2_answers_nothing_when_the_null_score_beats_the_best_span_by_mor
     start = logits_with(11, {0: 6.0, 6: 4.0})
     end = logits_with(11, {0: 6.0, 6: 6.0})  # null 12, best span 10: a difference of 2
     candidates = [window_candidates(start, end, layout, WORDS)]
-    assert (
-        best_answer(candidates, version_2_with_negative=True, null_score_diff_threshold=threshold).text
-        == expected
-    )
+    assert best_answer(candidates, version_2_with_negative=True, null_score_diff_threshold=threshold).text == expected
     assert best_answer(candidates, version_2_with_negative=False).text == "beta"
 
 
 def test_the_null_score_is_the_smallest_over_windows():
     layout = window(WORD_OFFSETS)
     sure = window_candidates(logits_with(11, {0: 9.0}), logits_with(11, {0: 9.0}), layout, WORDS)
-    unsure = window_candidates(
-        logits_with(11, {0: -5.0, 7: 1.0}), logits_with(11, {0: -5.0, 7: 1.0}), layout, WORDS
-    )
+    unsure = window_candidates(logits_with(11, {0: -5.0, 7: 1.0}), logits_with(11, {0: -5.0, 7: 1.0}), layout, WORDS)
     assert best_answer([sure, unsure], version_2_with_negative=True).text == "gamma"
 
 
@@ -288,9 +281,7 @@ def test_under_ddp_every_question_is_scored_exactly_once_even_when_the_sampler_r
     everything = {**PREDICTIONS, **UNANSWERABLE}
     ids = list(everything)
     world_size = 4
-    padded = (
-        ids + ids[: -len(ids) % world_size]
-    )  # DistributedSampler repeats the first ones to even out ranks
+    padded = ids + ids[: -len(ids) % world_size]  # DistributedSampler repeats the first ones to even out ranks
     per_rank = [{i: everything[i] for i in padded[rank::world_size]} for rank in range(world_size)]
     assert sum(map(len, per_rank)) > len(ids)
     merged = merge_rank_predictions(per_rank)

@@ -27,9 +27,7 @@ def squad_file(path, examples: list[dict]) -> str:
             "id": example.get("id", f"q{i}"),
             "question": example["question"],
             "is_impossible": answer is None,
-            "answers": []
-            if answer is None
-            else [{"text": answer, "answer_start": example["context"].index(answer)}],
+            "answers": [] if answer is None else [{"text": answer, "answer_start": example["context"].index(answer)}],
         }
         paragraphs.append({"context": example["context"], "qas": [qa]})
     path.write_text(json.dumps({"version": "v2.0", "data": [{"title": "t", "paragraphs": paragraphs}]}))
@@ -161,9 +159,7 @@ def module_answers(model_path: str, predict_file: str) -> dict[str, str]:
     from lightning.pytorch import Trainer
 
     module = QuestionAnswering(model_name_or_path=model_path)
-    data = QuestionAnsweringData(
-        tokenizer_name=model_path, predict_file=predict_file, max_length=64, doc_stride=8
-    )
+    data = QuestionAnsweringData(tokenizer_name=model_path, predict_file=predict_file, max_length=64, doc_stride=8)
     trainer = Trainer(logger=False, enable_progress_bar=False, enable_checkpointing=False)
     batches = trainer.predict(module, datamodule=data)
     return {row["id"]: row["answer"] for batch in batches for row in batch}
@@ -177,8 +173,7 @@ def test_the_exported_model_gives_the_same_answers_without_hftrain(trained, tmp_
     model = AutoModelForQuestionAnswering.from_pretrained(model_path).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     theirs = {
-        f"q{i}": pipeline_style_answer(model, tokenizer, q["question"], q["context"])
-        for i, q in enumerate(questions)
+        f"q{i}": pipeline_style_answer(model, tokenizer, q["question"], q["context"]) for i, q in enumerate(questions)
     }
     assert ours == theirs
 
@@ -276,9 +271,7 @@ def test_bad_rows_are_a_clear_error_naming_the_row(tiny_bert, tmp_path, broken, 
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    minilm_path() is None or not (SHARED_DATA / "squad").is_dir(), reason="needs MiniLM and data"
-)
+@pytest.mark.skipif(minilm_path() is None or not (SHARED_DATA / "squad").is_dir(), reason="needs MiniLM and data")
 def test_minilm_on_the_squad_slice_reaches_f1_30(tmp_path, monkeypatch):
     """The documented real-data run (docs/question_answering.md, F1 30.7): about an hour on 2 busy CPU cores."""
     import subprocess
@@ -363,7 +356,5 @@ def test_qa_config_instantiates(config, tiny_bert, tmp_path):
         run=False,
     )
     expected = yaml.safe_load(config.read_text())
-    assert cli.model.version_2_with_negative == expected["model"]["init_args"].get(
-        "version_2_with_negative", False
-    )
+    assert cli.model.version_2_with_negative == expected["model"]["init_args"].get("version_2_with_negative", False)
     assert (cli.datamodule.max_length, cli.datamodule.doc_stride) == (384, 128)

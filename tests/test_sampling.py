@@ -91,8 +91,9 @@ def test_ddp_shards_keep_batches_homogeneous_and_lose_nothing(world):
 
 def test_data_module_groups_training_batches_by_length(tiny_bert, tmp_path):
     rng = random.Random(0)
-    rows = [{"text": " ".join(rng.choices(FILLER, k=rng.randint(1, 40))), "label": rng.choice("ab")}
-            for _ in range(256)]
+    rows = [
+        {"text": " ".join(rng.choices(FILLER, k=rng.randint(1, 40))), "label": rng.choice("ab")} for _ in range(256)
+    ]
     train = str(write_csv(tmp_path / "train.csv", rows))
     options = {"tokenizer_name": tiny_bert, "train_file": train, "batch_size": 16}
     grouped = TextClassificationData(**options, group_by_length=True)

@@ -44,18 +44,14 @@ def cipher_files(tmp_path) -> dict[str, str]:
     return {
         "train": write_jsonl(tmp_path / "train.jsonl", cipher_rows(1280, seed=1)),
         "validation": write_jsonl(tmp_path / "dev.jsonl", cipher_rows(48, seed=2)),
-        "predict": write_jsonl(
-            tmp_path / "predict.jsonl", [{"source": r["source"]} for r in cipher_rows(8, 3)]
-        ),
+        "predict": write_jsonl(tmp_path / "predict.jsonl", [{"source": r["source"]} for r in cipher_rows(8, 3)]),
     }
 
 
 def texts(data: Seq2SeqData, split: str) -> tuple[list | None, list | None]:
     """A split's sources and targets (None without targets)."""
     dataset = data.raw[split]
-    return data.texts(dataset, "source"), data.texts(dataset, "target") if data.has_texts(
-        dataset, "target"
-    ) else None
+    return data.texts(dataset, "source"), data.texts(dataset, "target") if data.has_texts(dataset, "target") else None
 
 
 def write_parallel(folder: Path, stem: str, rows: list[dict[str, str]], src="en", tgt="de") -> str:
@@ -83,9 +79,7 @@ def test_batches_pad_labels_with_ignore_index_and_add_the_prefix(tiny_t5, cipher
     first = data.raw["validation"][row["id"]]
     # the raw source (no prefix) and gold target ride along for predictions and examples
     assert row == {"id": row["id"], "source": first["source"], "gold": first["target"]}
-    assert (
-        tokenizer.decode(batch["input_ids"][0], skip_special_tokens=True) == "translate: " + first["source"]
-    )
+    assert tokenizer.decode(batch["input_ids"][0], skip_special_tokens=True) == "translate: " + first["source"]
     labels = batch["labels"]
     lengths = (labels != -100).sum(-1)
     assert lengths.min() < labels.shape[1], "rows of different length must be padded"
@@ -192,9 +186,7 @@ def test_bad_input_errors_say_where(tiny_t5, tmp_path):
     with pytest.raises(HFTrainError, match=r"no column 'text' \(data.source_column\).*document, summary"):
         Seq2SeqData(tokenizer_name=tiny_t5, train_file=flat, source_column="text", target_column="summary")
 
-    empty = write_jsonl(
-        tmp_path / "empty.jsonl", [{"source": "a", "target": "b"}, {"source": "c", "target": ""}]
-    )
+    empty = write_jsonl(tmp_path / "empty.jsonl", [{"source": "a", "target": "b"}, {"source": "c", "target": ""}])
     with pytest.raises(HFTrainError, match=r"target text at .*empty.jsonl, row 2 \('target'"):
         Seq2SeqData(tokenizer_name=tiny_t5, train_file=empty, validation_split_percentage=0)
 
@@ -263,8 +255,7 @@ def test_summarization_metrics_match_rouge_score():
     keys = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
     scorer = rouge_scorer.RougeScorer(keys, use_stemmer=False)
     expected = {
-        k: 100 * sum(scorer.score(r, p)[k].fmeasure for p, r in zip(preds, refs, strict=True)) / 2
-        for k in keys
+        k: 100 * sum(scorer.score(r, p)[k].fmeasure for p, r in zip(preds, refs, strict=True)) / 2 for k in keys
     }
     metrics = generation_metrics("summarization", rouge_use_stemmer=False)
     metrics.update(preds, [[r] for r in refs])

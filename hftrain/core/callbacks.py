@@ -418,7 +418,8 @@ class PredictionWriter(pl_callbacks.BasePredictionWriter):
     def __init__(self, output_file: str | None = None) -> None:
         super().__init__(write_interval="batch")
         self.output_file = output_file
-        self._rows: dict[int, str] = {}
+        self._rows: dict[int, dict] = {}
+        self.predictions: list[dict] = []  # the last predict's rows, in input order (what `Run.predict` returns)
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.output_file:
@@ -432,10 +433,11 @@ class PredictionWriter(pl_callbacks.BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
         for index, row in zip(batch_indices, prediction, strict=True):
-            self._rows[index] = json.dumps(row)
+            self._rows[index] = row
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("".join(self._rows[i] + "\n" for i in sorted(self._rows)))
+        self.predictions = [self._rows[i] for i in sorted(self._rows)]
         self._rows = {}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("".join(json.dumps(row) + "\n" for row in self.predictions))
         rank_zero_info(f"Predictions written to {self.path}")

@@ -68,10 +68,20 @@ def batches_trained(trainer) -> int:
 
 
 def set_fit_limits(trainer, max_epochs: int, max_steps: int) -> None:
-    """Change a trainer's `max_epochs` / `max_steps` between two fits (the Trainer's own properties are
-    read-only; Lightning's docs set the fit loop's, whose class is private)."""
-    trainer.fit_loop.max_epochs = max_epochs
-    _private(trainer.fit_loop, "epoch_loop").max_steps = max_steps
+    """Give a trainer new fit loops with these limits, for a fit that continues from a checkpoint in the same
+    process (the Trainer's own `max_epochs` / `max_steps` are read-only).
+
+    New loops, as a new process has, not the finished ones with new limits: restoring a checkpoint saved by
+    the validation after an epoch's last batch into used loops leaves the epoch loop "restarting" at that
+    last batch, and every later epoch then runs no batch. The checkpoint restores all their state.
+    """
+    from lightning.pytorch.loops import fit_loop, training_epoch_loop
+
+    old = trainer.fit_loop
+    loop = _private(fit_loop, "_FitLoop")(trainer, min_epochs=old.min_epochs, max_epochs=max_epochs)
+    epoch_loop = _private(training_epoch_loop, "_TrainingEpochLoop")
+    loop.epoch_loop = epoch_loop(trainer, min_steps=old.epoch_loop.min_steps, max_steps=max_steps)
+    trainer.fit_loop = loop
 
 
 def logs_this_step(trainer) -> bool:

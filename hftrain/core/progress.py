@@ -71,6 +71,7 @@ class LineOutput:
         self.handle = None
         self.width = 0
         self.last_write = -math.inf
+        self.last_text = ""
 
     def due(self, final: bool = False, now: float | None = None) -> bool:
         """Whether `show` would write now (a file gets a line only every `log_every` seconds)."""
@@ -93,9 +94,9 @@ class LineOutput:
             sys.stdout.write("\r" + text.ljust(self.width) + ("\n" if final else ""))
             sys.stdout.flush()
             self.width = 0 if final else len(text)
-        elif self.due(final, now):
+        elif self.due(final, now) and text != self.last_text:  # a log file does not get the same line twice
             print(text, flush=True)
-            self.last_write = now
+            self.last_write, self.last_text = now, text
 
     def break_line(self) -> None:
         """End a half-drawn terminal line, so that other output starts on a line of its own."""
@@ -146,8 +147,9 @@ class TrainingProgress(ProgressBar):
         steps = f"/{self._total_steps}" if math.isfinite(self._total_steps) else ""
         parts = [f"epoch {trainer.current_epoch + 1}{epochs}", f"step {trainer.global_step}{steps}"]
         metrics = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num"}
-        if "train/loss" in metrics:
-            parts.append(f"loss {float(metrics.pop('train/loss')):.4g}")
+        loss = trainer.callback_metrics.get("train/loss")  # as of the last logging step (not on the bar: no sync)
+        if loss is not None:
+            parts.append(f"loss {float(loss):.4g}")
         if trainer.optimizers:
             parts.append(f"lr {trainer.optimizers[0].param_groups[0]['lr']:.2e}")
         train_seconds = time.monotonic() - self._start - self._eval_seconds
