@@ -2,9 +2,9 @@
 
 What a user gets without writing it: a TensorBoard logger writing to `runs/<name>/version_N/` (the name
 is the config file's name), a checkpoint of the best model by the task's main metric plus `last.ckpt`,
-the learning-rate monitor, a fixed seed, the resolved `config.yaml`, `results.json`, the exported
-`hf_model/`, and predictions as JSONL. The model name reaches the tokenizer and the data's label set
-reaches the model through argument links, so nothing is typed twice.
+the training log (learning rate, gradient norm, throughput), a fixed seed, the resolved `config.yaml`,
+`results.json`, the exported `hf_model/`, and predictions as JSONL. The model name reaches the tokenizer
+and the data's label set reaches the model through argument links, so nothing is typed twice.
 
 `--ckpt_path best|last` work across processes: they find the newest run folder of the config's name
 and continue in it (resume for `fit`; metrics and predictions written beside the run's own).

@@ -12,6 +12,10 @@ from pathlib import Path
 
 import pytest
 
+# no test reaches the Hub: huggingface_hub reads this once, when it is imported, so the `isolated` fixture's
+# setenv comes too late for runs inside the test process (each Hub id would wait out network timeouts)
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 

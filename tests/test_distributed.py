@@ -63,6 +63,7 @@ def test_two_process_ddp_fit_writes_one_run_and_validates_like_one_process(confi
     assert two_processes == pytest.approx(one_process)
 
 
+@pytest.mark.slow  # a cluster's nodes joining over the network: tests/test_slurm.py runs it on a real cluster
 def test_two_nodes_on_localhost_form_one_world_of_two(config, tmp_path):
     """What each node of a cluster without SLURM runs: the same command with its NODE_RANK."""
     env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
@@ -125,6 +126,7 @@ def wait_for(path: Path, process: subprocess.Popen, seconds: float = 300) -> str
     return path.read_text()
 
 
+@pytest.mark.slow  # where Slurm is not installed; CI requeues on a real cluster (tests/test_slurm.py)
 def test_slurm_requeue_saves_a_checkpoint_and_the_requeued_job_resumes_from_it(config, tmp_path):
     """scripts/slurm/fit.sbatch as one faked SLURM task on CPU, signalled mid-epoch 2 of 2. `srun` passes
     its command through (one task) and `scontrol` records its arguments; nothing of Lightning is mocked."""

@@ -79,6 +79,7 @@ def test_gradient_checkpointing(tiny_bert, sentiment_files):
     assert module.model.is_gradient_checkpointing
 
 
+@pytest.mark.slow  # compiling takes most of its time
 def test_torch_compile_keeps_checkpoint_and_export_keys(tiny_bert, sentiment_files, tmp_path):
     config = classification_config(
         tmp_path / "compiled.yaml", tiny_bert, sentiment_files, trainer__max_epochs=1, model__torch_compile=True
