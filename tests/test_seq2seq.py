@@ -44,18 +44,14 @@ def cipher_files(tmp_path) -> dict[str, str]:
     return {
         "train": write_jsonl(tmp_path / "train.jsonl", cipher_rows(1280, seed=1)),
         "validation": write_jsonl(tmp_path / "dev.jsonl", cipher_rows(48, seed=2)),
-        "predict": write_jsonl(
-            tmp_path / "predict.jsonl", [{"source": r["source"]} for r in cipher_rows(8, 3)]
-        ),
+        "predict": write_jsonl(tmp_path / "predict.jsonl", [{"source": r["source"]} for r in cipher_rows(8, 3)]),
     }
 
 
 def texts(data: Seq2SeqData, split: str) -> tuple[list | None, list | None]:
     """A split's sources and targets (None without targets)."""
     dataset = data.raw[split]
-    return data.texts(dataset, "source"), data.texts(dataset, "target") if data.has_texts(
-        dataset, "target"
-    ) else None
+    return data.texts(dataset, "source"), data.texts(dataset, "target") if data.has_texts(dataset, "target") else None
 
 
 def write_parallel(folder: Path, stem: str, rows: list[dict[str, str]], src="en", tgt="de") -> str:
@@ -80,9 +76,7 @@ def test_batches_pad_labels_with_ignore_index_and_add_the_prefix(tiny_t5, cipher
     assert set(batch) == {"input_ids", "attention_mask", "labels"}
     tokenizer = data.tokenizer
     first = data.raw["validation"][0]
-    assert (
-        tokenizer.decode(batch["input_ids"][0], skip_special_tokens=True) == "translate: " + first["source"]
-    )
+    assert tokenizer.decode(batch["input_ids"][0], skip_special_tokens=True) == "translate: " + first["source"]
     labels = batch["labels"]
     lengths = (labels != -100).sum(-1)
     assert lengths.min() < labels.shape[1], "rows of different length must be padded"
@@ -147,9 +141,7 @@ def test_bad_input_errors_say_where(tiny_t5, tmp_path):
     with pytest.raises(HFTrainError, match=r"no column 'source' \(data.source_column\).*document, summary"):
         Seq2SeqData(tokenizer_name=tiny_t5, train_file=flat)
 
-    empty = write_jsonl(
-        tmp_path / "empty.jsonl", [{"source": "a", "target": "b"}, {"source": "c", "target": ""}]
-    )
+    empty = write_jsonl(tmp_path / "empty.jsonl", [{"source": "a", "target": "b"}, {"source": "c", "target": ""}])
     with pytest.raises(HFTrainError, match=r"target text at .*empty.jsonl, row 2 \('target'"):
         Seq2SeqData(tokenizer_name=tiny_t5, train_file=empty, validation_split_percentage=0)
 
@@ -173,6 +165,20 @@ def test_translation_metrics_match_sacrebleu():
     assert values["chrf"].item() == pytest.approx(sacrebleu.corpus_chrf(preds, [refs]).score, abs=0.01)
 
 
+def test_chrf_matches_sacrebleu_with_several_references_short_and_empty_outputs():
+    import sacrebleu
+
+    # an empty output, outputs shorter than 6 characters, and references the sentences score best against
+    preds = ["", "ok", "Ein Mann fährt Rad.", "zwei Hunde spielen im Schnee", "abc"]
+    first = ["nichts", "ok!", "Ein Mann fährt ein Fahrrad.", "Zwei Hunde im Schnee", "xyz"]
+    second = ["leer", "okay", "Ein Radfahrer.", "zwei Hunde spielen im Schnee", "abcd"]
+    metrics = generation_metrics("translation")
+    for pred, refs in zip(preds, zip(first, second, strict=True), strict=True):
+        metrics.update([pred], [list(refs)])
+    expected = sacrebleu.corpus_chrf(preds, [first, second]).score
+    assert scores(metrics)["chrf"].item() == pytest.approx(expected, abs=1e-4)
+
+
 def test_summarization_metrics_match_rouge_score():
     from rouge_score import rouge_scorer
 
@@ -182,8 +188,7 @@ def test_summarization_metrics_match_rouge_score():
     keys = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
     scorer = rouge_scorer.RougeScorer(keys, use_stemmer=False)
     expected = {
-        k: 100 * sum(scorer.score(r, p)[k].fmeasure for p, r in zip(preds, refs, strict=True)) / 2
-        for k in keys
+        k: 100 * sum(scorer.score(r, p)[k].fmeasure for p, r in zip(preds, refs, strict=True)) / 2 for k in keys
     }
     metrics = generation_metrics("summarization", rouge_use_stemmer=False)
     metrics.update(preds, [[r] for r in refs])
