@@ -4,7 +4,7 @@ does what the HF Trainer's field does."""
 import pytest
 import torch
 from helpers import classification_config, run_cli
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 from safetensors.torch import load_file
 
 from hftrain.core.runs import read_results
@@ -70,6 +70,29 @@ def test_gradient_accumulation_sizes_the_schedule_in_optimizer_steps(tiny_bert, 
     factor = trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0]
     assert trainer.estimated_stepping_batches == 6
     assert factor(3) == pytest.approx(1.0)  # warmup is half of the 6 optimizer steps
+
+
+def test_gradients_are_freed_after_each_optimizer_step_and_kept_while_accumulating(tiny_bert, sentiment_files):
+    # held until the next step's forward, they would add a copy of the weights to peak memory
+    held = []
+
+    class Gradients(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            held.append(any(p.grad is not None for p in pl_module.parameters()))
+
+    data = TextClassificationData(tokenizer_name=tiny_bert, train_file=sentiment_files["train"], batch_size=8)
+    module = TextClassification(model_name_or_path=tiny_bert, label_names=data.label_names)
+    Trainer(
+        max_steps=2,
+        accumulate_grad_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[Gradients()],
+    ).fit(module, datamodule=data)
+    assert held == [True, False, True, False]  # accumulating after batches 1 and 3, freed after each step
 
 
 def test_gradient_checkpointing(tiny_bert, sentiment_files):

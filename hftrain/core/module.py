@@ -148,6 +148,13 @@ class TaskModule(LightningModule):
         if 0 < self.trainer.max_steps <= self.trainer.global_step:
             self.trainer.should_stop = True
 
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        """Step, then free the gradients at once, as the HF Trainer does. Lightning frees them in the next
+        step's closure, after its forward pass, which then holds the last step's gradients on top of its
+        activations: one more copy of the weights in peak memory (87 MiB for MiniLM)."""
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        optimizer.zero_grad(set_to_none=True)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self(**batch).loss
         # only at the steps the loggers write: Lightning turns a logged value into a Python number after
