@@ -1,14 +1,22 @@
 """hftrain: fine-tune pretrained Hugging Face transformers with PyTorch Lightning.
 
-The task classes are imported lazily so that ``import hftrain`` (and ``hftrain --help``) stays cheap;
-``from hftrain import TextClassification`` still works as usual.
+Everything is imported lazily so that ``import hftrain`` (and ``hftrain --help``) stays cheap;
+``from hftrain import TextClassification`` and ``hftrain.fit(...)`` still work as usual.
 """
 
+import warnings
 from importlib import import_module
 
 __version__ = "0.1.0"
 
+# In a Jupyter kernel without ipywidgets, tqdm.auto (imported by datasets and transformers) warns to install
+# them; hftrain's progress display needs none, so the advice only misleads.
+warnings.filterwarnings("ignore", message="IProgress not found")
+
 _EXPORTS = {
+    "fit": "hftrain.api",
+    "Run": "hftrain.api",
+    "trainer": "hftrain.api",
     "HFTrainError": "hftrain.core.errors",
     "TaskModule": "hftrain.core.module",
     "TaskDataModule": "hftrain.core.data",

@@ -14,6 +14,8 @@ import importlib
 import os
 import sys
 import zipfile
+from argparse import ArgumentError
+from importlib import import_module
 from pathlib import Path
 
 import datasets
@@ -22,29 +24,42 @@ import yaml
 from jsonargparse import get_loader, set_loader
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-from hftrain.core import runs
+from hftrain import _EXPORTS, options
+from hftrain.core import console, internals, runs
 from hftrain.core.callbacks import (
     ExportHFModel,
     PredictionWriter,
     ResultsWriter,
     StopOnNonFiniteLoss,
     TaskCheckpoint,
+    WriteModelCard,
     run_folder,
 )
 from hftrain.core.checkpoint_io import AtomicCheckpointIO
 from hftrain.core.data import TaskDataModule
-from hftrain.core.errors import HFTrainError
+from hftrain.core.errors import HFTrainError, parser_error
 from hftrain.core.internals import task_class_of
 from hftrain.core.module import TaskModule
+from hftrain.core.progress import TrainingProgress
 from hftrain.core.signals import RunInterrupted, StopOnSignal
+from hftrain.core.training_log import TrainingLog
 
 PARSER_MODE = "hftrain_yaml"
+MAX_STEPS_HELP = (
+    "Stop training after this many optimizer steps; -1 (the default): train for max_epochs. As in the HF "
+    "Trainer, max_steps wins over max_epochs: when it is set, training goes on for as many epochs as it "
+    "needs (max_epochs is ignored), and the learning-rate schedule spans max_steps."
+)
+
+# every task imported, so that jsonargparse knows them by their short names (`--model TextClassification`)
+for _task in (name for names in options.task_classes().values() for name in names):
+    import_module(_EXPORTS[_task])
 
 
 def _load_value(text: str):
@@ -64,11 +79,39 @@ def _load_value(text: str):
 set_loader(PARSER_MODE, _load_value, (yaml.YAMLError,))
 
 
+def parser_kwargs(run: bool) -> dict:
+    """How the parsers read their input: no abbreviated options (`--trainer.max_epoch` is an error, not
+    `max_epochs`), errors raised for `main` to explain in a paragraph, and defaults from environment variables
+    named `HFTRAIN_<SUBCOMMAND>__<KEY>` (`HFTRAIN_FIT__TRAINER__MAX_EPOCHS=3`; the task classes only whole,
+    `HFTRAIN_FIT__MODEL`); the CLI built in Python (`run=False`) reads the `fit` ones. A variable of another
+    shape (`HFTRAIN_DATA`, `HFTRAIN_CACHE`) is never read as an option."""
+    strict = {"exit_on_error": False, "allow_abbrev": False, "parser_mode": PARSER_MODE}
+    # the main parser reads no variable (it would take HFTRAIN_CONFIG); HFTrainCLI.setup_parser turns them on
+    # for the subcommands, whose names jsonargparse derives from this prefix
+    return {**strict, "default_env": not run, "env_prefix": "HFTRAIN" if run else "HFTRAIN_FIT_"}
+
+
 class SaveRunConfig(SaveConfigCallback):
     """Save the resolved config as `config.yaml`, or `config-N.yaml` when a resumed or evaluation run
-    writes into a folder that already has one, so the original is never overwritten."""
+    writes into a folder that already has one, so the original is never overwritten.
+
+    Settings changed on the module after it was built (in a notebook, `model.learning_rate = 5e-5` before
+    another fit) are written into the config, which is then saved again: the folder records what ran.
+    """
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "predict":  # predict saves its config with its predictions: a failed predict leaves neither
+            self.write(trainer, pl_module, stage)
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.write(trainer, pl_module, "predict")
+
+    def write(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        changed = pl_module.changed_hyperparameters() if isinstance(pl_module, TaskModule) else {}
+        for name, value in changed.items():
+            self.config.model.init_args[name] = value
+        if changed:
+            self.already_saved = False
         if not self.already_saved:
             log_dir = run_folder(trainer)  # every rank must ask, not only rank 0
             name = runs.free_path(log_dir, "config", ".yaml").name if trainer.is_global_zero else None
@@ -76,8 +119,47 @@ class SaveRunConfig(SaveConfigCallback):
         super().setup(trainer, pl_module, stage)
 
 
+def default_callbacks() -> list[Callback]:
+    """The callbacks of every run besides the checkpoint (which the CLI makes configurable as `checkpoint`),
+    shared by `HFTrainCLI` and `hftrain.trainer()`; their other defaults are in `hftrain/options.py`."""
+    return [
+        console.RunHeader(),
+        TrainingLog(),
+        StopOnNonFiniteLoss(),
+        StopOnSignal(),
+        ExportHFModel(),  # before the results, so the results summary is the last thing a fit prints
+        ResultsWriter(),
+        WriteModelCard(),  # after the export and results.json, which it describes
+    ]
+
+
+def scale_log_interval(trainer: Trainer) -> None:
+    """Size `log_every_n_steps` to the run, for a trainer not given one: as many points as a curve needs
+    (Lightning's 50 would log nothing in a run of 30 steps)."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, TrainingLog):
+            callback.scale_log_interval = True
+
+
+def with_progress_bar(callbacks: Callback | list[Callback] | None, enable_progress_bar: bool | None) -> list[Callback]:
+    """`callbacks` plus hftrain's progress display, unless progress is turned off or a progress bar is given
+    (Lightning refuses a progress bar callback together with `enable_progress_bar=False`)."""
+    callbacks = [] if callbacks is None else list(callbacks) if isinstance(callbacks, list) else [callbacks]
+    if enable_progress_bar is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(TrainingProgress())
+    return callbacks
+
+
+def use_atomic_checkpoints(trainer: Trainer) -> Trainer:
+    """Write the trainer's checkpoints through a temporary file, unless the user chose another checkpoint IO."""
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+    return trainer
+
+
 class HFTrainCLI(LightningCLI):
-    """The hftrain command line; `run=False` builds model, data and trainer without running (for notebooks)."""
+    """The hftrain command line. `run=False` builds model, data and trainer without running, for use from
+    Python (`hftrain.fit` is built on it): a bad option then raises an `ArgumentError` instead of exiting."""
 
     def __init__(self, args: list[str] | dict | None = None, run: bool = True) -> None:
         super().__init__(
@@ -86,55 +168,90 @@ class HFTrainCLI(LightningCLI):
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_callback=SaveRunConfig,
-            seed_everything_default=42,
+            seed_everything_default=options.SEED,
             trainer_defaults={
-                "gradient_clip_val": 1.0,  # the HF Trainer's max_grad_norm default
+                **options.TRAINER_DEFAULTS,
                 "logger": {
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                    "init_args": {"save_dir": runs.RUNS_DIR, "name": None},
+                    # the hyperparameters are written with the best score by TrainingLog, not with hp_metric=-1
+                    "init_args": {"save_dir": runs.RUNS_DIR, "name": None, "default_hp_metric": False},
                 },
-                # export first, so the results summary is the last thing a fit prints
-                "callbacks": [
-                    LearningRateMonitor(logging_interval="step"),
-                    StopOnNonFiniteLoss(),
-                    StopOnSignal(),
-                    ExportHFModel(),
-                    ResultsWriter(),
-                ],
+                "callbacks": default_callbacks(),
             },
-            parser_kwargs={"default_env": True, "env_prefix": "HFTRAIN", "parser_mode": PARSER_MODE},
+            parser_kwargs=parser_kwargs(run),
             args=args,
             run=run,
         )
 
+    def init_parser(self, **kwargs) -> LightningArgumentParser:
+        parser = super().init_parser(**kwargs)
+        self._parsers = [*getattr(self, "_parsers", []), parser]  # the main parser first, then the subcommands'
+        return parser
+
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        for subcommand_parser in self._parsers[1:]:  # HFTRAIN_FIT__…, HFTRAIN_PREDICT__…
+            subcommand_parser.default_env = True
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """LightningCLI's subcommands, with `--verbose` hftrain's own flag: `Trainer.validate` / `test`'s
+        `verbose` (print the metrics table) keeps its default, on."""
+        return {name: skip | {"verbose"} for name, skip in LightningCLI.subcommands().items()}
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--verbose", action="store_true", help=options.GENERAL["verbose"][1])
         parser.add_lightning_class_args(TaskCheckpoint, "checkpoint")
-        parser.set_defaults(
-            {
-                "checkpoint.save_last": True,
-                "checkpoint.filename": "epoch={epoch}-step={step}",
-                "checkpoint.auto_insert_metric_name": False,
-            }
-        )
+        parser.set_defaults({f"checkpoint.{key}": value for key, value in options.CHECKPOINT_DEFAULTS.items()})
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+        internals.set_option_help(parser, "trainer.max_steps", MAX_STEPS_HELP)
         # the data is tokenized with exactly the tokenizer the model was saved with
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer_name")
         parser.link_arguments("model.init_args.revision", "data.init_args.tokenizer_revision")
         parser.link_arguments("model.init_args.trust_remote_code", "data.init_args.trust_remote_code")
         parser.link_arguments("data.label_names", "model.init_args.label_names", apply_on="instantiate")
         parser.link_arguments("data.problem_type", "model.init_args.problem_type", apply_on="instantiate")
+        parser.link_arguments("data.validation_sets", "model.init_args.validation_sets", apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
-        super().parse_arguments(parser, args)
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            argv = [str(a) for a in args] if isinstance(args, list) else sys.argv[1:]
+            raise parser_error(str(err), argv, argv[0] if argv and argv[0] in self.subcommands() else None) from None
         subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        console.configure(verbose=config.verbose)
+        if config.verbose:
+            config.trainer.enable_model_summary = True
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path not in (None, "best", "last", "hpc", "registry"):
             self._check_checkpoint(Path(ckpt_path), self.config[subcommand].model.class_path)
+        if subcommand == "predict":
+            self._check_predict_data(config.data.get("init_args") or {})
+
+    @staticmethod
+    def _check_predict_data(data) -> None:
+        """`predict` needs data to predict on: said before any model or checkpoint loads."""
+        predict_file = data.get("predict_file")
+        if not (predict_file or data.get("test_file") or data.get("dataset_name")):
+            raise HFTrainError(
+                "hftrain predict has nothing to predict on: set data.predict_file (a file like the training data; "
+                "labels are not needed), e.g. `--data.predict_file new.csv`."
+            )
+        if predict_file and not Path(predict_file).expanduser().is_file():
+            raise HFTrainError(
+                f"data.predict_file '{predict_file}' does not exist (looked in {Path(predict_file).resolve()}). "
+                "Check the path; relative paths are read from the folder you run hftrain in."
+            )
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
-        trainer = super().instantiate_trainer(**kwargs)
-        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not when the user chose another
-            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        trainer_config = (self.config_init[self.subcommand] if self.subcommand else self.config_init).trainer
+        kwargs.setdefault("callbacks", with_progress_bar(trainer_config.callbacks, trainer_config.enable_progress_bar))
+        trainer = use_atomic_checkpoints(super().instantiate_trainer(**kwargs))
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.trainer.log_every_n_steps is None:
+            scale_log_interval(trainer)
         return trainer
 
     def after_instantiate_classes(self) -> None:
@@ -155,6 +272,7 @@ class HFTrainCLI(LightningCLI):
         checkpoint folder. `--ckpt_path best|last` continue the newest fit of the config; a SLURM job's folder
         is named after the job id, so a requeued job comes back to it."""
         config = self.config[self.subcommand] if self.subcommand else self.config
+        self._max_steps_wins(config.trainer)
         args = getattr(config.trainer.logger, "init_args", None)  # None: no logger, or a logger object
         if args is None:
             return
@@ -190,6 +308,17 @@ class HFTrainCLI(LightningCLI):
                 args.save_dir = str(run_dir)
             if "checkpoint" in config:
                 config.checkpoint.dirpath = config.checkpoint.dirpath or str(run_dir / runs.CHECKPOINTS_DIR)
+
+    @staticmethod
+    def _max_steps_wins(trainer) -> None:
+        """HF semantics: `max_steps` overrides the number of epochs (Lightning stops at whichever comes first,
+        so a config's `max_epochs: 3` would cut `--trainer.max_steps 1000` short on a small data set)."""
+        if trainer.max_steps is not None and trainer.max_steps > 0 and trainer.max_epochs not in (None, -1):
+            rank_zero_info(
+                f"trainer.max_steps={trainer.max_steps} wins over trainer.max_epochs={trainer.max_epochs} (as in the "
+                "HF Trainer): training runs for as many epochs as those steps take."
+            )
+            trainer.max_epochs = -1
 
     @staticmethod
     def _check_checkpoint(path: Path, model_class: str) -> None:
@@ -244,10 +373,10 @@ def main(args: list[str] | None = None) -> None:
         transformers.logging.disable_progress_bar()
         datasets.disable_progress_bars()
     try:
-        _check_yaml_files(sys.argv[1:] if args is None else args)
+        check_yaml_files(sys.argv[1:] if args is None else args)
         HFTrainCLI(args=args)
     except Exception as err:
-        user_error = _find_user_error(err)
+        user_error = find_user_error(err)
         if user_error is None or os.environ.get("HFTRAIN_DEBUG") == "1":
             raise
         if isinstance(user_error, RunInterrupted):  # stopped on a signal, after saving where it stood
@@ -263,7 +392,7 @@ def _import(class_path: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-def _check_yaml_files(args: list) -> None:
+def check_yaml_files(args: list) -> None:
     """Name a config file that is not valid YAML (jsonargparse's message does not say which file)."""
     for flag, value in zip(args, args[1:], strict=False):
         if str(flag) in ("--config", "-c") and Path(value).is_file():
@@ -273,7 +402,7 @@ def _check_yaml_files(args: list) -> None:
                 raise HFTrainError(f"The config file {value} is not valid YAML: {err}") from err
 
 
-def _find_user_error(err: BaseException | None) -> HFTrainError | None:
+def find_user_error(err: BaseException | None) -> HFTrainError | None:
     """The `HFTrainError` behind `err`: jsonargparse re-raises errors from constructors as its own."""
     seen = set()
     while err is not None and id(err) not in seen:

@@ -4,6 +4,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,53 @@ def tree_digest(folder: Path) -> dict[str, str]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
+
+
+TABLE_HEADER = "| `TrainingArguments` / script flag | hftrain config key |"
+CONFIG_KEY = re.compile(
+    r"^((?:model|data)\.init_args\.\w+|(?:trainer|checkpoint)\.[\w.]+|seed_everything)(?::\s*(\S+))?$"
+)
+
+
+def readme_table() -> list[tuple[list[str], list[tuple[str, str | None]]]]:
+    """The README's table of HF names -> hftrain config keys: per row, the HF names (`max_steps`) and the
+    config keys with the value a switch flag stands for (`trainer.precision: 16-mixed` -> ("…", "16-mixed"))."""
+    lines = (REPO / "README.md").read_text().splitlines()
+    start = lines.index(TABLE_HEADER) + 2
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        names_cell, keys_cell = line.strip("|").split(" | ", 1)
+        names = [n for n in re.findall(r"`([^`]+)`", names_cell) if re.fullmatch(r"\w+", n)]
+        keys = [(m.group(1), m.group(2)) for k in re.findall(r"`([^`]+)`", keys_cell) if (m := CONFIG_KEY.match(k))]
+        rows.append((names, keys))
+    return rows
+
+
+def hf_flag_table() -> dict[str, tuple[str, str | None] | None]:
+    """HF flag name -> (config key, switch value), or None for flags with no key (`do_train`: the subcommand)."""
+    table: dict[str, tuple[str, str | None] | None] = {}
+    for names, keys in readme_table():
+        for i, name in enumerate(names):
+            table[name] = keys[i] if len(keys) == len(names) else (keys[0] if keys else None)
+    return table
+
+
+def translate_hf_flags(argv: list[str]) -> list[str]:
+    """An HF example script's flags (`--max_steps=10`, `--do_train`, `--seed 7`) as hftrain flags, through the
+    README's table; a switch without a value takes the table's value, or `true`."""
+    table = hf_flag_table()
+    translated, i = [], 0
+    while i < len(argv):
+        flag, _, value = argv[i].removeprefix("--").partition("=")
+        if not value and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            value, i = argv[i + 1], i + 1
+        i += 1
+        if flag not in table:
+            raise KeyError(f"--{flag} is not in the README's table")
+        if table[flag] is None:
+            continue
+        key, switch_value = table[flag]
+        translated.append(f"--{key}={value or switch_value or 'true'}")
+    return translated

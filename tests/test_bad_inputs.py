@@ -73,6 +73,12 @@ def row_without_text(tmp_path, model):
     ]
 
 
+def empty_label_cell(tmp_path, model):
+    (tmp_path / "unlabelled.csv").write_text("text,label\nthe film was great,pos\na bad plot,\nfine acting,pos\n")
+    files = _files(tmp_path, train=str(tmp_path / "unlabelled.csv"))
+    return ["--config", classification_config(tmp_path / "bad.yaml", model, files)]
+
+
 def unknown_config_key(tmp_path, model):
     return ["--config", classification_config(tmp_path / "bad.yaml", model, _files(tmp_path), model__learning_rat=0.1)]
 
@@ -176,6 +182,7 @@ CASES = {
     unsupported_file_type: ["unsupported file type '.xlsx'", ".csv"],
     non_utf8_file: ["Could not read", "latin1.csv", "UTF-8"],
     row_without_text: ["no text in column 'text'", "row 2", "holes.csv"],
+    empty_label_cell: ["unlabelled.csv", "no label at row 2", "column 'label' is empty"],
     unknown_config_key: ["learning_rat"],
     wrong_type: ["batch_size", "lots"],
     negative_batch_size: ["data.batch_size must be a positive integer", "-4"],

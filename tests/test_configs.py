@@ -2,6 +2,9 @@
 classification ones instantiate (with the tiny model and data shaped like theirs, since the Hub is out
 of reach here)."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,3 +93,80 @@ def test_mrpc_local_config_reads_the_glue_tsv(tiny_bert, monkeypatch):
     raw = cli.datamodule.raw
     assert (len(raw["train"]), len(raw["validation"])) == (3667, 408)
     assert cli.datamodule.label_names == ["0", "1"]
+
+
+NO_EXTRAS = """
+import sys
+
+bert, t5, gpt2 = sys.argv[1:]
+from hftrain.metrics.text_generation import scores
+from hftrain.tasks.language_modeling import LanguageModeling
+from hftrain.tasks.question_answering import QuestionAnswering
+from hftrain.tasks.seq2seq import Seq2Seq
+from hftrain.tasks.text_classification import TextClassification
+from hftrain.tasks.token_classification import TokenClassification
+
+TextClassification(model_name_or_path=bert, label_names=["a", "b"])
+TokenClassification(model_name_or_path=bert, label_names=["B-PER", "I-PER", "O"])
+QuestionAnswering(model_name_or_path=bert, version_2_with_negative=True)
+LanguageModeling(model_name_or_path=gpt2)
+for task in ("translation", "summarization"):  # the defaults: BLEU/chrF; ROUGE with stemming
+    module = Seq2Seq(model_name_or_path=t5, task=task)
+    module.metrics["val"].update(["the cats ran home"], [["a cat runs home"]])
+    print(task, {k: round(float(v), 2) for k, v in scores(module.metrics["val"]).items()})
+"""
+
+
+def installed_closure(requirements: list[str]) -> set[str]:
+    """The top-level import names of the distributions `requirements` pull in, recursively, extras excluded."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+
+    seen: set[str] = set()
+    names: set[str] = set()
+    todo = [Requirement(r) for r in requirements]
+    while todo:
+        requirement = todo.pop()
+        if requirement.marker and not requirement.marker.evaluate({"extra": ""}):
+            continue
+        key = requirement.name.lower().replace("_", "-")
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            dist = distribution(requirement.name)
+        except PackageNotFoundError:
+            continue
+        todo += [Requirement(r) for r in dist.requires or []]
+        # its modules and its .dist-info folder (which importlib.metadata reads)
+        names.update(file.parts[0] for file in dist.files or [] if file.parts[0] != ".." and file.suffix != ".pth")
+    return names
+
+
+def test_every_tasks_defaults_work_without_extras(tiny_bert, tiny_t5, tiny_gpt2, tmp_path):
+    """What `pip install hftrain` brings (pyproject's dependencies and theirs, no extras) is enough for every
+    task's default settings and metrics, in a fresh interpreter that sees only those packages."""
+    import site
+
+    import tomllib
+
+    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    allowed = installed_closure(dependencies)
+    assert "nltk" in allowed and "sacrebleu" not in allowed
+    packages = tmp_path / "site-packages"
+    packages.mkdir()
+    for folder in site.getsitepackages():
+        for entry in Path(folder).iterdir():
+            if entry.name in allowed and not (packages / entry.name).exists():
+                (packages / entry.name).symlink_to(entry)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(packages)])}
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", NO_EXTRAS, tiny_bert, tiny_t5, tiny_gpt2],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "summarization {'rouge1'" in done.stdout and "translation {'bleu'" in done.stdout

@@ -52,7 +52,7 @@ def test_two_process_ddp_fit_writes_one_run_and_validates_like_one_process(confi
     assert results["global_step"] == 2 * 96 // (2 * 8)  # each rank took half of every epoch
     assert len(list((run / "checkpoints").iterdir())) == 2  # best + last, written once
     assert (run / "hf_model" / "model.safetensors").is_file() and not list(run.glob("*.partial"))
-    for line in ("Tokenized data cached", "LOAD REPORT", "Exported the best model", "Run folder:"):
+    for line in ("Tokenized data cached", "Model: BertForSequence", "Exported the best model", "(best val/accuracy"):
         assert output.count(line) == 1, f"{line!r} printed {output.count(line)} times:\n{output}"
 
     # the fit's last validation scored, over 2 processes, the weights of the last checkpoint

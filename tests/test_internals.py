@@ -18,8 +18,11 @@ def test_every_private_member_used_exists_in_the_installed_versions():
     assert internals.every_n_train_steps(checkpoint) == 5
     assert internals.checkpoint_saved_at(checkpoint, 0) is None
     assert internals.batches_trained(trainer) == -1  # no batch yet: the first counts as 0
+    assert internals.logged_step(trainer) == 0  # the step the first logs are written at
     assert internals.slurm_requeue_signal(trainer) is None  # not a SLURM job
     assert internals.hpc_checkpoint_path(trainer).endswith("hpc_ckpt_1.ckpt")
+    internals.set_fit_limits(trainer, max_epochs=7, max_steps=-1)
+    assert (trainer.max_epochs, trainer.max_steps) == (7, -1)
     for owner, name in (
         (trainer.fit_loop, "_combined_loader_states_to_load"),
         (trainer.fit_loop, "_load_combined_loader_states"),
@@ -32,6 +35,12 @@ def test_every_private_member_used_exists_in_the_installed_versions():
     assert internals.rouge_tokens("The cats ran.", None) == ["the", "cats", "ran"]
     assert internals.rouge_lsum_fmeasure([["a", "b"]], [["a", "b"]]) == 1.0
     assert callable(rouge._rouge_lsum_score)
+    from lightning.pytorch.cli import LightningArgumentParser
+
+    parser = LightningArgumentParser()
+    parser.add_lightning_class_args(Trainer, "trainer")
+    internals.set_option_help(parser, "trainer.max_steps", "new help")
+    assert "new help" in parser.format_help()
 
 
 def test_a_missing_private_member_names_the_tested_versions():

@@ -204,10 +204,13 @@ def test_fit_halves_perplexity_and_exports_a_pipeline_model(tiny_gpt2, counting_
     samples = events.Tensors("val/generations/text_summary")
     assert len(samples) == 4  # one table per validation (none for the sanity check)
     assert '| `"10 11 12"` | `"' in samples[-1].tensor_proto.string_val[0].decode()
+    # and validation rows: a block's start, its true continuation and the model's
+    examples = events.Tensors("val/examples/text_summary")
+    assert len(examples) == 4 and len(examples[-1].tensor_proto.string_val[0].decode().splitlines()) == 2 + 3
 
     cli("predict", *common, "--ckpt_path=best")
     predictions = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
-    assert [p["prompt"] for p in predictions] == ["3 4 5 6", "70 71"]
+    assert [(p["id"], p["prompt"]) for p in predictions] == [(0, "3 4 5 6"), (1, "70 71")]
     generator = pipeline("text-generation", model=str(run / "hf_model"), device="cpu")
     for p in predictions:
         assert generator(p["prompt"], return_full_text=False)[0]["generated_text"] == p["completion"]
@@ -247,9 +250,7 @@ def test_lora_export_is_merged_and_gives_the_module_logits(tiny_gpt2, counting_f
     with torch.no_grad():
         expected = module(input_ids=input_ids).logits
         assert torch.allclose(exported(input_ids=input_ids).logits, expected, atol=1e-5)
-        assert not torch.allclose(
-            base(input_ids=input_ids).logits, expected, atol=1e-3
-        )  # the adapters learnt
+        assert not torch.allclose(base(input_ids=input_ids).logits, expected, atol=1e-3)  # the adapters learnt
 
 
 def test_data_errors_name_the_setting_and_the_fix(tiny_gpt2, tmp_path):

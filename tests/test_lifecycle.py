@@ -176,3 +176,15 @@ def test_seed_everything_sets_the_data_order_unless_the_data_seed_is_given(tiny_
     assert HFTrainCLI(args=["--config", str(path), "--seed_everything", "7"], run=False).datamodule.seed == 7
     given = ["--config", str(path), "--seed_everything", "7", "--data.seed", "3"]
     assert HFTrainCLI(args=given, run=False).datamodule.seed == 3
+
+
+def test_save_top_k_above_one_keeps_the_best_validations_by_the_task_metric(tiny_bert, tmp_path):
+    """The HF Trainer's save_total_limit; Lightning alone refuses save_top_k > 1 without a monitor."""
+    path = config(tmp_path, tiny_bert, "topk", trainer__max_epochs=3, checkpoint__every_n_train_steps=0)
+    assert run_cli("fit", "--config", path, "--checkpoint.save_top_k", "2") == 0
+    run = tmp_path / "runs" / "topk" / "version_0"
+    kept = sorted(p.name for p in (run / "checkpoints").glob("epoch=*.ckpt"))
+    assert len(kept) == 2
+    history = read_results(run)["history"]
+    ranked = sorted(history, key=ranking_key("val/accuracy", "max"))[:2]
+    assert kept == sorted(f"epoch={h['epoch']}-step={h['step']}.ckpt" for h in ranked)

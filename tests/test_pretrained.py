@@ -69,5 +69,6 @@ def test_half_precision_checkpoints_train_in_float32(tiny_bert, tmp_path):
     AutoModelForSequenceClassification.from_pretrained(tiny_bert, dtype=torch.bfloat16).save_pretrained(half)
     load_tokenizer(tiny_bert).save_pretrained(half)
     assert AutoModelForSequenceClassification.from_pretrained(half).dtype == torch.bfloat16  # what we guard against
-    model = load_model(AutoModelForSequenceClassification, str(half))
+    model, report = load_model(AutoModelForSequenceClassification, str(half))
     assert {p.dtype for p in model.parameters()} == {torch.float32} and model.training
+    assert not any(report.values())  # every weight came from the checkpoint (the head was saved with it)

@@ -16,10 +16,9 @@ from hftrain.tasks.question_answering_processing import (
     answer_token_span,
     best_answer,
     context_index,
-    flatten_squad,
-    is_nested_squad,
     merge_rank_predictions,
     rank_share,
+    read_squad_json,
     tokenize_windows,
     update_squad_metrics,
     window_candidates,
@@ -35,9 +34,7 @@ def labelled_windows(tokenizer, question, context, answer_text, answer_start, ma
     for w in range(len(encoding["input_ids"])):
         layout = window_layout(encoding, w, context_index(tokenizer), tokenizer.cls_token_id)
         span = (answer_start, answer_start + len(answer_text)) if answer_text else None
-        start, end = answer_token_span(
-            layout["offset_mapping"], layout["context_span"], layout["cls_index"], span
-        )
+        start, end = answer_token_span(layout["offset_mapping"], layout["context_span"], layout["cls_index"], span)
         windows.append((encoding["input_ids"][w], layout, start, end))
     return windows
 
@@ -174,19 +171,14 @@ def test_squad_v2_answers_nothing_when_the_null_score_beats_the_best_span_by_mor
     start = logits_with(11, {0: 6.0, 6: 4.0})
     end = logits_with(11, {0: 6.0, 6: 6.0})  # null 12, best span 10: a difference of 2
     candidates = [window_candidates(start, end, layout, WORDS)]
-    assert (
-        best_answer(candidates, version_2_with_negative=True, null_score_diff_threshold=threshold).text
-        == expected
-    )
+    assert best_answer(candidates, version_2_with_negative=True, null_score_diff_threshold=threshold).text == expected
     assert best_answer(candidates, version_2_with_negative=False).text == "beta"
 
 
 def test_the_null_score_is_the_smallest_over_windows():
     layout = window(WORD_OFFSETS)
     sure = window_candidates(logits_with(11, {0: 9.0}), logits_with(11, {0: 9.0}), layout, WORDS)
-    unsure = window_candidates(
-        logits_with(11, {0: -5.0, 7: 1.0}), logits_with(11, {0: -5.0, 7: 1.0}), layout, WORDS
-    )
+    unsure = window_candidates(logits_with(11, {0: -5.0, 7: 1.0}), logits_with(11, {0: -5.0, 7: 1.0}), layout, WORDS)
     assert best_answer([sure, unsure], version_2_with_negative=True).text == "gamma"
 
 
@@ -289,9 +281,7 @@ def test_under_ddp_every_question_is_scored_exactly_once_even_when_the_sampler_r
     everything = {**PREDICTIONS, **UNANSWERABLE}
     ids = list(everything)
     world_size = 4
-    padded = (
-        ids + ids[: -len(ids) % world_size]
-    )  # DistributedSampler repeats the first ones to even out ranks
+    padded = ids + ids[: -len(ids) % world_size]  # DistributedSampler repeats the first ones to even out ranks
     per_rank = [{i: everything[i] for i in padded[rank::world_size]} for rank in range(world_size)]
     assert sum(map(len, per_rank)) > len(ids)
     merged = merge_rank_predictions(per_rank)
@@ -343,13 +333,18 @@ def test_nested_squad_json_is_flattened_to_one_row_per_question(tmp_path):
     }
     path = tmp_path / "squad.json"
     path.write_text(json.dumps(nested))
-    rows = flatten_squad(is_nested_squad(path))
+    rows = read_squad_json(path)
     assert rows[0]["answers"] == {"text": ["France"], "answer_start": [12]}
     assert rows[1]["answers"] == {"text": [], "answer_start": []}
     assert [r["context"] for r in rows] == ["Paris is in France."] * 2
+    # run_qa's flat shape (its SQUAD/sample.json fixture): rows under "data", taken as they are
+    flat_rows = [{"id": "a", "question": "q", "context": "c", "answers": {"text": [], "answer_start": []}}]
     flat = tmp_path / "flat.json"
-    flat.write_text(json.dumps([{"id": "a", "question": "q", "context": "c"}]))
-    assert is_nested_squad(flat) is None
+    flat.write_text(json.dumps({"version": 2.0, "data": flat_rows}))
+    assert read_squad_json(flat) == flat_rows
+    for other in ([{"id": "a", "question": "q", "context": "c"}], {"data": [{"title": "no questions"}]}):
+        flat.write_text(json.dumps(other))
+        assert read_squad_json(flat) is None
 
 
 def test_the_collator_keeps_whole_questions_together_and_pads_on_the_right(tokenizer):

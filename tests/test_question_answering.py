@@ -7,6 +7,7 @@ import pytest
 import torch
 import yaml
 from conftest import FILLER, NEGATIVE, POSITIVE, REPO, SHARED_DATA, minilm_path
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
 from hftrain.cli import main
@@ -26,9 +27,7 @@ def squad_file(path, examples: list[dict]) -> str:
             "id": example.get("id", f"q{i}"),
             "question": example["question"],
             "is_impossible": answer is None,
-            "answers": []
-            if answer is None
-            else [{"text": answer, "answer_start": example["context"].index(answer)}],
+            "answers": [] if answer is None else [{"text": answer, "answer_start": example["context"].index(answer)}],
         }
         paragraphs.append({"context": example["context"], "qas": [qa]})
     path.write_text(json.dumps({"version": "v2.0", "data": [{"title": "t", "paragraphs": paragraphs}]}))
@@ -119,6 +118,9 @@ def test_fit_logs_squad_v2_metrics_over_whole_questions(trained):
     for key in ("val/exact_match", "val/f1", "val/HasAns_f1", "val/NoAns_f1"):
         assert 0 <= final[key] <= 100
     assert results["monitor"] == "val/f1"
+    events = EventAccumulator(str(trained["run"]), size_guidance={"tensors": 0}).Reload()
+    table = events.Tensors("val/examples/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert table.count("which word is good?") == 3  # question, gold answers, predicted answer per row
     # 16 questions, 4 unanswerable: the overall score is the count-weighted mean of HasAns and NoAns
     assert final["val/exact_match"] == pytest.approx(
         (12 * final["val/HasAns_exact_match"] + 4 * final["val/NoAns_exact_match"]) / 16, abs=1e-3
@@ -130,8 +132,9 @@ def test_predict_writes_one_answer_per_question_taken_from_its_context(trained):
     questions = sentiment_questions(12, seed=3)
     assert [r["id"] for r in rows] == [f"q{i}" for i in range(12)]
     for row, example in zip(rows, questions, strict=True):
-        assert set(row) == {"id", "question", "answer", "score"}
-        assert row["question"] == example["question"]
+        assert set(row) == {"id", "question", "context", "gold", "answer", "score"}
+        assert (row["question"], row["context"]) == (example["question"], example["context"])
+        assert row["gold"] == ([example["answer"]] if example["answer"] else [])
         assert row["answer"] in example["context"]
         assert 0 <= row["score"] <= 1
 
@@ -156,9 +159,7 @@ def module_answers(model_path: str, predict_file: str) -> dict[str, str]:
     from lightning.pytorch import Trainer
 
     module = QuestionAnswering(model_name_or_path=model_path)
-    data = QuestionAnsweringData(
-        tokenizer_name=model_path, predict_file=predict_file, max_length=64, doc_stride=8
-    )
+    data = QuestionAnsweringData(tokenizer_name=model_path, predict_file=predict_file, max_length=64, doc_stride=8)
     trainer = Trainer(logger=False, enable_progress_bar=False, enable_checkpointing=False)
     batches = trainer.predict(module, datamodule=data)
     return {row["id"]: row["answer"] for batch in batches for row in batch}
@@ -172,8 +173,7 @@ def test_the_exported_model_gives_the_same_answers_without_hftrain(trained, tmp_
     model = AutoModelForQuestionAnswering.from_pretrained(model_path).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     theirs = {
-        f"q{i}": pipeline_style_answer(model, tokenizer, q["question"], q["context"])
-        for i, q in enumerate(questions)
+        f"q{i}": pipeline_style_answer(model, tokenizer, q["question"], q["context"]) for i, q in enumerate(questions)
     }
     assert ours == theirs
 
@@ -271,9 +271,7 @@ def test_bad_rows_are_a_clear_error_naming_the_row(tiny_bert, tmp_path, broken, 
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    minilm_path() is None or not (SHARED_DATA / "squad").is_dir(), reason="needs MiniLM and data"
-)
+@pytest.mark.skipif(minilm_path() is None or not (SHARED_DATA / "squad").is_dir(), reason="needs MiniLM and data")
 def test_minilm_on_the_squad_slice_reaches_f1_30(tmp_path, monkeypatch):
     """The documented real-data run (docs/question_answering.md, F1 30.7): about an hour on 2 busy CPU cores."""
     import subprocess
@@ -358,7 +356,5 @@ def test_qa_config_instantiates(config, tiny_bert, tmp_path):
         run=False,
     )
     expected = yaml.safe_load(config.read_text())
-    assert cli.model.version_2_with_negative == expected["model"]["init_args"].get(
-        "version_2_with_negative", False
-    )
+    assert cli.model.version_2_with_negative == expected["model"]["init_args"].get("version_2_with_negative", False)
     assert (cli.datamodule.max_length, cli.datamodule.doc_stride) == (384, 128)

@@ -73,9 +73,12 @@ def test_batches_pad_labels_with_ignore_index_and_add_the_prefix(tiny_t5, cipher
     )
     data.setup("fit")
     batch = next(iter(data.val_dataloader()))
-    assert set(batch) == {"input_ids", "attention_mask", "labels"}
+    assert set(batch) == {"input_ids", "attention_mask", "labels", "row"}
     tokenizer = data.tokenizer
-    first = data.raw["validation"][0]
+    row = batch["row"][0]  # batches are formed longest first: the row's id says which example it is
+    first = data.raw["validation"][row["id"]]
+    # the raw source (no prefix) and gold target ride along for predictions and examples
+    assert row == {"id": row["id"], "source": first["source"], "gold": first["target"]}
     assert tokenizer.decode(batch["input_ids"][0], skip_special_tokens=True) == "translate: " + first["source"]
     labels = batch["labels"]
     lengths = (labels != -100).sum(-1)
@@ -84,6 +87,48 @@ def test_batches_pad_labels_with_ignore_index_and_add_the_prefix(tiny_t5, cipher
     row = labels[0][labels[0] != -100]
     assert row[-1] == tokenizer.eos_token_id
     assert tokenizer.decode(row, skip_special_tokens=True) == first["target"]
+
+
+@pytest.fixture
+def t5_without_post_processor(tiny_t5, tmp_path) -> str:
+    """The tiny T5 with a tokenizer that appends nothing (a custom or from-scratch tokenizer)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "t5-no-post-processor"
+    shutil.copytree(tiny_t5, folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.backend_tokenizer.post_processor = None
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def test_targets_end_in_eos_also_when_the_tokenizer_does_not_add_it(t5_without_post_processor, cipher_files):
+    data = Seq2SeqData(
+        tokenizer_name=t5_without_post_processor,
+        train_file=cipher_files["train"],
+        validation_file=cipher_files["validation"],
+        max_target_length=4,  # the targets have 3 to 6 words
+    )
+    tokenizer = data.tokenizer
+    assert tokenizer("rot katze").input_ids[-1] != tokenizer.eos_token_id  # the tokenizer appends nothing
+    data.setup("fit")
+    labels = data.datasets["validation"]["labels"]
+    targets = texts(data, "validation")[1]
+    for row, target in zip(labels, targets, strict=True):  # cut to 3 tokens + EOS, or whole + EOS
+        assert row == [*tokenizer(target).input_ids[:3], tokenizer.eos_token_id]
+
+
+def test_a_tokenizer_without_eos_is_refused_for_targets(t5_without_post_processor, cipher_files):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(t5_without_post_processor)
+    tokenizer.eos_token = None
+    tokenizer.save_pretrained(t5_without_post_processor)
+    data = Seq2SeqData(tokenizer_name=t5_without_post_processor, train_file=cipher_files["train"])
+    with pytest.raises(HFTrainError, match="no end-of-sequence token, which seq2seq training"):
+        data.setup("fit")
 
 
 def test_reads_hub_translation_shape_flat_columns_and_parallel_text(tiny_t5, tmp_path):
@@ -138,8 +183,8 @@ def test_bad_input_errors_say_where(tiny_t5, tmp_path):
         Seq2SeqData(tokenizer_name=tiny_t5, train_file=nested, source_lang="en", target_lang="de")
 
     flat = write_jsonl(tmp_path / "flat.jsonl", [{"document": "a", "summary": "b"}] * 3)
-    with pytest.raises(HFTrainError, match=r"no column 'source' \(data.source_column\).*document, summary"):
-        Seq2SeqData(tokenizer_name=tiny_t5, train_file=flat)
+    with pytest.raises(HFTrainError, match=r"no column 'text' \(data.source_column\).*document, summary"):
+        Seq2SeqData(tokenizer_name=tiny_t5, train_file=flat, source_column="text", target_column="summary")
 
     empty = write_jsonl(tmp_path / "empty.jsonl", [{"source": "a", "target": "b"}, {"source": "c", "target": ""}])
     with pytest.raises(HFTrainError, match=r"target text at .*empty.jsonl, row 2 \('target'"):
@@ -165,18 +210,40 @@ def test_translation_metrics_match_sacrebleu():
     assert values["chrf"].item() == pytest.approx(sacrebleu.corpus_chrf(preds, [refs]).score, abs=0.01)
 
 
-def test_chrf_matches_sacrebleu_with_several_references_short_and_empty_outputs():
+@pytest.mark.parametrize(
+    ("preds", "refs"),
+    [
+        # short outputs, some exactly right, no 4-gram matching: unsmoothed BLEU is 0, sacrebleu's is not
+        (
+            ["rot katze isst gross alt", "blau hund laeuft", "gross", "alt vogel isst", ""],
+            ["rot katze schlaeft gross alt", "blau hund", "klein", "alt vogel schlaeft", "gruen"],
+        ),
+        # partly right longer outputs: the 4-gram order has matches in one row only
+        (["the cat sat on the mat today", "a dog ran"], ["the cat sat on a mat today", "the dog ran far"]),
+        # no output longer than two words: the 3- and 4-gram orders are never tried
+        (["rot katze", "hund"], ["rot katze isst", "hund laeuft"]),
+    ],
+)
+def test_bleu_and_chrf_equal_sacrebleu_defaults_on_short_partial_outputs(preds, refs):
     import sacrebleu
 
-    # an empty output, outputs shorter than 6 characters, and references the sentences score best against
-    preds = ["", "ok", "Ein Mann fährt Rad.", "zwei Hunde spielen im Schnee", "abc"]
-    first = ["nichts", "ok!", "Ein Mann fährt ein Fahrrad.", "Zwei Hunde im Schnee", "xyz"]
-    second = ["leer", "okay", "Ein Radfahrer.", "zwei Hunde spielen im Schnee", "abcd"]
     metrics = generation_metrics("translation")
-    for pred, refs in zip(preds, zip(first, second, strict=True), strict=True):
-        metrics.update([pred], [list(refs)])
-    expected = sacrebleu.corpus_chrf(preds, [first, second]).score
-    assert scores(metrics)["chrf"].item() == pytest.approx(expected, abs=1e-4)
+    for start in range(0, len(preds), 2):  # several updates, as batches
+        metrics.update(preds[start : start + 2], [[r] for r in refs[start : start + 2]])
+    values = scores(metrics)
+    assert values["bleu"].item() == pytest.approx(sacrebleu.corpus_bleu(preds, [refs]).score, abs=1e-4)
+    assert values["chrf"].item() == pytest.approx(sacrebleu.corpus_chrf(preds, [refs]).score, abs=1e-4)
+
+
+def test_chrf_takes_the_best_of_several_references_as_sacrebleu():
+    import sacrebleu
+
+    preds, refs_a, refs_b = ["rot katze isst", "blau hund"], ["rot hund isst", "blau hund"], ["rot katze", "gross"]
+    metrics = generation_metrics("translation")
+    metrics.update(preds, [[a, b] for a, b in zip(refs_a, refs_b, strict=True)])
+    values = scores(metrics)
+    assert values["chrf"].item() == pytest.approx(sacrebleu.corpus_chrf(preds, [refs_a, refs_b]).score, abs=1e-4)
+    assert values["bleu"].item() == pytest.approx(sacrebleu.corpus_bleu(preds, [refs_a, refs_b]).score, abs=1e-4)
 
 
 def test_summarization_metrics_match_rouge_score():
@@ -243,7 +310,8 @@ def test_learns_a_substitution_cipher(tiny_t5, cipher_files):
     )
     predictions = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
     rows = cipher_rows(8, seed=3)
-    assert [p["source"] for p in predictions] == [r["source"] for r in rows]
+    assert [(p["id"], p["source"]) for p in predictions] == [(i, r["source"]) for i, r in enumerate(rows)]
+    assert not any("gold" in p for p in predictions)  # the predict file has sources only
     pairs = [
         (p, t)
         for row, r in zip(predictions, rows, strict=True)

@@ -159,9 +159,7 @@ def test_states_add_up_across_ranks():
     ranks = [SpanF1(labels) for _ in range(2)]
     for metric, p, t in zip(ranks, preds, tensors, strict=True):
         metric.update(p, t)
-    assert all(
-        metric._reductions[s] is not None for metric in ranks for s in ("correct", "predicted", "gold")
-    )
+    assert all(metric._reductions[s] is not None for metric in ranks for s in ("correct", "predicted", "gold"))
     ranks[0].merge_state(ranks[1])
     merged = {k: float(v) for k, v in ranks[0].compute().items()}
     assert merged == pytest.approx(span_f1(gold, pred, "IOB2", "default", batches=1), abs=1e-7)

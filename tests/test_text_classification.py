@@ -52,8 +52,21 @@ def test_validate_test_predict_with_best_checkpoint_write_into_the_run(fitted_ru
     rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 8
     assert all(r["label"] in ("neg", "pos") and r["score"] == max(r["scores"].values()) for r in rows)
+    # each row joins back to its input: its position in the file and its text; no labels, no gold
+    assert [(r["id"], r["text"]) for r in rows] == [(i, r["text"]) for i, r in enumerate(sentiment_rows(8, 4))]
+    assert not any("gold" in r for r in rows)
     assert (run / "config-1.yaml").is_file()  # the fit's config.yaml is kept as it was
     assert not (run.parent / "version_1").exists()
+
+
+def test_predictions_on_labelled_data_carry_the_gold_label(fitted_run, sentiment_files):
+    config, run = fitted_run
+    output = run / "labelled.jsonl"
+    args = ["--data.predict_file", sentiment_files["test"], "--prediction_writer.output_file", output]
+    assert run_cli("predict", "--config", config, "--ckpt_path", "best", *args) == 0
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [(r["text"], r["gold"]) for r in rows] == [(r["text"], r["label"]) for r in sentiment_rows(32, seed=3)]
+    assert sum(r["gold"] == r["label"] for r in rows) >= 0.8 * len(rows)  # scored from the file alone
 
 
 def test_exported_model_gives_the_module_logits(fitted_run, sentiment_files):

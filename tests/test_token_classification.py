@@ -10,6 +10,7 @@ import pytest
 import yaml
 from conftest import FILLER, NEGATIVE, POSITIVE, REPO, SHARED_DATA, minilm_path
 from helpers import run_cli, write_jsonl
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import pipeline
 
 from hftrain.cli import HFTrainCLI
@@ -62,9 +63,7 @@ def ner_files(folder: Path) -> dict[str, str]:
         "train": str(write_jsonl(folder / "train.jsonl", ner_rows(160, seed=1))),
         "validation": str(write_conll(folder / "dev.conll", ner_rows(32, seed=2))),
         "test": str(write_conll(folder / "test.txt", ner_rows(32, seed=3), docstart=False)),
-        "predict": str(
-            write_jsonl(folder / "predict.jsonl", [{"tokens": r["tokens"]} for r in ner_rows(12, 4)])
-        ),
+        "predict": str(write_jsonl(folder / "predict.jsonl", [{"tokens": r["tokens"]} for r in ner_rows(12, 4)])),
     }
 
 
@@ -73,9 +72,7 @@ def ner_config(path: Path, model: str, files: dict[str, str], **data_settings) -
         "model": {"class_path": TASK, "init_args": {"model_name_or_path": model, "learning_rate": 5e-3}},
         "data": {
             "class_path": TASK_DATA,
-            "init_args": {f"{split}_file": f for split, f in files.items()}
-            | {"batch_size": 16}
-            | data_settings,
+            "init_args": {f"{split}_file": f for split, f in files.items()} | {"batch_size": 16} | data_settings,
         },
         "trainer": {"max_epochs": 8, "enable_progress_bar": False, "enable_model_summary": False},
     }
@@ -105,12 +102,18 @@ def test_fit_learns_entities_and_logs_per_type_scores(fitted_run):
     assert {"val/f1_PER", "val/f1_LOC", "val/precision_PER", "val/recall_LOC", "val/accuracy"} <= set(best)
     assert best["val/support_PER"] + best["val/support_LOC"] > 32
     assert results["test"]["test/f1"] >= 0.9 and "test/f1_LOC" in results["test"]
+    # validation examples in TensorBoard: words, gold tags, predicted tags
+    events = EventAccumulator(str(fitted_run), size_guidance={"tensors": 0}).Reload()
+    table = events.Tensors("val/examples/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert table.startswith("| input | gold | prediction |") and "B-PER" in table
 
 
 def test_predictions_hold_words_tags_and_entities(fitted_run):
     rows = [json.loads(line) for line in (fitted_run / "predictions.jsonl").read_text().splitlines()]
     expected = ner_rows(12, 4)
     assert [r["tokens"] for r in rows] == [e["tokens"] for e in expected]
+    assert [r["id"] for r in rows] == list(range(12))  # the row in predict.jsonl, to join back
+    assert not any("gold" in r for r in rows)  # the predict file has no tags
     hits = 0
     for row, truth in zip(rows, expected, strict=True):
         assert len(row["tags"]) == len(row["tokens"])
@@ -123,9 +126,7 @@ def test_predictions_hold_words_tags_and_entities(fitted_run):
 
 def test_exported_model_works_in_a_pipeline_like_the_module(fitted_run):
     """`pipeline(aggregation_strategy="simple")` on the exported model finds the entities predict wrote."""
-    tagger = pipeline(
-        "token-classification", model=str(fitted_run / "hf_model"), aggregation_strategy="simple"
-    )
+    tagger = pipeline("token-classification", model=str(fitted_run / "hf_model"), aggregation_strategy="simple")
     rows = [json.loads(line) for line in (fitted_run / "predictions.jsonl").read_text().splitlines()]
     for row in rows:
         text = " ".join(row["tokens"])
@@ -275,9 +276,7 @@ def test_hub_config_instantiates(tiny_bert, tmp_path, monkeypatch):
     """configs/ner/conll2003.yaml with the tiny model and a local file shaped like the Hub's conll2003."""
     names = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
     tags = datasets.List(datasets.ClassLabel(names=names))
-    rows = [
-        {"tokens": r["tokens"], "ner_tags": [names.index(t) for t in r["ner_tags"]]} for r in ner_rows(8, 7)
-    ]
+    rows = [{"tokens": r["tokens"], "ner_tags": [names.index(t) for t in r["ner_tags"]]} for r in ner_rows(8, 7)]
     datasets.Dataset.from_list(
         rows,
         features=datasets.Features({"tokens": datasets.List(datasets.Value("string")), "ner_tags": tags}),
@@ -301,9 +300,7 @@ def test_hub_config_instantiates(tiny_bert, tmp_path, monkeypatch):
     assert cli.model.tags == names and cli.model.scheme == "IOB2" and cli.model.monitor == "val/f1"
 
 
-@pytest.mark.skipif(
-    not (SHARED_DATA / "conll2003").is_dir() or minilm_path() is None, reason="needs shared data"
-)
+@pytest.mark.skipif(not (SHARED_DATA / "conll2003").is_dir() or minilm_path() is None, reason="needs shared data")
 def test_local_config_reads_the_shared_conll_files(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # the config's paths are relative to the repository
     cli = HFTrainCLI(

@@ -1,12 +1,14 @@
-"""Each row of README's `TrainingArguments` table that hftrain implements (rather than plain Lightning)
-does what the HF Trainer's field does."""
+"""The README's table of `TrainingArguments` fields and example-script flags: every key it names exists, and
+each row that hftrain implements (rather than plain Lightning) does what the HF Trainer's field does."""
 
 import pytest
 import torch
-from helpers import classification_config, run_cli
+from conftest import sentiment_rows
+from helpers import classification_config, hf_flag_table, readme_table, run_cli
 from lightning.pytorch import Callback, Trainer
 from safetensors.torch import load_file
 
+from hftrain.core.errors import HFTrainError
 from hftrain.core.runs import read_results
 from hftrain.tasks.text_classification import TextClassification, TextClassificationData
 
@@ -179,3 +181,244 @@ def test_output_dir_and_seed_make_reproducible_runs(tiny_bert, sentiment_files, 
         )
     first, second = (read_results(out / "seeded" / f"version_{v}")["history"] for v in (0, 1))
     assert first == second
+
+
+# ------------------------------------------------------------------------- the README table as a whole
+
+
+def test_every_config_key_in_the_readme_table_exists():
+    import dataclasses
+    import inspect
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from hftrain.tasks import language_modeling, question_answering, seq2seq, token_classification
+
+    classes = {
+        "model": [TextClassification, token_classification.TokenClassification, question_answering.QuestionAnswering],
+        "data": [TextClassificationData, token_classification.TokenClassificationData],
+    }
+    classes["model"] += [seq2seq.Seq2Seq, language_modeling.LanguageModeling]
+    classes["data"] += [question_answering.QuestionAnsweringData, seq2seq.Seq2SeqData]
+    classes["data"] += [language_modeling.LanguageModelingData]
+    known = {part: {f.name for c in found for f in dataclasses.fields(c)} for part, found in classes.items()}
+    known["trainer"] = set(inspect.signature(Trainer).parameters)
+    known["checkpoint"] = set(inspect.signature(ModelCheckpoint).parameters)
+    rows = readme_table()
+    assert len(rows) > 50
+    for names, keys in rows:
+        for key, _ in keys:
+            part, *rest = key.split(".")
+            name = rest[-1] if part in ("model", "data") else (rest[0] if rest else part)
+            assert part == "seed_everything" or name in known[part], f"README row {names}: no config key {key}"
+    flags = hf_flag_table()
+    for name in ("max_steps", "eval_steps", "save_steps", "save_total_limit", "metric_for_best_model"):
+        assert flags[name] is not None, name
+    for name in ("label_smoothing_factor", "report_to", "max_train_samples", "max_eval_samples", "overwrite_cache"):
+        assert flags[name] is not None, name
+    for name in ("preprocessing_num_workers", "predict_with_generate", "generation_num_beams", "greater_is_better"):
+        assert flags[name] is not None, name
+    assert {"pad_to_max_length", "push_to_hub", "resume_from_checkpoint", "load_best_model_at_end"} <= set(flags)
+
+
+# ------------------------------------------------------------------------------------- rows, one by one
+
+
+def test_max_steps_wins_over_max_epochs_and_says_so_in_help(tiny_bert, sentiment_files, tmp_path, capsys):
+    # 96 rows / batch 16 = 6 steps per epoch: max_epochs 1 would stop at 6, the HF Trainer runs 15
+    config = classification_config(tmp_path / "steps.yaml", tiny_bert, sentiment_files, trainer__max_epochs=1)
+    assert run_cli("fit", "--config", config, "--trainer.max_steps", 15) == 0
+    results = read_results(tmp_path / "runs" / "steps" / "version_0")
+    assert results["global_step"] == 15
+    assert run_cli("fit", "--help") == 0
+    assert "max_steps wins over max_epochs" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_train_file_replaces_a_configs_hub_dataset(tiny_bert, sentiment_files, caplog):
+    # offline (the tests set HF_HUB_OFFLINE): going to the Hub would fail
+    data = TextClassificationData(
+        tokenizer_name=tiny_bert, dataset_name="glue", dataset_config_name="mrpc", train_file=sentiment_files["train"]
+    )
+    assert data.dataset_name is None and len(data.raw["train"]) + len(data.raw["validation"]) == 96
+    assert "replaces the Hub dataset 'glue'" in caplog.text
+
+
+def test_max_samples_and_overwrite_cache(tiny_bert, sentiment_files):
+    files = {f"{split}_file": path for split, path in sentiment_files.items()}
+    data = TextClassificationData(
+        tokenizer_name=tiny_bert, max_train_samples=10, max_eval_samples=5, max_predict_samples=3, **files
+    )
+    assert {split: len(rows) for split, rows in data.raw.items()} == {
+        "train": 10,
+        "validation": 5,
+        "test": 3,
+        "predict": 3,
+    }
+    assert data.raw["train"]["text"] == [row["text"] for row in sentiment_rows(10, seed=1)]  # the first rows
+    data.prepare_data()
+    marker = data.cache_path() / "marker"
+    marker.write_text("stale")
+    data.prepare_data()
+    assert marker.exists()  # reused
+    fresh = TextClassificationData(
+        tokenizer_name=tiny_bert,
+        max_train_samples=10,
+        max_eval_samples=5,
+        max_predict_samples=3,
+        overwrite_cache=True,
+        **files,
+    )
+    assert fresh.cache_path() == data.cache_path()  # overwrite_cache is not part of the cache key
+    fresh.prepare_data()
+    assert not marker.exists()
+
+
+def test_preprocessing_num_workers_tokenize_the_same(tiny_bert, sentiment_files):
+    splits = {}
+    for workers in (None, 2):
+        data = TextClassificationData(
+            tokenizer_name=tiny_bert,
+            train_file=sentiment_files["train"],
+            validation_file=sentiment_files["validation"],
+            preprocessing_num_workers=workers,
+            cache_dir=f"cache-{workers}",
+        )
+        data.setup("fit")
+        splits[workers] = data.datasets["train"]["input_ids"]
+    assert splits[None] == splits[2]
+
+
+def test_batches_are_padded_to_their_longest_row_not_max_length(tiny_bert, sentiment_files):
+    data = TextClassificationData(
+        tokenizer_name=tiny_bert, train_file=sentiment_files["train"], validation_file=sentiment_files["validation"]
+    )
+    data.setup("fit")
+    loader = data.val_dataloader()
+    batch = next(iter(loader))
+    rows = list(loader.sampler)[: len(batch["input_ids"])]  # evaluation batches are formed longest first
+    longest = max(len(data.datasets["validation"][i]["input_ids"]) for i in rows)
+    assert batch["input_ids"].shape[1] == longest < data.max_length
+
+
+def test_label_smoothing_and_class_weights_set_the_loss(tiny_bert):
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    batch = {"input_ids": torch.randint(5, 60, (6, 7)), "labels": torch.tensor([0, 1, 1, 0, 1, 1])}
+    plain = TextClassification(model_name_or_path=tiny_bert, label_names=["neg", "pos"])
+    plain.eval()  # no dropout: the same logits every call
+    logits = plain(**batch).logits.detach()
+    assert plain(**batch).loss.item() == pytest.approx(F.cross_entropy(logits, batch["labels"]).item(), abs=1e-5)
+    for options, loss in (
+        ({"label_smoothing_factor": 0.2}, lambda x, y: F.cross_entropy(x, y, label_smoothing=0.2)),
+        ({"class_weights": {"neg": 3.0}}, lambda x, y: F.cross_entropy(x, y, weight=torch.tensor([3.0, 1.0]))),
+    ):
+        module = TextClassification(model_name_or_path=tiny_bert, label_names=["neg", "pos"], **options).eval()
+        outputs = module(**batch)
+        own = F.cross_entropy(outputs.logits, batch["labels"]).item()
+        assert outputs.loss.item() == pytest.approx(loss(outputs.logits, batch["labels"]).item(), abs=1e-5)
+        assert outputs.loss.item() != pytest.approx(own, abs=1e-4)
+    with pytest.raises(HFTrainError, match="'nuetral'.*does not have"):
+        TextClassification(model_name_or_path=tiny_bert, label_names=["neg", "pos"], class_weights={"nuetral": 2})
+    with pytest.raises(HFTrainError, match="regression"):
+        TextClassification(model_name_or_path=tiny_bert, problem_type="regression", label_smoothing_factor=0.1)
+
+
+def test_label_smoothing_and_class_weights_for_token_classification(tiny_bert):
+    import torch.nn.functional as F
+
+    from hftrain.tasks.token_classification import TokenClassification
+
+    tags = ["B-PER", "I-PER", "O"]
+    torch.manual_seed(0)
+    labels = torch.tensor([[-100, 0, 1, 2, -100], [-100, 2, 2, -100, -100]])
+    batch = {"input_ids": torch.randint(5, 60, (2, 5)), "labels": labels}
+    module = TokenClassification(
+        model_name_or_path=tiny_bert, label_names=tags, label_smoothing_factor=0.1, class_weights={"O": 0.5}
+    )
+    module.eval()
+    logits = module(**batch).logits.detach()
+    expected = F.cross_entropy(
+        logits.reshape(-1, 3), labels.reshape(-1), weight=torch.tensor([1.0, 1.0, 0.5]), label_smoothing=0.1
+    )
+    assert module(**batch).loss.item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+METRICS_MODULE = """
+def agreement(predictions, labels):
+    return {"share": float((predictions == labels).float().mean()), "count": len(labels)}
+"""
+
+
+def test_custom_metrics_several_validation_sets_monitor_and_model_card(
+    tiny_bert, sentiment_files, tmp_path, monkeypatch
+):
+    """`compute_metrics`, several eval sets, `metric_for_best_model`/`greater_is_better`, and the model card."""
+    from huggingface_hub import ModelCard
+
+    (tmp_path / "my_metrics.py").write_text(METRICS_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    files = {"train": sentiment_files["train"]}
+    config = classification_config(
+        tmp_path / "custom.yaml",
+        tiny_bert,
+        files,
+        trainer__max_epochs=2,
+        data__validation_file={"dev": sentiment_files["validation"], "other": sentiment_files["test"]},
+        model__custom_metrics={
+            "agreement": "my_metrics.agreement",
+            "acc": {"class_path": "torchmetrics.classification.BinaryAccuracy"},
+        },
+        checkpoint__monitor="val/other/agreement_share",
+        checkpoint__mode="max",
+    )
+    assert run_cli("fit", "--config", config) == 0
+    run = tmp_path / "runs" / "custom" / "version_0"
+    results = read_results(run)
+    final = results["final"]
+    for name in ("dev", "other"):
+        assert final[f"val/{name}/agreement_share"] == pytest.approx(final[f"val/{name}/accuracy"])
+        assert final[f"val/{name}/acc"] == pytest.approx(final[f"val/{name}/accuracy"])
+        assert final[f"val/{name}/agreement_count"] == 32
+    assert results["monitor"] == "val/other/agreement_share"
+    assert results["best"] == max(results["history"], key=lambda h: h["val/other/agreement_share"])
+    card = ModelCard.load(run / "hf_model" / "README.md")
+    assert card.data.pipeline_tag == "text-classification" and card.data.library_name == "transformers"
+    assert "val/other/agreement_share" in card.text and "model.learning_rate | 0.01" in card.text
+    assert "train.csv (96 rows)" in card.text and "transformers " in card.text
+
+
+def test_a_custom_metric_may_not_shadow_the_tasks_own(tiny_bert, sentiment_files, tmp_path):
+    config = classification_config(
+        tmp_path / "clash.yaml",
+        tiny_bert,
+        sentiment_files,
+        trainer__max_epochs=1,
+        model__custom_metrics={"accuracy": "torchmetrics.classification.BinaryAccuracy"},
+    )
+    assert run_cli("fit", "--config", config) == 2
+
+
+def test_the_default_monitor_is_the_first_validation_sets(tiny_bert):
+    from hftrain.core.module import task_monitor
+
+    module = TextClassification(model_name_or_path=tiny_bert, label_names=["a", "b"], validation_sets=["x", "y"])
+    assert task_monitor(module, "test") == ("val/x/accuracy", "max")
+    assert module.val_stages == ["val/x", "val/y"] and set(module.metrics) == {"val/x", "val/y", "test"}
+
+
+def test_report_to_another_logger(tiny_bert, sentiment_files, tmp_path):
+    config = classification_config(tmp_path / "csv.yaml", tiny_bert, sentiment_files, trainer__max_epochs=1)
+    logger = ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", tmp_path / "csv"]
+    assert run_cli("fit", "--config", config, *logger) == 0
+    (metrics,) = (tmp_path / "csv").rglob("metrics.csv")
+    assert "val/accuracy" in metrics.read_text().splitlines()[0]
+
+
+def test_generation_rows(tiny_t5):
+    from hftrain.tasks.seq2seq import Seq2Seq
+
+    module = Seq2Seq(model_name_or_path=tiny_t5, num_beams=3, max_new_tokens=7)
+    assert module.predict_with_generate  # on by default, as the examples' --predict_with_generate
+    config = module.model.generation_config
+    assert (config.num_beams, config.max_new_tokens) == (3, 7)

@@ -20,9 +20,11 @@ from lightning.pytorch import callbacks as pl_callbacks
 from lightning.pytorch.utilities import rank_zero_info
 
 from hftrain.core import internals
+from hftrain.core.data import TaskDataModule
 from hftrain.core.errors import HFTrainError
+from hftrain.core.model_card import framework_versions, model_card
 from hftrain.core.module import TaskModule, task_monitor
-from hftrain.core.runs import EXPORT_DIR, LAST_CHECKPOINT, free_path, update_results
+from hftrain.core.runs import EXPORT_DIR, LAST_CHECKPOINT, free_path, read_results, update_results
 
 
 def run_folder(trainer: Trainer) -> str:
@@ -60,6 +62,9 @@ class TaskCheckpoint(pl_callbacks.ModelCheckpoint):
       checkpoint on disk), else a full file. Requeue checkpoints (`hpc_ckpt_N.ckpt`) it supersedes are removed.
     """
 
+    def _ModelCheckpoint__validate_init_configuration(self) -> None:  # noqa: N802 - Lightning's name for it
+        internals.check_checkpoint_settings(self, pl_callbacks.ModelCheckpoint)
+
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if not hasattr(self, "validated"):
             self.validated: dict[str, dict[str, float]] = {}  # top-k checkpoint path -> its step and val/loss
@@ -90,10 +95,12 @@ class TaskCheckpoint(pl_callbacks.ModelCheckpoint):
         loss = float(trainer.callback_metrics.get("val/loss", math.inf))
         for path in set(self.best_k_models) - before:
             self.validated[path] = {"step": trainer.global_step, "val/loss": loss}
-        if self.best_k_models:
+        if self.best_k_models:  # best and k-th (the next to go) by the same ranking as results.json
             key = ranking_key("score", self.mode)
-            self.best_model_path = min(self.best_k_models, key=lambda p: key(self._metrics_of(p)))
+            ranked = sorted(self.best_k_models, key=lambda p: key(self._metrics_of(p)))
+            self.best_model_path, self.kth_best_model_path = ranked[0], ranked[-1]
             self.best_model_score = self.best_k_models[self.best_model_path]
+            self.kth_value = self.best_k_models[self.kth_best_model_path]
         self.refresh_last(trainer)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -119,7 +126,7 @@ class TaskCheckpoint(pl_callbacks.ModelCheckpoint):
                 os.replace(partial, last)
             trainer.strategy.barrier()
         else:
-            trainer.save_checkpoint(last)
+            trainer.save_checkpoint(last, weights_only=self.save_weights_only)
         self._last_step = trainer.global_step
         run = Path(self.dirpath).parent
         if trainer.is_global_zero and Path(trainer.default_root_dir).resolve() == run.resolve():
@@ -253,17 +260,82 @@ class ExportHFModel(pl_callbacks.Callback):
         log_dir = run_folder(trainer)  # every rank asks, once, before rank 0 goes on alone
         if not trainer.is_global_zero or not isinstance(pl_module, TaskModule):
             return
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        state_dict = None
-        if best and Path(best).is_file():
-            # mapped, not read: the optimizer state in the file (twice the weights, with AdamW) stays on disk
-            state_dict = torch.load(best, map_location="cpu", weights_only=False, mmap=True)["state_dict"]
-        elif best and Path(best).is_dir():
-            state_dict = load_sharded_weights(Path(best))
+        state_dict = best_weights(trainer)
         datamodule = trainer.datamodule
         tokenizer = getattr(datamodule, "tokenizer", None) if datamodule is not None else None
         folder = pl_module.export(Path(log_dir) / EXPORT_DIR, tokenizer, state_dict)
         rank_zero_info(f"Exported {'the best' if state_dict else 'the final'} model to {folder}")
+
+
+class WriteModelCard(pl_callbacks.Callback):
+    """At the end of `fit`, once `hf_model/` and `results.json` are written, add the model card
+    `hf_model/README.md` (task, base model, data, best and final metrics, hyperparameters, versions), as the HF
+    Trainer does; `huggingface_hub.ModelCard` reads it and the Hub shows it once the folder is uploaded."""
+
+    # data settings that say where data lives or how it is served, not how the model was trained
+    SKIPPED = ("tokenizer_", "trust_remote_code", "cache_dir", "num_workers", "overwrite_cache", "reader_options")
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        log_dir = run_folder(trainer)  # every rank asks, once
+        if not trainer.is_global_zero or not isinstance(pl_module, TaskModule):
+            return
+        folder = Path(log_dir) / EXPORT_DIR
+        datamodule = trainer.datamodule
+        if not folder.is_dir() or not isinstance(datamodule, TaskDataModule):
+            return
+        text = model_card(
+            name=Path(log_dir).parent.name,
+            pipeline_tag=pl_module.pipeline_tag,
+            base_model=pl_module.model_name_or_path,
+            data={
+                split: f"{datamodule.source(split)} ({len(rows)} rows)"
+                for split, rows in datamodule.raw.items()
+                if split != "predict"
+            },
+            hub_dataset=datamodule.dataset_name,
+            hyperparameters=self.hyperparameters(trainer, pl_module, datamodule),
+            results=read_results(log_dir),
+            versions=framework_versions(),
+        )
+        partial = folder / "README.md.partial"
+        partial.write_text(text, encoding="utf-8")
+        partial.replace(folder / "README.md")
+
+    def hyperparameters(self, trainer: Trainer, module: TaskModule, data: TaskDataModule) -> dict[str, Any]:
+        def shown(values: dict[str, Any], prefix: str) -> dict[str, Any]:
+            return {
+                f"{prefix}.{key}": value if isinstance(value, int | float | str | bool) else json.dumps(value)
+                for key, value in values.items()
+                if value is not None and not key.startswith("_")
+            }
+
+        hparams = {k: v for k, v in module.hparams.items() if k not in ("model_name_or_path", "label_names")}
+        settings = {
+            k: v
+            for k, v in data.settings().items()
+            if not k.endswith(("_file", "_name", "_names")) and not k.startswith(self.SKIPPED)
+        }
+        run = {
+            "max_epochs": trainer.max_epochs,
+            "max_steps": trainer.max_steps,
+            "accumulate_grad_batches": trainer.accumulate_grad_batches,
+            "gradient_clip_val": trainer.gradient_clip_val,
+            "precision": trainer.precision,
+            "world_size": trainer.world_size,
+            "seed": internals.global_seed(),
+        }
+        return {**shown(hparams, "model"), **shown(settings, "data"), **shown(run, "trainer")}
+
+
+def best_weights(trainer: Trainer) -> dict[str, torch.Tensor] | None:
+    """The module weights of the trainer's best checkpoint (a file, or a sharded folder), None without one."""
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best and Path(best).is_file():
+        # mapped, not read: the optimizer state in the file (twice the weights, with AdamW) stays on disk
+        return torch.load(best, map_location="cpu", weights_only=False, mmap=True)["state_dict"]
+    if best and Path(best).is_dir():
+        return load_sharded_weights(Path(best))
+    return None
 
 
 def load_sharded_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -300,10 +372,12 @@ class ResultsWriter(pl_callbacks.Callback):
             self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics})
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        monitor, mode = task_monitor(pl_module, "results.json's best")
         checkpoint = trainer.checkpoint_callback
-        if checkpoint is not None and checkpoint.monitor:
-            monitor, mode = checkpoint.monitor, checkpoint.mode  # the metric that chose hf_model/
+        monitor, mode = task_monitor(pl_module, "results.json's best")
+        if (
+            isinstance(checkpoint, pl_callbacks.ModelCheckpoint) and checkpoint.monitor
+        ):  # the metric that chose hf_model/
+            monitor, mode = checkpoint.monitor, checkpoint.mode
         best_step = getattr(checkpoint, "validated", {}).get(getattr(checkpoint, "best_model_path", ""), {}).get("step")
         scored = [h for h in self.history if monitor in h]
         best = next((h for h in scored if h["step"] == best_step), None)
@@ -344,7 +418,8 @@ class PredictionWriter(pl_callbacks.BasePredictionWriter):
     def __init__(self, output_file: str | None = None) -> None:
         super().__init__(write_interval="batch")
         self.output_file = output_file
-        self._rows: dict[int, str] = {}
+        self._rows: dict[int, dict] = {}
+        self.predictions: list[dict] = []  # the last predict's rows, in input order (what `Run.predict` returns)
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.output_file:
@@ -358,10 +433,11 @@ class PredictionWriter(pl_callbacks.BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
         for index, row in zip(batch_indices, prediction, strict=True):
-            self._rows[index] = json.dumps(row)
+            self._rows[index] = row
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("".join(self._rows[i] + "\n" for i in sorted(self._rows)))
+        self.predictions = [self._rows[i] for i in sorted(self._rows)]
         self._rows = {}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("".join(json.dumps(row) + "\n" for row in self.predictions))
         rank_zero_info(f"Predictions written to {self.path}")

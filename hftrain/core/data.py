@@ -11,8 +11,9 @@ caching the tokenized splits so a second run skips tokenization, dataloaders —
 import hashlib
 import json
 import os
+import re
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,16 +22,20 @@ import datasets
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerBase
 
 from hftrain import __version__
-from hftrain.core import internals
+from hftrain.core import console, internals
 from hftrain.core.errors import HFTrainError
 from hftrain.core.pretrained import load_tokenizer
+from hftrain.core.progress import library_progress_bars_off
 from hftrain.core.sampling import EpochShuffleSampler, LengthGroupedSampler, LongestFirstSampler, sequence_lengths
 
 SPLITS = ("train", "validation", "test", "predict")
+# bumped whenever the columns of the tokenized cache change, so that no run reads an older layout
+CACHE_FORMAT = 2
 
 # file suffix -> (datasets builder, its default reader options)
 READERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -71,11 +76,14 @@ class TaskDataModule(LightningDataModule):
         tokenizer_revision: Hub branch, tag or commit of the tokenizer; the CLI links it to `model.revision`.
         trust_remote_code: Allow tokenizer code from the Hub repository to run; the CLI links it to
             `model.trust_remote_code`.
-        dataset_name: A dataset on the Hugging Face Hub (e.g. `glue`). Leave unset to read local files.
+        dataset_name: A dataset on the Hugging Face Hub (e.g. `glue`). Leave unset to read local files; a
+            `train_file` replaces it (then nothing is loaded from the Hub).
         dataset_config_name: The Hub dataset's configuration (e.g. `mrpc`).
         train_file: Local training file: .csv, .tsv, .json, .jsonl or .parquet.
         validation_file: Local validation file. Without one, `validation_split_percentage` of the training
-            data is held out.
+            data is held out. Several validation sets: a mapping of names to files (`{matched: dev_m.tsv,
+            mismatched: dev_mm.tsv}`), each scored and logged as `val/<name>/...`; the first one picks the
+            best checkpoint unless `checkpoint.monitor` names another.
         test_file: Local test file, used by `hftrain test`.
         predict_file: Local file to predict on, used by `hftrain predict` (labels not needed). Without one,
             predict uses the test split.
@@ -96,6 +104,13 @@ class TaskDataModule(LightningDataModule):
             `seed` sets the data order too), else 42.
         group_by_length: Batch training examples of similar length together (shuffled in groups, as the HF
             Trainer's `group_by_length`), so batches carry little padding: faster, same accuracy.
+        max_train_samples: Train on the first N training rows only (the HF scripts' flag, for quick runs).
+        max_eval_samples: Validate on the first N rows of each validation set only.
+        max_predict_samples: Test and predict on the first N rows only.
+        overwrite_cache: Tokenize again even if a cached copy exists (the cache is already keyed by the files'
+            size and modification time, the tokenizer and the settings, so this is rarely needed).
+        id_column: Column whose value is each row's `id` in predictions.jsonl. Unset: a column named `id` if
+            the data has one, else the row's position in its file (counting from 0).
     """
 
     tokenizer_name: str | None = None
@@ -104,7 +119,7 @@ class TaskDataModule(LightningDataModule):
     dataset_name: str | None = None
     dataset_config_name: str | None = None
     train_file: str | None = None
-    validation_file: str | None = None
+    validation_file: str | dict[str, str] | None = None
     test_file: str | None = None
     predict_file: str | None = None
     reader_options: dict[str, Any] | None = None
@@ -117,12 +132,25 @@ class TaskDataModule(LightningDataModule):
     cache_dir: str | None = None
     seed: int | None = None
     group_by_length: bool = False
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    max_predict_samples: int | None = None
+    overwrite_cache: bool = False
+    id_column: str | None = None
 
     # whether the tokenizer pads with its end-of-sequence token when it has no padding token (causal LMs)
     pad_with_eos: ClassVar[bool] = False
     # settings that change how batches are served but not what the tokenized data holds
     loader_settings: ClassVar[frozenset[str]] = frozenset(
-        {"batch_size", "eval_batch_size", "num_workers", "preprocessing_num_workers", "cache_dir", "group_by_length"}
+        {
+            "batch_size",
+            "eval_batch_size",
+            "num_workers",
+            "preprocessing_num_workers",
+            "cache_dir",
+            "group_by_length",
+            "overwrite_cache",
+        }
     )
 
     def __post_init__(self) -> None:
@@ -132,10 +160,14 @@ class TaskDataModule(LightningDataModule):
         self._check_settings()
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._cache_path: Path | None = None
+        self._predicting_inputs = False
         self.datasets: datasets.DatasetDict | None = None
         self.raw = self.load_raw()
         self.check_data(self.raw)
+        if self.id_column:
+            self.require_columns({k: v for k, v in self.raw.items() if k != "train"}, {"id_column": self.id_column})
         self.hold_out_validation(self.raw)
+        self.limit_rows(self.raw)
         self.save_hyperparameters()
         # the CLI records the config as given; add what was learnt from the data (the label set)
         self.save_hyperparameters({**self.hparams, **self.settings()})
@@ -154,6 +186,13 @@ class TaskDataModule(LightningDataModule):
         """Turn a batch of raw rows of `split` into model inputs (token ids, labels)."""
         raise NotImplementedError
 
+    def row_fields(self, batch: dict[str, list], split: str) -> dict[str, list] | None:
+        """What each row of an evaluation or predict split carries through to predictions.jsonl and the
+        TensorBoard examples, besides its id: the input text and, where the data has it, the gold answer
+        (key `gold`), as columns of the batch's rows. None: no rows (the split's encoded rows are not one
+        per input row)."""
+        return None
+
     def preprocess(self, raw: datasets.DatasetDict) -> datasets.DatasetDict:
         """Turn raw splits into model inputs with `encode`; called once, then cached on disk."""
         return self.map_splits(raw, self.encode)
@@ -161,14 +200,17 @@ class TaskDataModule(LightningDataModule):
     def map_splits(
         self, raw: datasets.DatasetDict, function: Callable, desc: str = "Tokenizing", **options: Any
     ) -> datasets.DatasetDict:
-        """`function(batch, split=…)` over every split with `datasets.map(batched=True)`, replacing the raw
-        columns by what it returns; `options` go to `map` (e.g. `with_indices`)."""
+        """`function(batch, split=…)` (with `with_indices`: `function(batch, indices, split=…)`) over every split
+        with `datasets.map(batched=True)`, replacing the raw columns by what it returns, plus the `row` column
+        of `row_fields` outside the training split; other `options` go to `map`."""
+        with_indices = options.pop("with_indices", False)
         return datasets.DatasetDict(
             {
                 split: dataset.map(
-                    function,
+                    self._encode_with_rows,
                     batched=True,
-                    fn_kwargs={"split": split},
+                    with_indices=True,
+                    fn_kwargs={"split": split, "function": function, "with_indices": with_indices},
                     remove_columns=dataset.column_names,
                     num_proc=self.preprocessing_num_workers,
                     desc=f"{desc} {split}",
@@ -177,6 +219,19 @@ class TaskDataModule(LightningDataModule):
                 for split, dataset in raw.items()
             }
         )
+
+    def _encode_with_rows(
+        self, batch: dict[str, list], indices: list[int], split: str, function: Callable, with_indices: bool
+    ) -> dict[str, list]:
+        encoded = function(batch, indices, split=split) if with_indices else function(batch, split=split)
+        fields = self.row_fields(batch, split) if split != "train" else None
+        if fields is not None:
+            id_column = self.id_column or ("id" if "id" in batch else None)
+            ids = batch[id_column] if id_column else indices
+            encoded["row"] = [
+                {"id": row_id, **{name: values[i] for name, values in fields.items()}} for i, row_id in enumerate(ids)
+            ]
+        return encoded
 
     @property
     def collator(self):
@@ -188,7 +243,8 @@ class TaskDataModule(LightningDataModule):
         builder, options = READERS[path.suffix.lower()]
         options = {**options, **(self.reader_options or {})}
         try:
-            dataset = datasets.load_dataset(builder, data_files={"data": str(path)}, split="data", **options)
+            with console.datasets_bars_hidden():
+                dataset = datasets.load_dataset(builder, data_files={"data": str(path)}, split="data", **options)
         except Exception as err:  # noqa: BLE001 - datasets wraps reader errors in many types
             if "corresponds to no data" in str(err):  # a header without rows: report it as an empty split
                 return datasets.Dataset.from_dict({})
@@ -206,9 +262,35 @@ class TaskDataModule(LightningDataModule):
 
     # ------------------------------------------------------------------ loading
 
+    @property
+    def validation_sets(self) -> list[str] | None:
+        """The names of several validation sets (`validation_file` given as a mapping), else None."""
+        return list(self.validation_file) if isinstance(self.validation_file, dict) else None
+
+    @property
+    def validation_splits(self) -> list[str]:
+        """The split of each validation set, in order: `validation`, or `validation/<name>` per named set."""
+        return [f"validation/{name}" for name in self.validation_sets] if self.validation_sets else ["validation"]
+
+    def files(self) -> dict[str, str]:
+        """Every split given as a local file: split name -> path (named validation sets one by one)."""
+        files = {split: getattr(self, f"{split}_file") for split in SPLITS if getattr(self, f"{split}_file")}
+        if self.validation_sets:
+            del files["validation"]
+            files.update({f"validation/{name}": path for name, path in self.validation_file.items()})
+        return files
+
+    @staticmethod
+    def setting(split: str) -> str:
+        """The config key of a split's file: `data.train_file`, `data.validation_file.<name>`."""
+        split, _, name = split.partition("/")
+        return f"data.{split}_file" + (f".{name}" if name else "")
+
     def source(self, split: str) -> str:
         """Where a split comes from, in words for error messages."""
-        path = getattr(self, f"{split}_file", None)
+        if split == "predict" and self._predicting_inputs:
+            return "the inputs given to predict"
+        path = self.files().get(split)
         if path:
             return path
         if split == "validation" and self.train_file and not self.validation_file:
@@ -218,8 +300,19 @@ class TaskDataModule(LightningDataModule):
         return f"{self.dataset_name}[{split}]"
 
     def load_raw(self) -> datasets.DatasetDict:
-        """Load every configured split and reject empty ones."""
-        files = {split: getattr(self, f"{split}_file") for split in SPLITS if getattr(self, f"{split}_file")}
+        """Load every configured split and reject empty ones.
+
+        A training file replaces a Hub dataset set alongside it (a config's `dataset_name: glue` with
+        `--data.train_file` on the command line reads the files, as the HF scripts do, and never goes to the
+        Hub); without one, files replace only their own splits of the Hub dataset.
+        """
+        files = self.files()
+        if self.dataset_name and self.train_file:
+            rank_zero_info(
+                f"data.train_file is set, so it replaces the Hub dataset '{self.dataset_name}' (data.dataset_name), "
+                "which is not loaded."
+            )
+            self.dataset_name = self.dataset_config_name = None
         if self.dataset_name:
             raw = self._load_hub_dataset()
         elif files:
@@ -229,6 +322,8 @@ class TaskDataModule(LightningDataModule):
                 "No data given: set data.dataset_name to a Hugging Face Hub dataset, or data.train_file "
                 "(and optionally validation_file, test_file, predict_file) to local files."
             )
+        if self.validation_sets:  # named sets replace a Hub dataset's own validation split
+            raw.pop("validation", None)
         for split, file in files.items():
             raw[split] = self.read_file(self._existing_file(split, file))
         if "predict" not in raw and "test" in raw:
@@ -237,14 +332,15 @@ class TaskDataModule(LightningDataModule):
             if len(dataset) == 0:
                 raise HFTrainError(
                     f"The {split} split ({self.source(split)}) has no rows. Give a file with at least one "
-                    f"example, or leave data.{split}_file unset."
+                    f"example, or leave {self.setting(split)} unset."
                 )
         return raw
 
     def hold_out_validation(self, raw: datasets.DatasetDict) -> None:
         """Without a validation split, hold out `validation_split_percentage` of the training rows (after
         `check_data`, so its error messages count rows as they stand in the training file)."""
-        if "validation" not in raw and "train" in raw and self.validation_split_percentage > 0:
+        has_validation = any(split.startswith("validation") for split in raw)
+        if not has_validation and "train" in raw and self.validation_split_percentage > 0:
             if len(raw["train"]) < 2:
                 raise HFTrainError(
                     f"The training data ({self.source('train')}) has {len(raw['train'])} row: too few to hold "
@@ -258,17 +354,27 @@ class TaskDataModule(LightningDataModule):
                 f"({self.validation_split_percentage:g}%)."
             )
 
+    def limit_rows(self, raw: datasets.DatasetDict) -> None:
+        """Keep the first `max_train_samples` / `max_eval_samples` / `max_predict_samples` rows of each split."""
+        for split, dataset in raw.items():
+            if split == "train":
+                limit = self.max_train_samples
+            else:
+                limit = self.max_predict_samples if split in ("test", "predict") else self.max_eval_samples
+            if limit is not None and limit < len(dataset):
+                raw[split] = dataset.select(range(limit))
+
     def _existing_file(self, split: str, file: str) -> Path:
         path = Path(file).expanduser()
         if not path.is_file():
             raise HFTrainError(
-                f"data.{split}_file '{file}' does not exist (looked in {path.resolve()}). Check the path; "
+                f"{self.setting(split)} '{file}' does not exist (looked in {path.resolve()}). Check the path; "
                 "relative paths are read from the folder you run hftrain in."
             )
         if path.suffix.lower() not in self.supported_suffixes():
             raise HFTrainError(
-                f"data.{split}_file '{file}' has an unsupported file type '{path.suffix}'. Use one of "
-                f"{', '.join(self.supported_suffixes())}."
+                f"{self.setting(split)} '{file}' has an unsupported file type '{path.suffix}'. Use one of "
+                f"{', '.join(suffix or '(none: plain text)' for suffix in self.supported_suffixes())}."
             )
         return path
 
@@ -296,7 +402,7 @@ class TaskDataModule(LightningDataModule):
                 return plain
         return split
 
-    def require_columns(self, raw: datasets.DatasetDict, columns: dict[str, str | None], optional=()) -> None:
+    def require_columns(self, raw: dict[str, datasets.Dataset], columns: dict[str, str | None], optional=()) -> None:
         """Fail early when a configured column is missing from a split.
 
         `columns` maps setting names (`text_column`) to column names; columns in `optional` may be absent
@@ -358,15 +464,14 @@ class TaskDataModule(LightningDataModule):
         """The cache folder for this data + tokenizer + settings; any change to one of them misses it."""
         if self._cache_path is None:
             sources: dict[str, Any] = {}
-            for split in SPLITS:
-                file = getattr(self, f"{split}_file")
-                if file:
-                    stat = Path(file).stat()
-                    sources[split] = [str(Path(file).resolve()), stat.st_size, stat.st_mtime_ns]
+            for split, file in self.files().items():
+                stat = Path(file).stat()
+                sources[split] = [str(Path(file).resolve()), stat.st_size, stat.st_mtime_ns]
             settings = {k: v for k, v in self.settings().items() if k not in self.loader_settings}
             payload = {
                 "task": f"{type(self).__module__}.{type(self).__qualname__}",
                 "hftrain": __version__,
+                "format": CACHE_FORMAT,
                 "settings": settings,
                 "sources": sources,
                 "tokenizer": tokenizer_fingerprint(self.tokenizer),
@@ -379,13 +484,16 @@ class TaskDataModule(LightningDataModule):
     def prepare_data(self) -> None:
         """Tokenize every split once and save it; later runs (and the other DDP ranks) load the saved copy."""
         path = self.cache_path()
+        if path.is_dir() and self.overwrite_cache:
+            shutil.rmtree(path)
         if path.is_dir():
             rank_zero_info(f"Reusing tokenized data from {path}")
             return
         processed = self.preprocess(self.raw)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
-        processed.save_to_disk(str(partial))
+        with console.datasets_bars_hidden():
+            processed.save_to_disk(str(partial))
         try:
             partial.rename(path)
         except OSError:  # another process finished the same cache first
@@ -401,6 +509,15 @@ class TaskDataModule(LightningDataModule):
     # ------------------------------------------------------------------ dataloaders
 
     def _check_settings(self) -> None:
+        for name, file in (self.validation_file if isinstance(self.validation_file, dict) else {}).items():
+            if not re.fullmatch(r"[\w.-]+", name) or not isinstance(file, str):
+                raise HFTrainError(
+                    f"data.validation_file maps names to files, but has {name!r}: {file!r}. Use names of letters, "
+                    "digits, '_', '-' and '.' (they become metric keys: val/<name>/...), each with one file path."
+                )
+        for name in ("max_train_samples", "max_eval_samples", "max_predict_samples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise HFTrainError(f"data.{name} must be a positive integer (or unset), got {getattr(self, name)}.")
         for name in ("batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise HFTrainError(f"data.{name} must be a positive integer, got {getattr(self, name)}.")
@@ -434,7 +551,7 @@ class TaskDataModule(LightningDataModule):
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size or 2 * self.batch_size,
             sampler=sampler,
-            collate_fn=self.collator,
+            collate_fn=KeepRows(self.collator),
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
@@ -447,10 +564,77 @@ class TaskDataModule(LightningDataModule):
         return self._loader("train", train=True)
 
     def val_dataloader(self) -> StatefulDataLoader | list:
-        return self._loader("validation") if self.datasets is not None and "validation" in self.datasets else []
+        """The validation loader; with several validation sets, one per set in order (Lightning runs them
+        one after the other and tells the module which by `dataloader_idx`)."""
+        splits = [s for s in self.validation_splits if self.datasets is not None and s in self.datasets]
+        if not self.validation_sets:
+            return self._loader(splits[0]) if splits else []
+        return [self._loader(split) for split in splits]
 
     def test_dataloader(self) -> StatefulDataLoader:
         return self._loader("test")
 
     def predict_dataloader(self) -> StatefulDataLoader:
         return self._loader("predict")
+
+    # ------------------------------------------------------------------ predicting on inputs in memory
+
+    def input_columns(self) -> list[str]:
+        """The columns a predict row needs, in the order a tuple input gives them (`predict_rows`)."""
+        raise NotImplementedError
+
+    def predict_rows(self, inputs: list[Any]) -> list[dict[str, Any]]:
+        """Raw inputs as rows of a predict file. A dict is a row as it would stand in the file (keys are column
+        names); otherwise an input fills `input_columns`: a string (or a task's list value, such as a
+        sentence's words) the only one, a tuple or list of strings several in order (a text pair)."""
+        columns = self.input_columns()
+        rows = []
+        for number, item in enumerate(inputs, 1):
+            if isinstance(item, Mapping):
+                rows.append(dict(item))
+            elif len(columns) == 1:
+                rows.append({columns[0]: item})
+            elif isinstance(item, list | tuple) and len(item) == len(columns):
+                rows.append(dict(zip(columns, item, strict=True)))
+            else:
+                raise HFTrainError(
+                    f"Input {number} to predict is {item!r}, but this data takes {len(columns)} texts per example "
+                    f"({', '.join(columns)}). Give a tuple of {len(columns)} strings or a dict with those keys."
+                )
+        return rows
+
+    def predict_loader(self, inputs: Any, batch_size: int | None = None) -> DataLoader:
+        """Batches of raw inputs (see `predict_rows`; one input or a list) made exactly as a predict file's are:
+        the same checks (`check_data`), tokenization (`preprocess`) and collator, all in memory."""
+        inputs = [inputs] if isinstance(inputs, str | Mapping) else list(inputs)
+        if not inputs:
+            raise HFTrainError("Nothing to predict: give a list of inputs (strings, tuples or dicts).")
+        raw = datasets.DatasetDict({"predict": datasets.Dataset.from_list(self.predict_rows(inputs))})
+        # the checks and `encode` read a split's features from `self.raw` and name it with `source`
+        files, self.raw, self._predicting_inputs = self.raw, raw, True
+        try:
+            self.check_data(raw)
+            with library_progress_bars_off():
+                encoded = self.preprocess(raw)["predict"]
+        finally:
+            self.raw, self._predicting_inputs = files, False
+        return DataLoader(
+            encoded,
+            batch_size=batch_size or self.eval_batch_size or 2 * self.batch_size,
+            collate_fn=KeepRows(self.collator),
+        )
+
+
+@dataclass
+class KeepRows:
+    """A task's collator, with each example's `row` (id, input text, gold answer; see `row_fields`) passed
+    on as the batch's list `row`, for `predict_step` and the validation examples; the model never sees it."""
+
+    collate: Callable
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        if "row" not in features[0]:
+            return self.collate(features)
+        batch = self.collate([{k: v for k, v in f.items() if k != "row"} for f in features])
+        batch["row"] = [f["row"] for f in features]
+        return batch

@@ -45,4 +45,5 @@ def log_text_table(module: LightningModule, tag: str, header: list[str], rows: l
     lines += [f"| {' | '.join(f'`{cell}`' for cell in row)} |" for row in cells]
     for logger in module.loggers:
         if isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_text(tag, "\n".join(lines), global_step=module.global_step)
+            # at the step the validation's scalars are logged at, so TensorBoard lines them up
+            logger.experiment.add_text(tag, "\n".join(lines), global_step=internals.logged_step(module.trainer))

@@ -16,7 +16,7 @@ import torch
 from hftrain.core.errors import HFTrainError
 
 # the versions whose private members this module was written against; pyproject.toml pins the same
-TESTED = {"lightning": ">=2.6,<2.7", "torchmetrics": ">=1.9,<1.10"}
+TESTED = {"lightning": ">=2.6,<2.7", "torchmetrics": ">=1.9,<1.10", "jsonargparse": ">=4.53,<5"}
 
 
 def _private(owner: Any, name: str, library: str = "lightning") -> Any:
@@ -30,6 +30,19 @@ def _private(owner: Any, name: str, library: str = "lightning") -> Any:
             f"tested with {library}{TESTED[library]}: install a version in that range "
             f"(`pip install '{library}{TESTED[library]}'`)."
         ) from None
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+
+def set_option_help(parser, dest: str, text: str) -> None:
+    """Replace the `--help` text of an option that a signature put on the parser (argparse keeps its actions
+    in a private list; jsonargparse, built on it, has no public way to change a help text)."""
+    for action in _private(parser, "_actions", "jsonargparse"):
+        if action.dest == dest:
+            action.help = text
+            return
+    raise HFTrainError(f"hftrain could not find the option --{dest} to document it: report this as a bug.")
 
 
 # ---------------------------------------------------------------------------------------------- fit loop
@@ -54,9 +67,31 @@ def batches_trained(trainer) -> int:
     return _private(trainer.fit_loop.epoch_loop, "total_batch_idx")
 
 
+def set_fit_limits(trainer, max_epochs: int, max_steps: int) -> None:
+    """Give a trainer new fit loops with these limits, for a fit that continues from a checkpoint in the same
+    process (the Trainer's own `max_epochs` / `max_steps` are read-only).
+
+    New loops, as a new process has, not the finished ones with new limits: restoring a checkpoint saved by
+    the validation after an epoch's last batch into used loops leaves the epoch loop "restarting" at that
+    last batch, and every later epoch then runs no batch. The checkpoint restores all their state.
+    """
+    from lightning.pytorch.loops import fit_loop, training_epoch_loop
+
+    old = trainer.fit_loop
+    loop = _private(fit_loop, "_FitLoop")(trainer, min_epochs=old.min_epochs, max_epochs=max_epochs)
+    epoch_loop = _private(training_epoch_loop, "_TrainingEpochLoop")
+    loop.epoch_loop = epoch_loop(trainer, min_steps=old.epoch_loop.min_steps, max_steps=max_steps)
+    trainer.fit_loop = loop
+
+
 def logs_this_step(trainer) -> bool:
     """Whether the loggers write at the current training step (every `log_every_n_steps`, and at the end)."""
     return _private(trainer, "_logger_connector").should_update_logs
+
+
+def logged_step(trainer) -> int:
+    """The step Lightning writes the current logs at (optimizer steps before this one, counted from 0)."""
+    return _private(trainer.fit_loop.epoch_loop, "_batches_that_stepped")
 
 
 def global_seed(default: int = 0) -> int:
@@ -92,6 +127,16 @@ def every_n_train_steps(callback) -> int:
 def save_topk_checkpoint(callback, trainer) -> None:
     """Rank the current state among a `ModelCheckpoint`'s top-k by the metrics just logged, saving it if it enters."""
     _private(callback, "_save_topk_checkpoint")(trainer, _private(callback, "_monitor_candidates")(trainer))
+
+
+def check_checkpoint_settings(callback, checkpoint_class) -> None:
+    """Lightning's checks of a `ModelCheckpoint`'s settings, except the one that refuses `save_top_k` > 1
+    without a `monitor`: an hftrain checkpoint without one watches the task's metric, named at setup."""
+    top_k, callback.save_top_k = callback.save_top_k, min(callback.save_top_k, 1)
+    try:
+        _private(checkpoint_class, "_ModelCheckpoint__validate_init_configuration")(callback)
+    finally:
+        callback.save_top_k = top_k
 
 
 def checkpoint_saved_at(callback, step: int) -> str | None:

@@ -8,25 +8,39 @@ warmup schedule and the `save_pretrained` export are shared. Being dataclasses, 
 
 What the callbacks need of a task (the contract, read through `task_monitor` and `TaskModule.export`):
 `monitor` and `monitor_mode`, the validation metric that picks the best checkpoint and whether higher is
-better, set in `__post_init__`; and `export`, which writes the `save_pretrained` folder.
+better, set in `__post_init__`; and `export`, which writes the `save_pretrained` folder. Metrics are kept per
+stage (`eval_stages`: `val`, or `val/<name>` for each of several validation sets, and `test`), and each
+task feeds the user's `custom_metrics` with `update_custom_metrics`.
 """
 
 import inspect
+import json
 import shutil
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from lightning.pytorch import LightningModule
+from torchmetrics import Metric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from hftrain.core import internals
+from hftrain.core.data import TaskDataModule
 from hftrain.core.errors import HFTrainError
+from hftrain.core.generation import log_text_table
 from hftrain.core.pretrained import load_model, load_tokenizer
+from hftrain.core.progress import library_progress_bars_off
+from hftrain.metrics.custom import CustomMetricSpec, build_custom_metric
 
-Stage = Literal["val", "test"]
+# "val" (or "val/<name>" for each of several validation sets) and "test"; metric keys start with it
+Stage = str
+
+
+def is_validation(stage: Stage) -> bool:
+    return stage != "test"
 
 
 @dataclass(eq=False, repr=False, kw_only=True)
@@ -52,6 +66,20 @@ class TaskModule(LightningModule):
         revision: Hub branch, tag or commit of the model.
         ignore_mismatched_sizes: Re-initialize weights whose shape differs from the checkpoint's (e.g. a
             classifier head fine-tuned for a different label set).
+        custom_metrics: Metrics of your own, logged beside the task's as `val/<name>` (and `test/<name>`), so
+            also usable as `checkpoint.monitor`: name -> the import path of a torchmetrics `Metric` class
+            (or `{class_path: …, init_args: {…}}`), or of a function `f(predictions, labels)` returning a
+            number or a dict of numbers. What they receive, per task: text classification the predicted and
+            gold class ids (multi-label: probabilities and 0/1 targets; regression: scores); token
+            classification the predicted and gold tag ids of each word, flat; question answering the
+            answer texts and the lists of gold answers; seq2seq the generated texts and `[[reference], …]`;
+            language modelling the predicted and gold next-token ids.
+        validation_sets: Names of the validation sets when `data.validation_file` maps names to files; set by
+            the CLI from the data (in Python pass `data.validation_sets`). Each is logged as
+            `val/<name>/...`, and the first one picks the best checkpoint unless `checkpoint.monitor` names
+            another.
+        logged_examples: Validation rows written to TensorBoard as text at each validation (tag
+            `val/examples`: input, gold answer, prediction), to see what the model gets right and wrong.
     """
 
     model_name_or_path: str
@@ -67,9 +95,38 @@ class TaskModule(LightningModule):
     trust_remote_code: bool = False
     revision: str | None = None
     ignore_mismatched_sizes: bool = False
+    custom_metrics: dict[str, CustomMetricSpec] | None = None
+    validation_sets: list[str] | None = None
+    logged_examples: int = 3
 
     # the model's own tokenizer, for tasks that decode what they generate (not a config field: no annotation)
     tokenizer = None
+    # the Hub's name for the task (model card, `transformers.pipeline`)
+    pipeline_tag: ClassVar[str] = ""
+    # settings read only while the model is loaded: changing one on a built module would change nothing
+    load_settings: ClassVar[frozenset[str]] = frozenset(
+        {
+            "model_name_or_path",
+            "revision",
+            "trust_remote_code",
+            "ignore_mismatched_sizes",
+            "gradient_checkpointing",
+            "label_names",
+            "problem_type",
+        }
+    )
+    # settings the optimizer and schedule are built from, which a resumed run restores from its checkpoint
+    optimizer_settings: ClassVar[frozenset[str]] = frozenset(
+        {
+            "learning_rate",
+            "weight_decay",
+            "adam_beta1",
+            "adam_beta2",
+            "adam_epsilon",
+            "lr_scheduler_type",
+            "warmup_steps",
+        }
+    )
 
     def __post_init__(self) -> None:
         super().__init__()
@@ -80,10 +137,31 @@ class TaskModule(LightningModule):
         self.save_hyperparameters()
         self.monitor = "val/loss"
         self.monitor_mode: Literal["min", "max"] = "min"
+        self._logged_keys: set[str] = set()
+        self.custom = torch.nn.ModuleDict(
+            {
+                stage: torch.nn.ModuleDict(
+                    {name: build_custom_metric(name, spec) for name, spec in (self.custom_metrics or {}).items()}
+                )
+                for stage in self.eval_stages
+            }
+        )
+        self.examples: list[tuple[str, str, str]] = []
+
+    @property
+    def val_stages(self) -> list[str]:
+        """The stage name of each validation set, in dataloader order: `val`, or `val/<name>` per named set."""
+        return [f"val/{name}" for name in self.validation_sets] if self.validation_sets else ["val"]
+
+    @property
+    def eval_stages(self) -> list[str]:
+        """Every stage that has metrics: the validation sets and `test`."""
+        return [*self.val_stages, "test"]
 
     def load_pretrained(self, auto_class: type, **config_overrides: Any) -> PreTrainedModel:
-        """Load `model_name_or_path` with `auto_class`, overriding config fields (labels, problem type)."""
-        model = load_model(
+        """Load `model_name_or_path` with `auto_class`, overriding config fields (labels, problem type); the
+        weights that did not come from it are kept in `load_report` for the run's first lines."""
+        model, self.load_report = load_model(
             auto_class,
             self.model_name_or_path,
             self.revision,
@@ -120,11 +198,66 @@ class TaskModule(LightningModule):
     def forward(self, **batch: Any):
         return self.model(**{k: v for k, v in batch.items() if k in self.model_inputs})
 
+    def changed_hyperparameters(self) -> dict[str, Any]:
+        """The settings changed on this object since `hparams` last recorded them (a notebook may set
+        `model.learning_rate = 5e-5` between two fits), with their new values.
+
+        A changed setting that only matters while the model loads (`load_settings`) is an error: the run
+        would record a value it does not use.
+        """
+        changed = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name in self.hparams and self.hparams[f.name] != getattr(self, f.name)
+        }
+        for name in sorted(changed.keys() & self.load_settings):
+            raise HFTrainError(
+                f"model.{name} was changed from {self.hparams[name]!r} to {changed[name]!r} after the model was "
+                f"loaded, so training would not use it. Build a new module with it (in a notebook: "
+                f"hftrain.fit(config, model={{'{name}': ...}})), or set it back."
+            )
+        return changed
+
     def setup(self, stage: str) -> None:
+        # what the checkpoints and the logger (which logs `hparams_initial`) record is what this run uses
+        changed = self.changed_hyperparameters()
+        if changed:
+            self.save_hyperparameters({**self.hparams, **changed})
         # compiling `forward` (every step's model call) rather than wrapping the module keeps the state-dict
         # keys, checkpoints and the exported model as they are, and leaves `generate` eager
         if self.torch_compile and "forward" not in vars(self):
             self.forward = torch.compile(self.forward)
+
+    def on_fit_start(self) -> None:
+        """Make a fit on a module used before behave as on a new one (a notebook cell run again):
+
+        - train in train mode (dropout on) whatever mode the module was left in, e.g. by `model.eval()`:
+          Lightning keeps the mode it finds;
+        - start from fresh metric states: a `validate` or `test` leaves them as tensors made under
+          `torch.inference_mode`, which the fit's validation (run under `no_grad`) may not update in place;
+        - refuse a fit that would do nothing because the trainer already reached its limits.
+        """
+        self.train()
+        for module in self.modules():
+            if isinstance(module, Metric):
+                module.reset()
+        trainer = self.trainer
+        reached = [
+            (limit, value)
+            for limit, value, done in (
+                ("max_epochs", trainer.max_epochs, trainer.current_epoch),
+                ("max_steps", trainer.max_steps, trainer.global_step),
+            )
+            if value is not None and value >= 0 and done >= value
+        ]
+        if reached and trainer.ckpt_path is None:
+            limit, value = reached[0]
+            raise HFTrainError(
+                f"This Trainer has already trained to {limit}={value} (epoch {trainer.current_epoch}, step "
+                f"{trainer.global_step}), so another fit would do nothing. In a Run of hftrain.fit, "
+                "run.fit(epochs=1) trains on from the last checkpoint; with a Trainer of your own, "
+                "build a new one to fine-tune further in a new run folder."
+            )
 
     def on_train_start(self) -> None:
         internals.restore_loader_position(self.trainer)
@@ -176,17 +309,96 @@ class TaskModule(LightningModule):
     def log_loss(self, stage: Stage, loss: torch.Tensor, batch_size: int) -> None:
         self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch_size)
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.evaluate(batch, "val")
+    def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
+        """Lightning's `log`, without the `/dataloader_idx_N` suffix it adds under several validation sets
+        (the keys here already name their set: `val/<set>/accuracy`), noting the key so that a custom metric
+        cannot silently overwrite one of the task's own."""
+        kwargs["add_dataloader_idx"] = False
+        self._logged_keys.add(name)
+        super().log(name, value, *args, **kwargs)
+
+    def on_validation_epoch_start(self) -> None:
+        self._logged_keys.clear()
+
+    def on_test_epoch_start(self) -> None:
+        self._logged_keys.clear()
+
+    def update_custom_metrics(self, stage: Stage, predictions: Any, labels: Any) -> None:
+        """Feed the user's `custom_metrics` a batch (or, for tasks scored at the end, all) of a stage's
+        predictions and labels."""
+        for metric in self.custom[stage].values():
+            metric.update(predictions, labels)
+
+    def log_custom_metrics(self, stage: Stage) -> None:
+        for name, metric in self.custom[stage].items():
+            value = metric.compute()
+            metric.reset()
+            values = value if isinstance(value, dict) else {"": value}
+            keyed = {f"{stage}/{name}" + (f"_{key}" if key else ""): v for key, v in values.items()}
+            taken = sorted(self._logged_keys & set(keyed))
+            if taken:
+                raise HFTrainError(
+                    f"model.custom_metrics.{name} would be logged as {', '.join(taken)}, which the task logs "
+                    "itself. Give the custom metric another name."
+                )
+            self.log_dict(keyed)
+
+    def examples_wanted(self, stage: Stage, rows: list | None) -> list:
+        """Those of a batch's rows (`batch["row"]`, see `TaskDataModule.row_fields`) still wanted as
+        TensorBoard examples: the first `logged_examples` of each validation (of its first set), none in the
+        sanity check, on rank 0. Each task turns them into (input, gold, prediction) texts for `add_examples`."""
+        if stage != self.val_stages[0] or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return []
+        return list(rows or [])[: max(0, self.logged_examples - len(self.examples))]
+
+    def add_examples(self, rows: Iterable[tuple[Any, Any, Any]]) -> None:
+        """Keep (input, gold, prediction) rows for the validation's text table; numbers and lists as text."""
+        self.examples.extend(tuple(_as_text(value) for value in row) for row in rows)
+
+    @staticmethod
+    def with_rows(batch: dict[str, Any], predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each prediction after its row's id, input and gold answer, so predictions.jsonl joins back to the
+        input; a key the row has (the raw input text) wins over the prediction's own (the decoded one)."""
+        rows = batch.get("row") or [{}] * len(predictions)
+        return [
+            {**row, **{k: v for k, v in prediction.items() if k not in row}}
+            for row, prediction in zip(rows, predictions, strict=True)
+        ]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.evaluate(batch, self.val_stages[dataloader_idx])
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self.evaluate(batch, "test")
 
     def on_validation_epoch_end(self) -> None:
-        self.log_metrics("val")
+        for stage in self.val_stages:
+            self.log_metrics(stage)
+            self.log_custom_metrics(stage)
+        log_text_table(self, "val/examples", ["input", "gold", "prediction"], self.examples)
+        self.examples = []
 
     def on_test_epoch_end(self) -> None:
         self.log_metrics("test")
+        self.log_custom_metrics("test")
+
+    @torch.inference_mode()
+    def predict(self, inputs: Any, data: TaskDataModule, batch_size: int | None = None) -> list[dict[str, Any]]:
+        """Predict on raw inputs in memory: the records `hftrain predict` writes, one per input, in order.
+
+        `inputs` is one input or a list: strings, tuples of strings (text pairs, question + context) or dicts
+        of the data's columns; `data` turns them into batches as it does a predict file
+        (`TaskDataModule.predict_loader`). Runs on the module's device in eval mode, then restores the mode.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            rows: list[dict[str, Any]] = []
+            for index, batch in enumerate(data.predict_loader(inputs, batch_size)):
+                rows += self.predict_step(self.transfer_batch_to_device(batch, self.device, 0), index)
+            return rows
+        finally:
+            self.train(was_training)
 
     def configure_optimizers(self):
         """AdamW without decay on biases and normalization weights, stepped per optimizer step."""
@@ -258,7 +470,8 @@ class TaskModule(LightningModule):
         if state_dict is not None:
             weights = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
         model, weights = self.exported_model(weights)
-        model.save_pretrained(partial, state_dict=weights)
+        with library_progress_bars_off():  # transformers' "Writing model shards" bar, mid-way through the run's output
+            model.save_pretrained(partial, state_dict=weights)
         if (tokenizer or self.tokenizer) is not None:
             (tokenizer or self.tokenizer).save_pretrained(partial)
         previous = folder.with_name(folder.name + ".previous")
@@ -274,6 +487,12 @@ class TaskModule(LightningModule):
         return self.model, weights
 
 
+def _as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return f"{value:.4g}" if isinstance(value, float) else json.dumps(value, ensure_ascii=False)
+
+
 def task_monitor(module: LightningModule, needed_for: str) -> tuple[str, Literal["min", "max"]]:
     """The metric a task module is judged by and whether higher is better; only `TaskModule`s know theirs."""
     if not isinstance(module, TaskModule):
@@ -281,4 +500,7 @@ def task_monitor(module: LightningModule, needed_for: str) -> tuple[str, Literal
             f"{type(module).__name__} is not an hftrain task module, so it names no metric for {needed_for}. "
             "Set the monitor (and mode) explicitly, or train a TaskModule subclass."
         )
-    return module.monitor, module.monitor_mode
+    monitor = module.monitor
+    if module.validation_sets and monitor.startswith("val/"):  # the first of several validation sets
+        monitor = f"{module.val_stages[0]}/{monitor.removeprefix('val/')}"
+    return monitor, module.monitor_mode

@@ -40,6 +40,18 @@ def load_tokenizer(
     return tokenizer
 
 
+def require_eos(tokenizer: PreTrainedTokenizerBase, name: str, needed_for: str) -> PreTrainedTokenizerBase:
+    """The tokenizer, if it has an end-of-sequence token: generated text stops at it, so every target a model
+    learns from ends with it (causal LM documents, seq2seq targets); without one the model never learns to
+    stop."""
+    if tokenizer.eos_token_id is None:
+        raise HFTrainError(
+            f"The tokenizer of '{name}' has no end-of-sequence token, which {needed_for} needs. Use the "
+            "tokenizer saved with a model of this kind, or set its eos_token (tokenizer_config.json)."
+        )
+    return tokenizer
+
+
 def load_model(
     auto_class: type,
     name: str,
@@ -47,7 +59,7 @@ def load_model(
     trust_remote_code: bool = False,
     ignore_mismatched_sizes: bool = False,
     **config_overrides: Any,
-) -> PreTrainedModel:
+) -> tuple[PreTrainedModel, dict[str, list[str]]]:
     """Load `name` with `auto_class` (`AutoModelForSequenceClassification`, …), overriding config fields
     (labels, problem type), in training mode.
 
@@ -55,12 +67,21 @@ def load_model(
     checkpoint's dtype, and AdamW on half-precision weights loses most small updates. Mixed precision
     (`trainer.precision: bf16-mixed`) computes in half precision on top of these float32 weights;
     `bf16-true` converts them.
+
+    Also returns which weights did not come from the checkpoint, as sorted names: `missing_keys` (newly
+    initialized, such as a new classifier head), `mismatched_keys` (re-initialized for another shape) and
+    `unexpected_keys` (in the checkpoint but unused), which the run's first lines report.
     """
     options = {"revision": revision, "trust_remote_code": trust_remote_code}
     try:
         config = AutoConfig.from_pretrained(name, **options, **config_overrides)
-        model = auto_class.from_pretrained(
-            name, config=config, ignore_mismatched_sizes=ignore_mismatched_sizes, dtype=torch.float32, **options
+        model, info = auto_class.from_pretrained(
+            name,
+            config=config,
+            ignore_mismatched_sizes=ignore_mismatched_sizes,
+            dtype=torch.float32,
+            output_loading_info=True,
+            **options,
         )
     except OSError as err:
         where = (
@@ -81,6 +102,10 @@ def load_model(
             "different number of labels). Set model.ignore_mismatched_sizes=true to re-initialize them. "
             f"Details: {str(err).splitlines()[0]}"
         ) from err
+    report = {
+        kind: sorted(key if isinstance(key, str) else key[0] for key in info.get(kind, ()))  # mismatched: tuples
+        for kind in ("missing_keys", "mismatched_keys", "unexpected_keys")
+    }
     # from_pretrained leaves the model in eval mode, and Lightning keeps each submodule's mode as found:
     # without this, dropout would stay off during training
-    return model.train()
+    return model.train(), report

@@ -1,14 +1,23 @@
 """Scores of generated text on the 0-100 scale people quote: sacreBLEU and chrF for translation,
-ROUGE-1/2/L/Lsum for summarization, as torchmetrics objects that sum their state across DDP ranks."""
+ROUGE-1/2/L/Lsum for summarization, as torchmetrics objects that sum their state across DDP ranks.
 
+BLEU and chrF are sacrebleu's defaults, the figures the HF translation example reports. torchmetrics
+counts BLEU's n-grams with sacrebleu's tokenizer but scores them without smoothing, so on short or partly
+right outputs, where some n-gram order has no match, it reports 0 where sacrebleu reports e.g. 22; and
+its chrF averages the F-score of each n-gram order where sacrebleu takes the F-score of the averaged
+precision and recall. The scores here follow sacrebleu's code (`BLEU.compute_bleu`, `CHRF._compute_f_score`)
+and are tested against it.
+"""
+
+import math
 from collections import Counter
 from typing import Any, Literal
 
 import torch
+from nltk.stem.porter import PorterStemmer
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.text import ROUGEScore, SacreBLEUScore
 
-from hftrain.core.errors import HFTrainError
 from hftrain.core.internals import rouge_lsum_fmeasure, rouge_tokens
 
 Task = Literal["translation", "summarization"]
@@ -27,7 +36,7 @@ class RougeLsum(Metric):
 
     def __init__(self, use_stemmer: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.stemmer = _porter_stemmer() if use_stemmer else None
+        self.stemmer = PorterStemmer() if use_stemmer else None
         self.add_state("fmeasure", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("total", torch.tensor(0), dist_reduce_fx="sum")
 
@@ -45,78 +54,93 @@ class RougeLsum(Metric):
         return (self.fmeasure / self.total.clamp(min=1)).float()
 
 
-class CharF(Metric):
-    """sacrebleu's chrF: character n-grams up to 6 (spaces ignored), beta 2, over the whole corpus.
+def exp_smoothed_bleu(correct: list[float], total: list[float], sys_len: float, ref_len: float) -> float:
+    """Corpus BLEU (0-1) from n-gram match counts, as sacrebleu's default: an order without a match counts
+    as 1/(2^k * total) for its k-th such order ("exp", NIST mteval smoothing), no effective order."""
+    if not any(correct):
+        return 0.0
+    brevity = 1.0 if sys_len >= ref_len else (math.exp(1 - ref_len / sys_len) if sys_len > 0 else 0.0)
+    precisions = [0.0] * len(correct)
+    smooth = 1.0
+    for n, (matches, count) in enumerate(zip(correct, total, strict=True)):
+        if count == 0:
+            break
+        if matches == 0:
+            smooth *= 2
+            precisions[n] = 1 / (smooth * count)
+        else:
+            precisions[n] = matches / count
+    # sacrebleu's log of 0 is -9999999999: any order that was never tried makes the score ~0
+    logs = [math.log(p) if p > 0 else -9999999999 for p in precisions]
+    return brevity * math.exp(sum(logs) / len(logs))
 
-    torchmetrics' `CHRFScore` counts every n-gram with tensor operations: 12 s for Multi30k's 1014 validation
-    sentences on one CPU thread, half of an evaluation that generates. `collections.Counter` takes 0.3 s. The
-    state is the n-gram statistics summed over sentences (and DDP ranks); the score is computed from them as
-    `sacrebleu.metrics.CHRF` does (checked against sacrebleu in tests/test_seq2seq.py).
-    """
+
+class SacreBLEU(SacreBLEUScore):
+    """sacrebleu's default corpus BLEU (13a tokenization, exp smoothing) on the 0-1 scale; the n-gram counts
+    are torchmetrics' (`SacreBLEUScore`), summed across DDP ranks."""
+
+    def compute(self) -> torch.Tensor:
+        score = exp_smoothed_bleu(
+            self.numerator.tolist(), self.denominator.tolist(), float(self.preds_len), float(self.target_len)
+        )
+        return torch.tensor(score)
+
+
+def chrf_statistics(hypothesis: str, reference: str, order: int = 6) -> list[list[int]]:
+    """Per character n-gram order 1..`order`: [hypothesis n-grams, reference n-grams, matches], whitespace
+    removed first (sacrebleu's chrF default)."""
+    hyp, ref = "".join(hypothesis.split()), "".join(reference.split())
+    statistics = []
+    for n in range(1, order + 1):
+        hyp_grams = Counter(hyp[i : i + n] for i in range(len(hyp) - n + 1))
+        ref_grams = Counter(ref[i : i + n] for i in range(len(ref) - n + 1))
+        matches = sum(min(count, ref_grams[gram]) for gram, count in hyp_grams.items())
+        statistics.append([sum(hyp_grams.values()), sum(ref_grams.values()), matches])
+    return statistics
+
+
+def chrf_score(statistics: list[list[float]], beta: float = 2.0) -> float:
+    """chrF (0-1) from summed statistics: the F-beta of precision and recall averaged over the orders that
+    both sides have (sacrebleu's effective-order default)."""
+    precision = recall = 0.0
+    orders = 0
+    for hyp_count, ref_count, matches in statistics:
+        if hyp_count > 0 and ref_count > 0:
+            precision += matches / hyp_count
+            recall += matches / ref_count
+            orders += 1
+    if orders == 0 or precision + recall == 0:
+        return 0.0
+    precision, recall = precision / orders, recall / orders
+    return (1 + beta**2) * precision * recall / (beta**2 * precision + recall)
+
+
+class ChrF(Metric):
+    """sacrebleu's default corpus chrF (character 6-grams, beta 2, no word n-grams) on the 0-1 scale. With
+    several references a hypothesis is counted against the one it scores best on, as sacrebleu does."""
 
     higher_is_better = True
     full_state_update = False
-    order = 6
-    beta = 2
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, order: int = 6, beta: float = 2.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        # per order: hypothesis n-grams, reference n-grams, matching n-grams
-        self.add_state("statistics", torch.zeros(3 * self.order, dtype=torch.float64), dist_reduce_fx="sum")
-
-    def _ngrams(self, text: str) -> list[Counter]:
-        text = "".join(text.split())
-        return [Counter(text[i : i + n] for i in range(len(text) - n + 1)) for n in range(1, self.order + 1)]
-
-    @staticmethod
-    def _match(hypothesis: list[Counter], reference: list[Counter]) -> list[int]:
-        statistics = []
-        for hyp, ref in zip(hypothesis, reference, strict=True):
-            matches = sum(min(count, ref[ngram]) for ngram, count in hyp.items() if ngram in ref)
-            statistics += [sum(hyp.values()) if ref else 0, sum(ref.values()), matches]
-        return statistics
-
-    def _score(self, statistics: list[float]) -> float:
-        """chrF on the 0-100 scale: precision and recall averaged over the orders both sides have n-grams of."""
-        factor, precision, recall, orders = self.beta**2, 0.0, 0.0, 0
-        for n in range(self.order):
-            hyp, ref, matches = statistics[3 * n : 3 * n + 3]
-            if hyp > 0 and ref > 0:
-                precision, recall, orders = precision + matches / hyp, recall + matches / ref, orders + 1
-        if orders == 0 or precision + recall == 0:
-            return 0.0
-        precision, recall = precision / orders, recall / orders
-        return 100 * (1 + factor) * precision * recall / (factor * precision + recall)
+        self.order, self.beta = order, beta
+        self.add_state("statistics", torch.zeros(order, 3, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, preds: list[str], target: list[list[str]]) -> None:
-        totals = [0] * (3 * self.order)
         for pred, references in zip(preds, target, strict=True):
-            hypothesis = self._ngrams(pred)
-            # several references: the one the sentence scores best against, as sacrebleu picks
-            best = max((self._match(hypothesis, self._ngrams(ref)) for ref in references), key=self._score)
-            totals = [a + b for a, b in zip(totals, best, strict=True)]
-        self.statistics += torch.tensor(totals, dtype=torch.float64, device=self.statistics.device)
+            candidates = [chrf_statistics(pred, ref, self.order) for ref in references]
+            best = max(candidates, key=lambda s: chrf_score(s, self.beta))  # the first of equals, as sacrebleu
+            self.statistics += torch.tensor(best, dtype=torch.float64, device=self.statistics.device)
 
     def compute(self) -> torch.Tensor:
-        return torch.tensor(self._score(self.statistics.tolist()) / 100)
-
-
-def _porter_stemmer():
-    try:
-        from nltk.stem.porter import PorterStemmer
-    except ImportError as err:
-        raise HFTrainError(
-            "ROUGE with stemming needs nltk: `pip install nltk`, or set model.rouge_use_stemmer=false."
-        ) from err
-    return PorterStemmer()
+        return torch.tensor(chrf_score(self.statistics.tolist(), self.beta))
 
 
 def generation_metrics(task: Task, rouge_use_stemmer: bool = True) -> MetricCollection:
     """The text metrics of a task, updated with `(predictions, [[reference], …])`."""
     if task == "translation":
-        return MetricCollection({"bleu": SacreBLEUScore(tokenize="13a"), "chrf": CharF()})
-    if rouge_use_stemmer:
-        _porter_stemmer()
+        return MetricCollection({"bleu": SacreBLEU(tokenize="13a"), "chrf": ChrF()}, compute_groups=False)
     return MetricCollection(
         {
             "rouge": ROUGEScore(use_stemmer=rouge_use_stemmer, rouge_keys=("rouge1", "rouge2", "rougeL")),

@@ -7,8 +7,10 @@ whose prompt tokens carry no loss. Validation reports the loss and perplexity ov
 and continues a few configured prompts so the TensorBoard log shows what the model writes.
 """
 
+import contextlib
 import copy
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -23,19 +25,11 @@ from hftrain.core.data import TaskDataModule
 from hftrain.core.errors import HFTrainError
 from hftrain.core.generation import log_text_table, set_generation_config
 from hftrain.core.module import Stage, TaskModule
+from hftrain.core.pretrained import require_eos
 
 IGNORE_INDEX = -100  # the label of positions without loss, as HF models expect
-
-
-def require_eos(tokenizer: PreTrainedTokenizerBase, name: str) -> PreTrainedTokenizerBase:
-    """Language modelling ends every document with the end-of-sequence token, so the model learns where text
-    stops: a tokenizer without one cannot be used."""
-    if tokenizer.eos_token is None:
-        raise HFTrainError(
-            f"The tokenizer of '{name}' has no end-of-sequence token, which language modelling needs to mark "
-            "where a document ends. Use a causal language model's tokenizer, or set its eos_token."
-        )
-    return tokenizer
+LM_EOS_USE = "language modelling, to mark where a document ends"
+TEXT_SUFFIXES = (".txt", "")  # plain text files, as run_clm reads them
 
 
 @dataclass(eq=False, repr=False, kw_only=True)
@@ -61,6 +55,7 @@ class LanguageModeling(TaskModule):
             for Llama); unset, peft's default for the architecture.
     """
 
+    pipeline_tag: ClassVar[str] = "text-generation"
     validation_prompts: list[str] | None = None
     max_new_tokens: int = 40
     do_sample: bool = True
@@ -86,7 +81,7 @@ class LanguageModeling(TaskModule):
                 "model.do_sample=false."
             )
         # generation happens in the module (validation samples, predict), so it needs the model's tokenizer
-        self.tokenizer = require_eos(self.load_tokenizer(pad_with_eos=True), self.model_name_or_path)
+        self.tokenizer = require_eos(self.load_tokenizer(pad_with_eos=True), self.model_name_or_path, LM_EOS_USE)
         model = self.load_pretrained(AutoModelForCausalLM, pad_token_id=self.tokenizer.pad_token_id)
         # greedy decoding clears the pretrained sampling settings: transformers refuses to save both
         sampling = {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
@@ -101,7 +96,7 @@ class LanguageModeling(TaskModule):
         self.model = self._add_lora(model) if self.lora_rank else model
         # token-weighted: each update adds a batch's mean loss times its number of scored tokens, and the
         # sums (not the batch means) are what DDP adds up across ranks
-        self.metrics = torch.nn.ModuleDict({stage: MeanMetric().set_dtype(torch.float64) for stage in ("val", "test")})
+        self.metrics = torch.nn.ModuleDict({stage: MeanMetric().set_dtype(torch.float64) for stage in self.eval_stages})
         self.monitor = "val/perplexity"
         self.monitor_mode = "min"
 
@@ -141,24 +136,46 @@ class LanguageModeling(TaskModule):
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(self, batch: dict[str, torch.Tensor], stage: Stage) -> None:
-        tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+        scored = batch["labels"][:, 1:] != IGNORE_INDEX
+        tokens = scored.sum()
         if tokens > 0:
-            self.metrics[stage].update(self(**batch).loss.detach(), weight=tokens)
+            outputs = self(**batch)
+            self.metrics[stage].update(outputs.loss.detach(), weight=tokens)
+            if self.custom[stage]:
+                predicted = outputs.logits[:, :-1].argmax(-1)
+                self.update_custom_metrics(stage, predicted[scored], batch["labels"][:, 1:][scored])
+        for row in self.examples_wanted(stage, list(range(len(batch["input_ids"])))):
+            ids = batch["input_ids"][row][batch["attention_mask"][row].bool()]
+            labels = batch["labels"][row][: len(ids)]
+            prompted = int((labels == IGNORE_INDEX).long().cumprod(0).sum())  # a completion example's prompt
+            cut = prompted if 0 < prompted < len(ids) else min(len(ids) // 2, 64)
+            with self.generation_rng():
+                continuation = self._continue(ids[None, :cut], torch.ones_like(ids[None, :cut]))[0]
+            decode = self.tokenizer.decode
+            gold = ids[cut : cut + self.max_new_tokens]
+            self.add_examples([(decode(ids[:cut]), decode(gold), continuation)])  # end-of-text marks shown
 
     def log_metrics(self, stage: Stage) -> None:
         loss = self.metrics[stage].compute().float()
         self.metrics[stage].reset()
         self.log(f"{stage}/loss", loss)
         self.log(f"{stage}/perplexity", loss.exp(), prog_bar=True)
-        if stage == "val" and self.validation_prompts and not self.trainer.sanity_checking:
-            on_cuda = self.device.type == "cuda"
-            with torch.random.fork_rng(devices=[self.device.index] if on_cuda else []):
-                torch.manual_seed(self.generation_seed)
+        if stage == self.val_stages[0] and self.validation_prompts and not self.trainer.sanity_checking:
+            with self.generation_rng():
                 completions = self.generate(self.validation_prompts)
             rows = list(zip(self.validation_prompts, completions, strict=True))
             log_text_table(self, "val/generations", ["prompt", "completion"], rows)
 
     # ------------------------------------------------------------------ generation
+
+    @contextlib.contextmanager
+    def generation_rng(self) -> Iterator[None]:
+        """Sample with `generation_seed`, so validation samples change only because the model did; training's
+        own random state is restored afterwards."""
+        on_cuda = self.device.type == "cuda"
+        with torch.random.fork_rng(devices=[self.device.index] if on_cuda else []):
+            torch.manual_seed(self.generation_seed)
+            yield
 
     @torch.no_grad()
     def generate(self, prompts: list[str]) -> list[str]:
@@ -172,9 +189,12 @@ class LanguageModeling(TaskModule):
         return self.tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> list[dict[str, str]]:
+        """Per prompt: its id, text and gold completion where the data has one, then the generated text."""
         prompts = self.tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
         completions = self._continue(batch["input_ids"], batch["attention_mask"])
-        return [{"prompt": p, "completion": c} for p, c in zip(prompts, completions, strict=True)]
+        return self.with_rows(
+            batch, [{"prompt": p, "completion": c} for p, c in zip(prompts, completions, strict=True)]
+        )
 
     # ------------------------------------------------------------------ export
 
@@ -248,7 +268,7 @@ class LanguageModelingData(TaskDataModule):
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
-        return require_eos(super().tokenizer, self.tokenizer_name)
+        return require_eos(super().tokenizer, self.tokenizer_name, LM_EOS_USE)
 
     @property
     def collator(self) -> CausalLMCollator:
@@ -257,11 +277,12 @@ class LanguageModelingData(TaskDataModule):
     # ------------------------------------------------------------------ reading
 
     def supported_suffixes(self) -> list[str]:
-        return sorted([*super().supported_suffixes(), ".txt"])
+        return sorted([*super().supported_suffixes(), *TEXT_SUFFIXES])
 
     def read_file(self, path: Path) -> datasets.Dataset:
-        """Read a .txt file as documents (a predict file: prompts, one per line); others as the base does."""
-        if path.suffix.lower() != ".txt":
+        """Read a .txt file, or one without a suffix (WikiExtractor's `wiki_00`), as documents (a predict
+        file: prompts, one per line); others as the base does."""
+        if path.suffix.lower() not in TEXT_SUFFIXES:
             return super().read_file(path)
         is_prompts = self.predict_file is not None and path == Path(self.predict_file).expanduser()
         split_by = "line" if is_prompts else self.text_file_documents
@@ -287,6 +308,9 @@ class LanguageModelingData(TaskDataModule):
             columns = {"text_column": self.text_column}
         self.require_columns(raw, columns, optional=("completion_column",))
         self.require_text(raw, list(columns.values()))
+
+    def input_columns(self) -> list[str]:
+        return [self.prompt_column or self.text_column]
 
     # ------------------------------------------------------------------ tokenization
 
@@ -314,6 +338,16 @@ class LanguageModelingData(TaskDataModule):
                     desc=f"Packing {split} into blocks",
                 )
         return processed
+
+    def row_fields(self, batch: dict[str, list], split: str) -> dict[str, list] | None:
+        """Prompts to continue (`predict`) keep their text and, where the data has it, the gold completion;
+        the other splits' rows are packed or dropped when blank, so they carry none."""
+        if split != "predict":
+            return None
+        fields = {"prompt": batch[self.prompt_column or self.text_column]}
+        if self.completion_column and self.completion_column in batch:
+            fields["gold"] = batch[self.completion_column]
+        return fields
 
     def _encode(self, batch: dict[str, list], indices: list[int], split: str) -> dict[str, list]:
         """Prompts to continue for `predict`, labelled examples for the other splits."""

@@ -8,7 +8,7 @@ scored with SQuAD exact match and F1 over whole questions.
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import datasets
 import torch
@@ -18,7 +18,7 @@ from transformers import AutoModelForQuestionAnswering
 
 from hftrain.core.data import TaskDataModule
 from hftrain.core.errors import HFTrainError
-from hftrain.core.module import Stage, TaskModule
+from hftrain.core.module import Stage, TaskModule, is_validation
 from hftrain.tasks.question_answering_processing import (
     Answer,
     QuestionAnsweringCollator,
@@ -26,10 +26,9 @@ from hftrain.tasks.question_answering_processing import (
     best_answer,
     context_index,
     context_room,
-    flatten_squad,
     gather_predictions,
-    is_nested_squad,
     rank_share,
+    read_squad_json,
     tokenize_windows,
     update_squad_metrics,
     window_candidates,
@@ -50,6 +49,7 @@ class QuestionAnswering(TaskModule):
             by more than this (raise it to answer more often).
     """
 
+    pipeline_tag: ClassVar[str] = "question-answering"
     version_2_with_negative: bool = False
     n_best_size: int = 20
     max_answer_length: int = 30
@@ -65,11 +65,12 @@ class QuestionAnswering(TaskModule):
         self.model = self.load_pretrained(AutoModelForQuestionAnswering)
         groups = ("all", "HasAns", "NoAns") if self.version_2_with_negative else ("all",)
         self.metrics = torch.nn.ModuleDict(
-            {stage: torch.nn.ModuleDict({group: SQuAD() for group in groups}) for stage in ("val", "test")}
+            {stage: torch.nn.ModuleDict({group: SQuAD() for group in groups}) for stage in self.eval_stages}
         )
         self.monitor = "val/f1"
         self.monitor_mode = "max"
-        self._predictions: dict[str, tuple[str, list[str]]] = {}
+        # per stage: question id -> (answer, gold answers), scored at the stage's end
+        self._predictions: dict[str, dict[str, tuple[str, list[str]]]] = {}
 
     def answer(self, batch: dict[str, Any]) -> tuple[torch.Tensor | None, list[tuple[dict[str, Any], Answer]]]:
         """Run the model on a batch of whole questions (see `QuestionAnsweringCollator`): the loss when the
@@ -103,13 +104,14 @@ class QuestionAnswering(TaskModule):
         if loss is not None:
             self.log_loss(stage, loss, len(answered))
         for example, answer in answered:
-            self._predictions[example["id"]] = (answer.text, example["answers"])
+            self._predictions.setdefault(stage, {})[example["id"]] = (answer.text, example["answers"])
+        wanted = self.examples_wanted(stage, answered)
+        self.add_examples((example["question"], " | ".join(example["answers"] or []), a.text) for example, a in wanted)
 
     def log_metrics(self, stage: Stage) -> None:
         """Score every question exactly once across ranks, then log EM/F1 (and HasAns/NoAns in v2 mode)."""
         metrics = self.metrics[stage]
-        predictions = gather_predictions(self._predictions)
-        self._predictions = {}
+        predictions = gather_predictions(self._predictions.pop(stage, {}))
         if not predictions:
             return
         unanswerable = sum(1 for _, gold in predictions.values() if not gold)
@@ -120,20 +122,25 @@ class QuestionAnswering(TaskModule):
             )
         share = rank_share(list(predictions), self.global_rank, self.trainer.world_size)
         update_squad_metrics(metrics, {i: predictions[i] for i in share}, self.version_2_with_negative)
+        self.update_custom_metrics(stage, [predictions[i][0] for i in share], [predictions[i][1] for i in share])
         for group, metric in metrics.items():
             values = metric.compute()
             prefix = f"{stage}/" if group == "all" else f"{stage}/{group}_"
             for name, value in values.items():
                 if not torch.isnan(value):  # e.g. no unanswerable questions at all
-                    self.log(prefix + name, value, prog_bar=group == "all" and stage == "val")
+                    self.log(prefix + name, value, prog_bar=group == "all" and is_validation(stage))
             metric.reset()
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """Per question: its id, question, context and gold answers where the data has them, then the answer
+        ("" for none, in SQuAD 2.0 mode) and its probability."""
         _, answered = self.answer(batch)
         return [
             {
                 "id": example["id"],
                 "question": example["question"],
+                "context": example["context"],
+                **({"gold": example["answers"]} if example["answers"] is not None else {}),
                 "answer": answer.text,
                 "score": answer.probability,
             }
@@ -146,8 +153,9 @@ class QuestionAnsweringData(TaskDataModule):
     """Questions about a context, with answers given as text and character offset (SQuAD's shape).
 
     Reads Hub datasets in SQuAD shape (`squad`, `squad_v2`), SQuAD's nested JSON files
-    (`data/paragraphs/qas`), and flat JSON/JSONL rows `{id, question, context, answers: {text,
-    answer_start}}`. Questions without answers (SQuAD 2.0) have empty `answers` lists.
+    (`data/paragraphs/qas`), the HF `run_qa.py` example's flat JSON (`{"version": …, "data": [rows]}`), and
+    JSON/JSONL rows `{id, question, context, answers: {text, answer_start}}`, all without options.
+    Questions without answers (SQuAD 2.0) have empty `answers` lists.
 
     Args:
         question_column: Column with the question.
@@ -166,11 +174,12 @@ class QuestionAnsweringData(TaskDataModule):
     doc_stride: int = 128
 
     def read_file(self, path: Path) -> datasets.Dataset:
-        """SQuAD's nested JSON is flattened to one row per question; other files go to the base readers."""
+        """SQuAD JSON, nested or flat (`read_squad_json`), is read without options; other files go to the
+        base readers."""
         if path.suffix.lower() == ".json":
-            parsed = is_nested_squad(path)
-            if parsed is not None:
-                return datasets.Dataset.from_list(flatten_squad(parsed))
+            rows = read_squad_json(path)
+            if rows is not None:
+                return datasets.Dataset.from_list(rows)
         return super().read_file(path)
 
     def check_data(self, raw: datasets.DatasetDict) -> None:
@@ -238,6 +247,14 @@ class QuestionAnsweringData(TaskDataModule):
                         f"{context[start : start + len(text)]!r}.{hint} Fix answer_start (a character offset "
                         "into the context) or the answer text."
                     )
+
+    def input_columns(self) -> list[str]:
+        return [self.question_column, self.context_column]
+
+    def predict_rows(self, inputs: list[Any]) -> list[dict[str, Any]]:
+        """Questions as `(question, context)` tuples or dicts; an input without an id is numbered from 0."""
+        rows = super().predict_rows(inputs)
+        return [{self.id_column: str(number), **row} for number, row in enumerate(rows)]
 
     def encode(self, batch: dict[str, list], split: str) -> dict[str, list]:
         """Training rows are windows; evaluation rows are whole questions."""

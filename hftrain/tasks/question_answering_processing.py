@@ -30,16 +30,26 @@ from transformers import PreTrainedTokenizerBase
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions")
 
 
-def is_nested_squad(path: Path) -> dict | None:
-    """The parsed file if `path` is SQuAD's nested JSON (`data` / `paragraphs` / `qas`), else None."""
+def read_squad_json(path: Path) -> list[dict[str, Any]] | None:
+    """One row per question if `path` is a SQuAD JSON file, else None (JSON lines, other shapes).
+
+    Two shapes are SQuAD's: the official nested one (`{"data": [{"paragraphs": [{"context", "qas"}]}]}`),
+    flattened here, and the flat one the HF `run_qa.py` example reads with `field="data"` (`{"version": …,
+    "data": [{"id", "question", "context", "answers": {"text", "answer_start"}}]}`, as its test fixture
+    `SQUAD/sample.json`), whose rows are taken as they are.
+    """
     try:
         with path.open(encoding="utf-8") as f:
             parsed = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
-    if isinstance(parsed, dict) and isinstance(parsed.get("data"), list):
-        if all(isinstance(article, dict) and "paragraphs" in article for article in parsed["data"]):
-            return parsed
+    articles = parsed.get("data") if isinstance(parsed, dict) else None
+    if not isinstance(articles, list) or not all(isinstance(row, dict) for row in articles):
+        return None
+    if all("paragraphs" in article for article in articles):
+        return flatten_squad(parsed)
+    if all("question" in row for row in articles):
+        return articles
     return None
 
 

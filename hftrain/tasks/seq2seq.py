@@ -9,20 +9,25 @@ and chrF for translation, ROUGE-1/2/L/Lsum for summarization, all on the 0-100 s
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import datasets
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq
 
 from hftrain.core.data import TaskDataModule
 from hftrain.core.errors import HFTrainError
-from hftrain.core.generation import log_text_table, set_generation_config
-from hftrain.core.module import Stage, TaskModule
+from hftrain.core.generation import set_generation_config
+from hftrain.core.module import Stage, TaskModule, is_validation
+from hftrain.core.pretrained import require_eos
 from hftrain.metrics.text_generation import Task, generation_metrics, scores
 
 # the column holding `{source_lang: …, target_lang: …}` pairs in Hub translation datasets (wmt16, opus_books)
 TRANSLATION_COLUMN = "translation"
+# source/target column pairs found without settings: ours, then run_summarization's dataset mapping (xsum,
+# multi_news; cnn_dailymail; samsum)
+KNOWN_COLUMN_PAIRS = (("source", "target"), ("document", "summary"), ("article", "highlights"), ("dialogue", "summary"))
 
 
 @dataclass(eq=False, repr=False, kw_only=True)
@@ -41,8 +46,7 @@ class Seq2Seq(TaskModule):
         no_repeat_ngram_size: Forbid repeating any n-gram of this size (a common summarization setting). Unset
             keeps the model's generation config.
         rouge_use_stemmer: Stem words before ROUGE matching, as in the HF summarization example and published
-            ROUGE figures (needs nltk).
-        logged_examples: Source/reference/prediction triples written to TensorBoard as text each validation.
+            ROUGE figures (nltk's Porter stemmer, installed with hftrain; nothing is downloaded).
     """
 
     task: Task = "translation"
@@ -52,27 +56,31 @@ class Seq2Seq(TaskModule):
     length_penalty: float | None = None
     no_repeat_ngram_size: int | None = None
     rouge_use_stemmer: bool = True
-    logged_examples: int = 3
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.model = self.load_pretrained(AutoModelForSeq2SeqLM)
+        self.tokenizer = self.load_tokenizer()
         settings = {
             "num_beams": self.num_beams,
             "max_new_tokens": self.max_new_tokens,
             "length_penalty": self.length_penalty,
             "no_repeat_ngram_size": self.no_repeat_ngram_size,
         }
+        if self.model.generation_config.eos_token_id is None:  # else generation would never stop at the EOS
+            settings["eos_token_id"] = self.tokenizer.eos_token_id  # that training appends to every target
         self.generation_config = set_generation_config(
             self.model, **{k: v for k, v in settings.items() if v is not None}
         )
-        self.tokenizer = self.load_tokenizer()
         if self.predict_with_generate:
             metrics = generation_metrics(self.task, self.rouge_use_stemmer)
-            self.metrics = torch.nn.ModuleDict({"val": metrics, "test": metrics.clone()})
+            self.metrics = torch.nn.ModuleDict({stage: metrics.clone() for stage in self.eval_stages})
             self.monitor = "val/bleu" if self.task == "translation" else "val/rougeL"
             self.monitor_mode = "max"
-        self._examples: list[tuple[str, str, str]] = []
+
+    @property
+    def pipeline_tag(self) -> str:
+        return self.task
 
     # ------------------------------------------------------------------ generation and decoding
 
@@ -95,23 +103,21 @@ class Seq2Seq(TaskModule):
         predictions = self.generate(batch)
         references = self.decode(batch["labels"])
         self.metrics[stage].update(predictions, [[ref] for ref in references])
-        if stage == "val" and len(self._examples) < self.logged_examples:
-            sources = self.decode(batch["input_ids"])
-            self._examples.extend(zip(sources, references, predictions, strict=True))
-            del self._examples[self.logged_examples :]
+        self.update_custom_metrics(stage, predictions, [[ref] for ref in references])
+        rows = self.examples_wanted(stage, batch.get("row"))
+        self.add_examples(zip([r["source"] for r in rows], references, predictions, strict=False))
 
     def log_metrics(self, stage: Stage) -> None:
         if self.predict_with_generate:
             metrics = self.metrics[stage]
-            self.log_dict({f"{stage}/{k}": v for k, v in scores(metrics).items()}, prog_bar=stage == "val")
+            self.log_dict({f"{stage}/{k}": v for k, v in scores(metrics).items()}, prog_bar=is_validation(stage))
             metrics.reset()
-        if stage == "val":
-            log_text_table(self, "val/examples", ["source", "reference", "prediction"], self._examples)
-            self._examples = []
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> list[dict[str, str]]:
+        """Per row: its id, source text and gold target where the data has one, then the generated text."""
         sources = self.decode(batch["input_ids"])
-        return [{"source": s, "prediction": p} for s, p in zip(sources, self.generate(batch), strict=True)]
+        predictions = [{"source": s, "prediction": p} for s, p in zip(sources, self.generate(batch), strict=True)]
+        return self.with_rows(batch, predictions)
 
 
 @dataclass(eq=False, repr=False, kw_only=True)
@@ -127,8 +133,12 @@ class Seq2SeqData(TaskDataModule):
     Args:
         source_lang: Source language key of a `translation` column, or the suffix of the source text files.
         target_lang: Target language key, or the suffix of the target text files.
-        source_column: Column with the source text, when not using `source_lang`/`target_lang`.
-        target_column: Column with the target text (summary, translation), likewise.
+        source_column: Column with the source text, when not using `source_lang`/`target_lang`. Unset, found
+            as the HF `run_summarization.py` example finds it: `source` + `target`, a known pair (`document` +
+            `summary`, `article` + `highlights`, `dialogue` + `summary`), else the first of exactly two text
+            columns; more is ambiguous and an error.
+        target_column: Column with the target text (summary, translation), likewise; unset, found with
+            `source_column`.
         source_prefix: Text put before every source, e.g. `"translate English to Romanian: "` or
             `"summarize: "` for T5, which was pretrained with such task prefixes.
         max_target_length: Longest target in tokens; longer targets are truncated.
@@ -136,8 +146,8 @@ class Seq2SeqData(TaskDataModule):
 
     source_lang: str | None = None
     target_lang: str | None = None
-    source_column: str = "source"
-    target_column: str = "target"
+    source_column: str | None = None
+    target_column: str | None = None
     source_prefix: str = ""
     max_target_length: int = 128
 
@@ -174,6 +184,7 @@ class Seq2SeqData(TaskDataModule):
         """
         if not self.parallel or path.suffix != f".{self.source_lang}":
             dataset = super().read_file(path)
+            self._find_columns(dataset, str(path))
             self._check_texts(dataset, lambda role: f"{path}, row")
             return dataset
         sources = _read_lines(path)
@@ -192,6 +203,34 @@ class Seq2SeqData(TaskDataModule):
         return dataset
 
     # ------------------------------------------------------------------ checks
+
+    def _find_columns(self, dataset: datasets.Dataset, where: str) -> None:
+        """Fill in unset flat columns from the first data read (the training data), the way
+        `run_summarization.py` picks them; a `translation` column asks for the two languages instead."""
+        if self.parallel or (self.source_column is not None and self.target_column is not None):
+            return
+        columns = dataset.column_names
+        if TRANSLATION_COLUMN in columns:
+            languages = ", ".join(self._languages(dataset)) or "none"
+            raise HFTrainError(
+                f"{where} holds pairs in a '{TRANSLATION_COLUMN}' column (languages: {languages}): set "
+                "data.source_lang and data.target_lang to the two to translate from and to."
+            )
+        texts = [n for n, f in dataset.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
+        # a predict file may hold sources alone
+        known = [pair for pair in KNOWN_COLUMN_PAIRS if pair[0] in columns and (pair[1] in columns or len(texts) == 1)]
+        if known:
+            found = known[0]
+        elif len(texts) == 2:
+            found = tuple(texts)
+        else:
+            raise HFTrainError(
+                f"Which columns of {where} hold the source and the target text is ambiguous: its text columns "
+                f"are {', '.join(texts) or 'none'}. Set data.source_column and data.target_column."
+            )
+        self.source_column = self.source_column or found[0]
+        self.target_column = self.target_column or found[1]
+        rank_zero_info(f"Reading sources from column '{self.source_column}', targets from '{self.target_column}'.")
 
     def _languages(self, dataset: datasets.Dataset) -> list[str]:
         feature = dataset.features.get(TRANSLATION_COLUMN)
@@ -217,6 +256,7 @@ class Seq2SeqData(TaskDataModule):
             for split, dataset in raw.items():
                 self._check_languages(dataset, split)
         else:
+            self._find_columns(raw["train"] if "train" in raw else next(iter(raw.values())), "The Hub dataset")
             self.require_columns(
                 raw,
                 {"source_column": self.source_column, "target_column": self.target_column},
@@ -224,7 +264,7 @@ class Seq2SeqData(TaskDataModule):
             )
         if self.dataset_name:  # local files were checked as they were read
             for split, dataset in raw.items():
-                if not getattr(self, f"{split}_file"):
+                if split not in self.files():
                     self._check_texts(
                         dataset, lambda role, split=split: f"the {split} data ({self.source(split)}), row"
                     )
@@ -232,7 +272,7 @@ class Seq2SeqData(TaskDataModule):
     def _check_languages(self, dataset: datasets.Dataset, split: str) -> None:
         """The `translation` dicts must hold both languages (the source alone in predict data)."""
         languages = self._languages(dataset)
-        file = getattr(self, f"{split}_file", None)
+        file = self.files().get(split)
         text_file = file and Path(file).suffix == f".{self.source_lang}"
         if text_file and self.target_lang not in languages and split != "predict":
             raise HFTrainError(
@@ -270,16 +310,40 @@ class Seq2SeqData(TaskDataModule):
                     "such rows). Every pair needs a source and a non-empty target: fill in or drop them."
                 )
 
+    def input_columns(self) -> list[str]:
+        return [TRANSLATION_COLUMN if self.parallel else self.source_column]
+
+    def predict_rows(self, inputs: list[Any]) -> list[dict[str, Any]]:
+        """A string input is a source text (in translation pairs, the `source_lang` side)."""
+        if self.parallel:
+            inputs = [
+                {TRANSLATION_COLUMN: {self.source_lang: text}} if isinstance(text, str) else text for text in inputs
+            ]
+        return super().predict_rows(inputs)
+
     # ------------------------------------------------------------------ tokenization
 
+    def row_fields(self, batch: dict[str, list], split: str) -> dict[str, list]:
+        """The source text (without `source_prefix`) and, where the data has one, the gold target."""
+        fields = {"source": self.texts(batch, "source")}
+        if self.has_texts(self.raw[split], "target"):
+            fields["gold"] = self.texts(batch, "target")
+        return fields
+
     def encode(self, batch: dict[str, list], split: str) -> dict[str, list]:
+        """Sources with the prefix; targets ending in the end-of-sequence token, which is appended where the
+        tokenizer does not add it (a tokenizer without a post-processor): a model that never sees it as a
+        target never learns to stop, and every generation runs to max_new_tokens."""
         sources = [self.source_prefix + text for text in self.texts(batch, "source")]
         encoded = self.tokenizer(sources, max_length=self.max_length, truncation=True)
         if self.has_texts(self.raw[split], "target"):
             targets = self.tokenizer(
                 text_target=self.texts(batch, "target"), max_length=self.max_target_length, truncation=True
             )
-            encoded["labels"] = targets["input_ids"]
+            eos = require_eos(self.tokenizer, self.tokenizer_name, "seq2seq training, so generation stops").eos_token_id
+            encoded["labels"] = [
+                ids if ids[-1:] == [eos] else [*ids[: self.max_target_length - 1], eos] for ids in targets["input_ids"]
+            ]
         return encoded
 
     @property

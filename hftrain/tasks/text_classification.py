@@ -6,10 +6,12 @@ binary cross-entropy per label, or MSE). The data module learns the label set fr
 """
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import datasets
 import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MetricCollection
 from torchmetrics.classification import Accuracy, F1Score, MatthewsCorrCoef
 from torchmetrics.regression import MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
@@ -17,7 +19,8 @@ from transformers import AutoModelForSequenceClassification, DataCollatorWithPad
 
 from hftrain.core.data import TaskDataModule
 from hftrain.core.errors import HFTrainError
-from hftrain.core.module import Stage, TaskModule
+from hftrain.core.losses import check_label_smoothing, class_weight_tensor, cross_entropy
+from hftrain.core.module import Stage, TaskModule, is_validation
 
 ProblemType = Literal["single_label_classification", "multi_label_classification", "regression"]
 
@@ -32,11 +35,18 @@ class TextClassification(TaskModule):
         problem_type: `single_label_classification`, `multi_label_classification` or `regression`; set by
             the CLI from the data.
         multi_label_threshold: Probability above which a label is predicted in multi-label problems.
+        label_smoothing_factor: Train on targets that put this much probability evenly over all labels
+            (the HF Trainer's `label_smoothing_factor`); single-label classification only.
+        class_weights: Weight of each label in the loss, by label name (`{pos: 1.0, neg: 3.0}`); labels not
+            named weigh 1. For imbalanced data. Multi-label problems weigh each label's binary loss.
     """
 
+    pipeline_tag: ClassVar[str] = "text-classification"
     label_names: list[str] | None = None
     problem_type: ProblemType = "single_label_classification"
     multi_label_threshold: float = 0.5
+    label_smoothing_factor: float = 0.0
+    class_weights: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -52,13 +62,46 @@ class TextClassification(TaskModule):
                 f"Classification needs at least 2 labels, but the label set is {self.label_names}. Check "
                 "data.label_column, or use problem_type regression for a numeric target."
             )
+        self._set_up_loss()
         metrics = self._metrics()
-        self.metrics = torch.nn.ModuleDict({stage: metrics.clone(prefix=f"{stage}/") for stage in ("val", "test")})
+        self.metrics = torch.nn.ModuleDict({stage: metrics.clone(prefix=f"{stage}/") for stage in self.eval_stages})
         self.monitor, self.monitor_mode = {
             "single_label_classification": ("val/accuracy", "max"),
             "multi_label_classification": ("val/f1", "max"),
             "regression": ("val/pearson", "max"),
         }[self.problem_type]
+
+    def _set_up_loss(self) -> None:
+        check_label_smoothing(self.label_smoothing_factor)
+        reweighted = self.label_smoothing_factor > 0 or self.class_weights
+        if self.problem_type == "regression" and reweighted:
+            raise HFTrainError(
+                "model.label_smoothing_factor and model.class_weights apply to classification, but this is a "
+                "regression (float labels). Unset them, or give class labels."
+            )
+        if self.problem_type == "multi_label_classification" and self.label_smoothing_factor > 0:
+            raise HFTrainError(
+                "model.label_smoothing_factor applies to single-label classification; this problem is "
+                "multi-label. Unset it (model.class_weights does work for multi-label)."
+            )
+        names = [self.model.config.id2label[i] for i in range(self.num_labels)]
+        weights = class_weight_tensor(self.class_weights, names) if self.problem_type != "regression" else None
+        self.register_buffer("class_weight", weights, persistent=False)
+        self.reweighted = bool(reweighted)
+
+    def forward(self, **batch: Any):
+        """The model's output; its loss replaced by the smoothed or class-weighted one when those are set."""
+        if not self.reweighted or "labels" not in batch:
+            return super().forward(**batch)
+        labels = batch.pop("labels")
+        outputs = super().forward(**batch)
+        if self.problem_type == "multi_label_classification":
+            outputs.loss = F.binary_cross_entropy_with_logits(
+                outputs.logits.float(), labels.float(), weight=self.class_weight
+            )
+        else:
+            outputs.loss = cross_entropy(outputs.logits, labels, self.class_weight, self.label_smoothing_factor)
+        return outputs
 
     def _metrics(self) -> MetricCollection:
         if self.problem_type == "regression":
@@ -86,20 +129,31 @@ class TextClassification(TaskModule):
     def evaluate(self, batch: dict[str, torch.Tensor], stage: Stage) -> None:
         if "labels" not in batch:
             raise HFTrainError(
-                f"The {'validation' if stage == 'val' else stage} data has no labels, so there is nothing to "
+                f"The {'validation' if is_validation(stage) else stage} data has no labels, so there is nothing to "
                 "score. Give a labelled file, or use `hftrain predict` to label it."
             )
         outputs = self(**batch)
-        self.log_loss(stage, outputs.loss, len(batch["labels"]))
+        size = len(batch["labels"])
+        self.log_loss(stage, outputs.loss, size)
         metrics = self.metrics[stage]
-        metrics.update(
-            self._predictions(outputs.logits.float()),
-            batch["labels"].to(outputs.logits.dtype) if self.problem_type == "regression" else batch["labels"].long(),
+        predictions = self._predictions(outputs.logits.float())
+        labels = (
+            batch["labels"].to(outputs.logits.dtype) if self.problem_type == "regression" else batch["labels"].long()
         )
-        self.log_dict(metrics, prog_bar=stage == "val")
+        metrics.update(predictions, labels)
+        self.update_custom_metrics(stage, predictions, labels)
+        self.log_dict(metrics, prog_bar=is_validation(stage), batch_size=size)
+        rows = self.examples_wanted(stage, batch.get("row"))
+        if rows:
+            predicted = self.label_predictions(outputs.logits[: len(rows)])
+            self.add_examples(
+                (" / ".join(r[k] for k in ("text", "text_pair") if k in r), r.get("gold"), next(iter(p.values())))
+                for r, p in zip(rows, predicted, strict=True)
+            )
 
-    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> list[dict[str, Any]]:
-        logits = self(**batch).logits.float()
+    def label_predictions(self, logits: torch.Tensor) -> list[dict[str, Any]]:
+        """Per example: the predicted label (`labels` when multi-label, `score` for regression) and scores."""
+        logits = logits.float()
         if self.problem_type == "regression":
             return [{"score": value} for value in logits.squeeze(-1).tolist()]
         names = [self.model.config.id2label[i] for i in range(self.num_labels)]
@@ -119,13 +173,20 @@ class TextClassification(TaskModule):
             for i, row in zip(best, probs.tolist(), strict=True)
         ]
 
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> list[dict[str, Any]]:
+        """Per row: its id, text (and text_pair), gold label where the data has one, then the prediction."""
+        return self.with_rows(batch, self.label_predictions(self(**batch).logits))
+
 
 @dataclass(eq=False, repr=False, kw_only=True)
 class TextClassificationData(TaskDataModule):
     """Sentences or sentence pairs with a label: a class name or id, a list of them, or a number.
 
     Args:
-        text_column: Column with the text (the first sentence of a pair).
+        text_column: Column with the text (the first sentence of a pair). Unset, found as the HF `run_glue.py`
+            example finds it among the text columns other than the label: `sentence1` + `sentence2` as a
+            pair, else `text`, else the only text column, else the two text columns as a pair; more is
+            ambiguous and an error.
         text_pair_column: Column with the second sentence of a pair (GLUE MRPC, RTE, …), if any.
         label_column: Column with the label.
         label_names: The label set in id order. Unset, it is learnt from the training data: a ClassLabel's
@@ -136,7 +197,7 @@ class TextClassificationData(TaskDataModule):
             makes the problem multi-label.
     """
 
-    text_column: str = "text"
+    text_column: str | None = None
     text_pair_column: str | None = None
     label_column: str = "label"
     label_names: list[str] | None = None
@@ -144,6 +205,8 @@ class TextClassificationData(TaskDataModule):
     label_separator: str | None = None
 
     def check_data(self, raw: datasets.DatasetDict) -> None:
+        if self.text_column is None:
+            self._find_text_columns(raw)
         self.require_columns(
             raw,
             {
@@ -174,6 +237,33 @@ class TextClassificationData(TaskDataModule):
             if self.label_column in dataset.column_names and (split != "predict" or "test" not in raw):
                 self._encode_labels(dataset[self.label_column], split)
 
+    def _find_text_columns(self, raw: datasets.DatasetDict) -> None:
+        """Set the text column(s) from the data when unset, the way `run_glue.py` reads a csv/json file."""
+        split = "train" if "train" in raw else next(iter(raw))
+        dataset = raw[split]
+        texts = [
+            name
+            for name, feature in dataset.features.items()
+            if name != self.label_column and getattr(feature, "dtype", None) in ("string", "large_string")
+        ]
+        if {"sentence1", "sentence2"} <= set(texts):
+            found = ["sentence1", "sentence2"]
+        elif "text" in texts:
+            found = ["text"]
+        elif len(texts) in (1, 2):
+            found = texts
+        else:
+            raise HFTrainError(
+                f"The {split} data ({self.source(split)}) has {len(texts)} text columns besides the label "
+                f"('{self.label_column}'): {', '.join(texts) or 'none'}; which to classify is ambiguous. Set "
+                "data.text_column (and data.text_pair_column for sentence pairs)."
+            )
+        self.text_column = found[0]
+        if self.text_pair_column is None and len(found) == 2:
+            self.text_pair_column = found[1]
+        pair = f" and '{self.text_pair_column}'" if self.text_pair_column else ""
+        rank_zero_info(f"Classifying the text of column '{self.text_column}'{pair} (data.text_column unset).")
+
     def _infer_problem_type(self, train: datasets.Dataset) -> ProblemType:
         feature = train.features[self.label_column]
         if isinstance(feature, datasets.Sequence | datasets.List) or self.label_separator:
@@ -200,6 +290,12 @@ class TextClassificationData(TaskDataModule):
 
     def _encode_labels(self, values: list, split: str) -> list:
         """Label values to model targets; any value outside the label set is an error naming its row."""
+        for row, value in enumerate(values):
+            if value is None or (isinstance(value, str) and not value.strip()):
+                raise HFTrainError(
+                    f"The {split} data ({self.source(split)}) has no label at row {row + 1}: the cell in column "
+                    f"'{self.label_column}' is empty. Fill it in, or drop the row."
+                )
         if self.problem_type == "regression":
             targets = []
             for row, value in enumerate(values):
@@ -232,6 +328,24 @@ class TextClassificationData(TaskDataModule):
             else:
                 targets.append(ids[0])
         return targets
+
+    def row_fields(self, batch: dict[str, list], split: str) -> dict[str, list]:
+        """The text (and text_pair), as the `pipeline` input is named, and the gold label(s) by name."""
+        fields = {"text": batch[self.text_column]}
+        if self.text_pair_column:
+            fields["text_pair"] = batch[self.text_pair_column]
+        if self.label_column in batch:
+            targets = self._encode_labels(batch[self.label_column], split)
+            if self.problem_type == "multi_label_classification":
+                fields["gold"] = [[n for n, on in zip(self.label_names, t, strict=True) if on] for t in targets]
+            elif self.problem_type == "regression":
+                fields["gold"] = targets
+            else:
+                fields["gold"] = [self.label_names[t] for t in targets]
+        return fields
+
+    def input_columns(self) -> list[str]:
+        return [self.text_column] + ([self.text_pair_column] if self.text_pair_column else [])
 
     def encode(self, batch: dict[str, list], split: str) -> dict[str, list]:
         texts = [batch[self.text_column]]

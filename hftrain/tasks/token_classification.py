@@ -9,11 +9,11 @@ other tag sets (POS) on token accuracy alone.
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import datasets
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 from transformers import (
@@ -24,11 +24,12 @@ from transformers import (
 
 from hftrain.core.data import TaskDataModule
 from hftrain.core.errors import HFTrainError
+from hftrain.core.losses import IGNORE_INDEX as IGNORE
+from hftrain.core.losses import check_label_smoothing, class_weight_tensor, cross_entropy
 from hftrain.core.module import Stage, TaskModule
 from hftrain.metrics.span_f1 import Mode, Scheme, SpanF1, detect_scheme, extract_spans, split_tag
 
 CONLL_SUFFIXES = (".conll", ".txt")
-IGNORE = -100
 
 
 @dataclass(eq=False, repr=False, kw_only=True)
@@ -42,16 +43,25 @@ class TokenClassification(TaskModule):
             tag names (B/I/O tags count as IOB2); tags in no scheme (POS) get token accuracy only.
         span_mode: `default` reads entities like conlleval (an I- after O starts one); `strict` counts only
             entities the scheme allows, as seqeval's `mode="strict"`.
+        label_smoothing_factor: Train on targets that put this much probability evenly over all tags (the HF
+            Trainer's `label_smoothing_factor`).
+        class_weights: Weight of each tag in the loss, by tag name (`{O: 0.5}` to weigh the outside tag down);
+            tags not named weigh 1.
     """
 
+    pipeline_tag: ClassVar[str] = "token-classification"
     label_names: list[str] | None = None
     tag_scheme: Scheme | None = None
     span_mode: Mode = "default"
+    label_smoothing_factor: float = 0.0
+    class_weights: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.model = self.load_pretrained(AutoModelForTokenClassification, **self.label_config(self.label_names))
         self.tags = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
+        check_label_smoothing(self.label_smoothing_factor)
+        self.register_buffer("class_weight", class_weight_tensor(self.class_weights, self.tags), persistent=False)
         self.scheme = self.tag_scheme or detect_scheme(self.tags)
         metrics = MetricCollection(
             {"accuracy": MulticlassAccuracy(len(self.tags), average="micro", ignore_index=IGNORE)}
@@ -68,15 +78,44 @@ class TokenClassification(TaskModule):
                 f"span_mode strict needs span tags (B-PER, I-PER, O, …), but the tags are {self.tags[:8]}. "
                 "Use span_mode default, or set model.tag_scheme if the tags do follow a scheme."
             )
-        self.metrics = torch.nn.ModuleDict({stage: metrics.clone(prefix=f"{stage}/") for stage in ("val", "test")})
+        self.metrics = torch.nn.ModuleDict({stage: metrics.clone(prefix=f"{stage}/") for stage in self.eval_stages})
         self.monitor = "val/f1" if self.scheme else "val/accuracy"
         self.monitor_mode = "max"
+
+    def forward(self, **batch: Any):
+        """The model's output; its loss replaced by the smoothed or class-weighted one when those are set."""
+        if not (self.label_smoothing_factor > 0 or self.class_weights) or "labels" not in batch:
+            return super().forward(**batch)
+        labels = batch.pop("labels")
+        outputs = super().forward(**batch)
+        outputs.loss = cross_entropy(outputs.logits, labels, self.class_weight, self.label_smoothing_factor)
+        return outputs
 
     def evaluate(self, batch: dict[str, Any], stage: Stage) -> None:
         word_ids = batch["word_ids"]
         outputs = self(**batch)
         self.log_loss(stage, outputs.loss, len(word_ids))
-        self.metrics[stage].update(outputs.logits.argmax(-1), batch["labels"].masked_fill(word_ids < 0, IGNORE))
+        predicted, gold = outputs.logits.argmax(-1), batch["labels"].masked_fill(word_ids < 0, IGNORE)
+        self.metrics[stage].update(predicted, gold)
+        self.update_custom_metrics(stage, predicted[gold != IGNORE], gold[gold != IGNORE])
+        rows = self.examples_wanted(stage, batch.get("row"))
+        if rows:
+            tags = self.word_tags(rows, word_ids[: len(rows)].tolist(), predicted[: len(rows)].tolist())
+            self.add_examples(
+                (" ".join(r["tokens"]), " ".join(r.get("gold", [])), " ".join(t or "-" for t in row_tags))
+                for r, row_tags in zip(rows, tags, strict=True)
+            )
+
+    def word_tags(self, rows: list[dict], word_ids: list[list[int]], tag_ids: list[list[int]]) -> list[list]:
+        """Per sentence, the predicted tag of each word: its first subword's (None past max_length)."""
+        tagged = []
+        for row, words, tags in zip(rows, word_ids, tag_ids, strict=True):
+            row_tags: list[str | None] = [None] * len(row["tokens"])
+            for word, tag_id in zip(words, tags, strict=True):
+                if word >= 0:
+                    row_tags[word] = self.tags[tag_id]
+            tagged.append(row_tags)
+        return tagged
 
     def log_metrics(self, stage: Stage) -> None:
         results = self.metrics[stage].compute()
@@ -86,30 +125,28 @@ class TokenClassification(TaskModule):
         self.log_dict(results, sync_dist=True)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        """Per sentence: its words, a tag per word (null past max_length), the entities (`end` exclusive)."""
+        """Per sentence: its id, words and gold tags where the data has them, a predicted tag per word (null
+        past max_length), the entities (`end` exclusive)."""
         predicted = self(**batch).logits.argmax(-1).tolist()
-        rows = []
-        sentences = zip(batch["words"], batch["word_ids"].tolist(), predicted, strict=True)
-        for words, word_ids, tag_ids in sentences:
-            tags: list[str | None] = [None] * len(words)
-            for word, tag_id in zip(word_ids, tag_ids, strict=True):
-                if word >= 0:
-                    tags[word] = self.tags[tag_id]
-            row: dict[str, Any] = {"tokens": words, "tags": tags}
+        predictions = []
+        tagged = self.word_tags(batch["row"], batch["word_ids"].tolist(), predicted)
+        for row, tags in zip(batch["row"], tagged, strict=True):
+            prediction: dict[str, Any] = {"tags": tags}
             if self.scheme:
+                words = row["tokens"]
                 spans = extract_spans([t or "O" for t in tags], self.scheme, self.span_mode)
-                row["entities"] = [
+                prediction["entities"] = [
                     {"text": " ".join(words[start:end]), "type": type_, "start": start, "end": end}
                     for type_, start, end in spans
                 ]
-            rows.append(row)
-        return rows
+            predictions.append(prediction)
+        return self.with_rows(batch, predictions)
 
 
 @dataclass
 class TokenClassificationCollator:
     """`DataCollatorForTokenClassification`, plus the padded `word_ids` (the word each first subword starts,
-    else -100) that evaluation and prediction read, and the predict split's `words` as plain lists."""
+    else -100) that evaluation and prediction read."""
 
     tokenizer: PreTrainedTokenizerBase
 
@@ -117,20 +154,15 @@ class TokenClassificationCollator:
         self.pad = DataCollatorForTokenClassification(self.tokenizer, label_pad_token_id=IGNORE)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        extras = {key: [f[key] for f in features] for key in ("word_ids", "words") if key in features[0]}
-        inputs = [{k: v for k, v in f.items() if k not in extras} for f in features]
-        batch = dict(self.pad(inputs))
-        if "word_ids" in extras:
+        word_ids = [f["word_ids"] for f in features] if "word_ids" in features[0] else None
+        batch = dict(self.pad([{k: v for k, v in f.items() if k != "word_ids"} for f in features]))
+        if word_ids is not None:
             width = batch["input_ids"].shape[1]
             left = self.tokenizer.padding_side == "left"
+            padding = [[IGNORE] * (width - len(ids)) for ids in word_ids]
             batch["word_ids"] = torch.tensor(
-                [
-                    [IGNORE] * (width - len(ids)) + ids if left else ids + [IGNORE] * (width - len(ids))
-                    for ids in extras["word_ids"]
-                ]
+                [pad + ids if left else ids + pad for pad, ids in zip(padding, word_ids, strict=True)]
             )
-        if "words" in extras:
-            batch["words"] = extras["words"]
         return batch
 
 
@@ -193,9 +225,11 @@ class TokenClassificationData(TaskDataModule):
     """Sentences as lists of words with one tag per word: a Hub dataset, JSON/JSONL rows, or CoNLL files.
 
     Args:
-        tokens_column: Column with each sentence's words (a list of strings).
-        tag_column: Column with each sentence's tags (a list of tag names, or ClassLabel ids). CoNLL files
-            are read into a column of this name.
+        tokens_column: Column with each sentence's words (a list of strings). Unset, found as the HF
+            `run_ner.py` example finds it: `tokens`, else the first column holding lists.
+        tag_column: Column with each sentence's tags (a list of tag names, or ClassLabel ids). Unset,
+            `ner_tags`, else the other column holding lists (`ner` in run_ner's `words`/`ner` files). CoNLL
+            files are read into columns of these names (`tokens` and `ner_tags` when unset).
         label_names: The tag set in id order. Unset, it is learnt from the training data: a ClassLabel's
             names, or the sorted distinct tags. Tags outside it are an error.
         label_all_subwords: Train on every subword of a word, continuing pieces tagged `I-<type>`, instead
@@ -204,15 +238,15 @@ class TokenClassificationData(TaskDataModule):
             is column 0): -1 for the last (NER in the 4-column CoNLL-2003 files), 1 for POS, 2 for chunks.
     """
 
-    tokens_column: str = "tokens"
-    tag_column: str = "ner_tags"
+    tokens_column: str | None = None
+    tag_column: str | None = None
     label_names: list[str] | None = None
     label_all_subwords: bool = False
     conll_tag_index: int = -1
 
     def read_file(self, path: Path) -> datasets.Dataset:
         if path.suffix.lower() in CONLL_SUFFIXES:
-            return read_conll(path, self.conll_tag_index, self.tokens_column, self.tag_column)
+            return read_conll(path, self.conll_tag_index, self.tokens_column or "tokens", self.tag_column or "ner_tags")
         return super().read_file(path)
 
     def supported_suffixes(self) -> list[str]:
@@ -227,6 +261,7 @@ class TokenClassificationData(TaskDataModule):
         return where
 
     def check_data(self, raw: datasets.DatasetDict) -> None:
+        self._find_columns(raw)
         self.require_columns(
             raw,
             {"tokens_column": self.tokens_column, "tag_column": self.tag_column},
@@ -248,6 +283,31 @@ class TokenClassificationData(TaskDataModule):
                     )
                 if tags is not None:
                     self._tag_ids(split, row, words, tags[row], class_names)
+
+    def _find_columns(self, raw: datasets.DatasetDict) -> None:
+        """Fill in unset column names as `run_ner.py` does, among the columns that hold lists: `tokens` else
+        the first; `ner_tags` else the other one (with several others the guess is ambiguous: an error)."""
+        if self.tokens_column is not None and self.tag_column is not None:
+            return
+        split = "train" if "train" in raw else next(iter(raw))
+        dataset = raw[split]
+        lists = [n for n, f in dataset.features.items() if isinstance(f, datasets.Sequence | datasets.List)]
+        if self.tokens_column is None:
+            candidates = ["tokens"] if "tokens" in lists else [c for c in lists if c != self.tag_column]
+            self.tokens_column = candidates[0] if candidates else "tokens"  # none: require_columns says so
+        if self.tag_column is None:
+            others = [c for c in lists if c != self.tokens_column]
+            if "ner_tags" in others or not others:
+                self.tag_column = "ner_tags"  # absent: an error, except in predict data
+            elif len(others) == 1:
+                self.tag_column = others[0]
+            else:
+                raise HFTrainError(
+                    f"Which column of the {split} data ({self.source(split)}) holds the tags is ambiguous: besides "
+                    f"the words ('{self.tokens_column}') it has the list columns {', '.join(others)}, and none is "
+                    "named 'ner_tags'. Set data.tag_column (and data.tokens_column if the words are elsewhere)."
+                )
+        rank_zero_info(f"Reading words from column '{self.tokens_column}', tags from '{self.tag_column}'.")
 
     def _discover_labels(self, train: datasets.Dataset) -> list[str]:
         names = self.class_names(train, self.tag_column)
@@ -335,10 +395,23 @@ class TokenClassificationData(TaskDataModule):
         encoded["word_ids"] = word_ids
         if with_tags:
             encoded["labels"] = labels
-        if split == "predict":
-            encoded["words"] = sentences
         encoded["words_cut"] = [len(s) - k for s, k in zip(sentences, kept, strict=True)]
         return encoded
+
+    def row_fields(self, batch: dict[str, list], split: str) -> dict[str, list]:
+        """The words and, where the data has them, the gold tag of each word by name."""
+        fields = {"tokens": batch[self.tokens_column]}
+        if self.tag_column in batch:
+            names = self.class_names(self.raw[split], self.tag_column)
+            fields["gold"] = [[names[t] if names else t for t in tags] for tags in batch[self.tag_column]]
+        return fields
+
+    def input_columns(self) -> list[str]:
+        return [self.tokens_column]
+
+    def predict_rows(self, inputs: list[Any]) -> list[dict[str, Any]]:
+        """A string input is a sentence split into words on whitespace; a list is its words."""
+        return super().predict_rows([text.split() if isinstance(text, str) else text for text in inputs])
 
     def preprocess(self, raw: datasets.DatasetDict) -> datasets.DatasetDict:
         if not self.tokenizer.is_fast:

@@ -1,0 +1,89 @@
+"""What the command line answers to mistakes: one paragraph with a did-you-mean, no abbreviations, options
+from environment variables only under `HFTRAIN_<SUBCOMMAND>__…`, and `predict` refusing early."""
+
+import pytest
+from conftest import sentiment_rows, write_csv
+from helpers import TEXT_CLASSIFICATION, classification_config, run_cli, tree_digest
+
+from hftrain.cli import HFTrainCLI
+from hftrain.core import pretrained
+from hftrain.core.errors import HFTrainError
+
+
+@pytest.fixture
+def config(tiny_bert, sentiment_files, tmp_path):
+    return classification_config(tmp_path / "cli.yaml", tiny_bert, sentiment_files)
+
+
+def error_of(capsys, *args) -> str:
+    assert run_cli(*args) == 2
+    lines = capsys.readouterr().err.splitlines()
+    # one paragraph and no usage dump (Lightning may warn first that pytest's own arguments are in sys.argv)
+    assert lines[-1].startswith("hftrain: error: ") and not [line for line in lines if "usage" in line], lines
+    return lines[-1]
+
+
+def test_a_misspelled_option_gets_a_did_you_mean(config, capsys):
+    err = error_of(capsys, "fit", "--config", config, "--data.text_colum", "review")
+    assert "TextClassificationData has no option text_colum" in err
+    assert "Did you mean --data.text_column?" in err and "--data.help TextClassificationData" in err
+
+
+def test_an_abbreviated_option_is_refused(config, capsys):
+    err = error_of(capsys, "fit", "--config", config, "--trainer.max_epoch", "1")
+    assert "--trainer.max_epoch is not an option. Did you mean --trainer.max_epochs" in err
+
+
+def test_a_wrong_value_and_an_unknown_class_are_named(config, capsys):
+    assert "trainer.max_epochs must be int or null, got 'many'" in error_of(
+        capsys, "fit", "--config", config, "--trainer.max_epochs", "many"
+    )
+    err = error_of(capsys, "fit", "--config", config, "--model", "TextClasification")
+    assert "Did you mean TextClassification?" in err
+
+
+def test_short_class_names_are_accepted(config, capsys):
+    with pytest.raises(SystemExit):
+        HFTrainCLI(args=["fit", "--config", str(config), "--model", "TextClassification", "--print_config"])
+    assert f"class_path: {TEXT_CLASSIFICATION}" in capsys.readouterr().out
+
+
+def test_options_come_only_from_hftrain_subcommand_variables(config, monkeypatch, capsys):
+    monkeypatch.setenv("HFTRAIN_DATA", "/some/folder")  # a user's own variables, not options
+    monkeypatch.setenv("HFTRAIN_CONFIG", "/nowhere.yaml")
+    monkeypatch.setenv("HFTRAIN_TRAINER__MAX_STEPS", "5")
+    monkeypatch.setenv("HFTRAIN_FIT__TRAINER__MAX_STEPS", "3")
+    with pytest.raises(SystemExit):
+        HFTrainCLI(args=["fit", "--config", str(config), "--print_config"])
+    assert "  max_steps: 3\n" in capsys.readouterr().out
+    cli = HFTrainCLI(args=["--config", str(config)], run=False)  # the Python API reads the `fit` variables
+    assert cli.trainer.max_steps == 3
+
+
+def test_predict_without_data_to_predict_on_fails_before_loading_anything(tiny_bert, tmp_path, monkeypatch, capsys):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(pretrained, "load_model", no_loading)
+    files = {"train": str(write_csv(tmp_path / "train.csv", sentiment_rows(16, 1)))}
+    config = classification_config(tmp_path / "cli.yaml", tiny_bert, files)
+    assert "has nothing to predict on: set data.predict_file" in error_of(capsys, "predict", "--config", config)
+    err = error_of(capsys, "predict", "--config", config, "--data.predict_file", "new.csv")
+    assert "data.predict_file 'new.csv' does not exist" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_failed_predict_leaves_no_predictions_and_no_config(config, tmp_path, monkeypatch):
+    assert run_cli("fit", "--config", config, "--trainer.max_epochs", "1") == 0
+    run = tmp_path / "runs" / "cli" / "version_0"
+    before = tree_digest(run)
+
+    def broken(self, batch, batch_idx):
+        raise HFTrainError("predict broke")
+
+    monkeypatch.setattr("hftrain.tasks.text_classification.TextClassification.predict_step", broken)
+    assert run_cli("predict", "--config", config, "--ckpt_path", "best") == 2
+    after = tree_digest(run)
+    assert {k: v for k, v in after.items() if k in before} == before
+    # only Lightning's TensorBoard writer, which it opens for every run, adds a file
+    assert all(name.startswith("events.out.tfevents.") for name in set(after) - set(before))
