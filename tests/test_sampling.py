@@ -3,6 +3,7 @@ intact under DDP sharding, and switched on by `data.group_by_length`."""
 
 import random
 
+import datasets
 import numpy as np
 import pytest
 from conftest import FILLER, write_csv
@@ -10,7 +11,7 @@ from lightning.pytorch.trainer.connectors.data_connector import _get_distributed
 from lightning.pytorch.utilities.data import _is_dataloader_shuffled
 from torch.utils.data import DataLoader
 
-from hftrain.core.sampling import LengthGroupedSampler, pad_fraction
+from hftrain.core.sampling import LengthGroupedSampler, pad_fraction, sequence_lengths
 from hftrain.tasks.text_classification import TextClassificationData
 
 _rng = random.Random(0)
@@ -110,3 +111,17 @@ def test_data_module_groups_training_batches_by_length(tiny_bert, tmp_path):
 
     assert isinstance(grouped.train_dataloader().sampler, LengthGroupedSampler)
     assert padding(grouped) < padding(plain) / 2
+
+
+def test_lengths_of_rows_holding_several_windows_count_all_their_tokens():
+    # question answering keeps a question's windows in one evaluation row; counting windows (1 for nearly
+    # every question) would leave its evaluation batches unsorted by length
+    windows = [[[1] * 300, [1] * 40], [[1] * 12], [[1] * 384], [[1] * 5, [1] * 5, [1] * 5]]
+    parts = [
+        datasets.Dataset.from_dict({"input_ids": windows[:2]}),
+        datasets.Dataset.from_dict({"input_ids": windows[2:]}),
+    ]
+    nested = datasets.concatenate_datasets(parts)  # two Arrow chunks: row indices must not restart per chunk
+    assert sequence_lengths(nested).tolist() == [340, 12, 384, 15]
+    flat = datasets.Dataset.from_dict({"input_ids": [[1] * 7, [1] * 3]})
+    assert sequence_lengths(flat).tolist() == [7, 3]

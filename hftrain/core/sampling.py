@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 from torch import distributed as dist
 from torch.utils.data import Sampler
@@ -149,8 +150,18 @@ class LongestFirstSampler(Sampler[int]):
 
 
 def sequence_lengths(dataset: Any, column: str = "input_ids") -> np.ndarray:
-    """Token counts of a tokenized `datasets.Dataset`, read column-wise from Arrow (no per-row Python)."""
-    return pc.list_value_length(dataset.with_format("arrow")[column]).to_numpy(zero_copy_only=False)
+    """Token counts of a tokenized `datasets.Dataset`, read column-wise from Arrow (no per-row Python).
+
+    A row that holds a list of sequences (question answering keeps all windows of a question in one
+    evaluation row) counts the tokens of all of them: counting its windows would leave evaluation batches
+    unsorted by length, as nearly every question has one.
+    """
+    values = dataset.with_format("arrow")[column]
+    if not pa.types.is_list(values.type.value_type) and not pa.types.is_large_list(values.type.value_type):
+        return pc.list_value_length(values).to_numpy(zero_copy_only=False)
+    rows = values.combine_chunks()
+    windows = pc.list_value_length(pc.list_flatten(rows)).to_numpy(zero_copy_only=False)
+    return np.bincount(pc.list_parent_indices(rows).to_numpy(), weights=windows, minlength=len(rows)).astype(np.int64)
 
 
 def pad_fraction(lengths: Sequence[int], order: Sequence[int], batch_size: int) -> float:
