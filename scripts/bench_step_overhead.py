@@ -12,7 +12,7 @@ schedule and gradient clipping at norm 1.0:
 - `hf`: `transformers.Trainer` at its defaults (tqdm bar, logging every 500 steps, no reporting
   integration), `max_grad_norm=1.0`; `hf-no-progress-bar` with `disable_tqdm=True`.
 - `hftrain`: `hftrain.cli.HFTrainCLI(args=..., run=False)`, so the trainer carries the CLI's defaults
-  (TensorBoard logger, progress bar, LearningRateMonitor, StopOnNonFiniteLoss, TaskCheckpoint, export
+  (TensorBoard logger, progress display, TrainingLog, StopOnNonFiniteLoss, TaskCheckpoint, export
   and results callbacks, per-batch reseeding, `self.log` of the loss), then `trainer.fit`.
 - `hftrain-no-<part>` (ablations, `--variants all`): hftrain with one part of its per-step work taken
   away, so the difference to `hftrain` is that part's cost; `hftrain-bare-lightning` takes all of them away.
@@ -47,13 +47,13 @@ from bench_common import REPO, alternate, median, run_child
 
 ABLATIONS = {
     # name: what it takes away from hftrain's defaults
-    "progress-bar": "trainer.enable_progress_bar false (Lightning's bar, Rich when installed, redraws every step)",
-    "log-loss": "no self.log('train/loss', prog_bar=True) in training_step",
+    "progress-bar": "trainer.enable_progress_bar false (hftrain's progress line)",
+    "log-loss": "no self.log('train/loss') at logging steps in training_step",
     "reseed": "no torch.manual_seed in on_train_batch_start",
-    "lr-monitor": "no LearningRateMonitor",
+    "training-log": "no TrainingLog (learning rate, gradient norm, throughput)",
     "nonfinite": "no StopOnNonFiniteLoss",
     "checkpoint": "no TaskCheckpoint",
-    "logger": "trainer.logger false (TensorBoard), and so no LearningRateMonitor either",
+    "logger": "trainer.logger false (TensorBoard), and so no TrainingLog either",
     "stateful-loader": "torch DataLoader instead of torchdata's StatefulDataLoader",
 }
 VARIANTS = ["bare", "hf", "hf-no-progress-bar", "hftrain"] + [f"hftrain-no-{a}" for a in ABLATIONS]
@@ -434,10 +434,10 @@ def run_hftrain(args: argparse.Namespace, workdir: Path, clock: StepClock, remov
     """hftrain with the CLI's defaults, less the parts in `removed` (patched here, not in the package)."""
     import torch
     from lightning.pytorch import Callback
-    from lightning.pytorch.callbacks import LearningRateMonitor
 
     from hftrain.core import callbacks, data
     from hftrain.core.module import TaskModule
+    from hftrain.core.training_log import TrainingLog
 
     if "log-loss" in removed:
         TaskModule.training_step = lambda self, batch, batch_idx: self(**batch).loss
@@ -451,8 +451,8 @@ def run_hftrain(args: argparse.Namespace, workdir: Path, clock: StepClock, remov
 
     cli = HFTrainCLI(args=hftrain_config(args, workdir, removed), run=False)
     drop = {
-        "lr-monitor": LearningRateMonitor,
-        "logger": LearningRateMonitor,  # it refuses a trainer without a logger
+        "training-log": TrainingLog,
+        "logger": TrainingLog,  # nothing to log to
         "nonfinite": callbacks.StopOnNonFiniteLoss,
         "checkpoint": callbacks.TaskCheckpoint,
     }

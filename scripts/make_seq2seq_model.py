@@ -100,17 +100,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    lines = [
-        line for path in args.texts for line in Path(path).read_text(encoding="utf-8").split("\n") if line
-    ]
+    lines = [line for path in args.texts for line in Path(path).read_text(encoding="utf-8").split("\n") if line]
     tokenizer = train_unigram_tokenizer(lines, args.vocab_size)
     model = small_t5(tokenizer, args.d_model, args.layers, args.heads, args.d_ff, args.dropout, args.seed)
     tokenizer.save_pretrained(args.output)
     model.save_pretrained(args.output)
     params = sum(p.numel() for p in model.parameters())
-    print(
-        f"Wrote a {params / 1e6:.1f}M-parameter T5 with a {len(tokenizer)}-token vocabulary to {args.output}"
-    )
+    print(f"Wrote a {params / 1e6:.1f}M-parameter T5 with a {len(tokenizer)}-token vocabulary to {args.output}")
 
 
 if __name__ == "__main__":

@@ -28,13 +28,9 @@ def keep_questions(articles: list[dict], answerable_only: bool) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("squad_json", type=Path, help="nested SQuAD JSON file (data/paragraphs/qas)")
-    parser.add_argument(
-        "output_dir", type=Path, help="folder for train.json, eval_answerable.json, eval_all.json"
-    )
+    parser.add_argument("output_dir", type=Path, help="folder for train.json, eval_answerable.json, eval_all.json")
     parser.add_argument("--train-articles", type=int, default=3, help="how many leading articles to train on")
     args = parser.parse_args()
     squad = json.loads(args.squad_json.read_text(encoding="utf-8"))
