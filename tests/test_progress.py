@@ -1,6 +1,7 @@
 """The progress display in its three settings: a log file, a terminal, a Jupyter notebook (also run in a real kernel
 by tests/test_notebooks.py)."""
 
+import os
 import re
 import sys
 
@@ -48,6 +49,18 @@ def test_a_terminal_gets_one_line_per_epoch_rewritten_in_place(run, capsys, monk
     epochs = [line.rsplit("\r", 1)[-1] for line in out.split("\n") if "\repoch" in line]  # splitlines splits at \r
     assert [FIELDS.match(line).group(1) for line in epochs] == ["1", "2"]
     assert out.count("\repoch 1/2") > 1  # rewritten as steps go by, not a new line each time
+
+
+def test_a_terminal_line_is_cut_to_the_width_until_it_is_kept(capsys, monkeypatch):
+    # a rewritten line that wraps leaves a copy of itself on every update: `\r` returns only to its last row
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setattr(progress.shutil, "get_terminal_size", lambda: os.terminal_size((40, 24)))
+    output = progress.LineOutput(log_every=30)
+    text = "epoch 1/2 · step 3/12 · validating 2/7 · " + " · ".join(f"val/f1_{i} 0.5" for i in range(6))
+    output.show(text)
+    output.show(text, final=True)
+    updating, kept = capsys.readouterr().out.split("\r")[1:]
+    assert updating == text[:38] + "…" and kept == text + "\n"
 
 
 def test_a_notebook_gets_one_display_per_epoch_updated_in_place(run, capsys, monkeypatch):

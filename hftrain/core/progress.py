@@ -11,6 +11,7 @@ This one draws plain text: `\\r`-rewritten in a terminal, a display that is upda
 """
 
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -91,6 +92,9 @@ class LineOutput:
             if final:
                 self.handle = None
         elif self.live:
+            if not final:  # a line longer than the terminal wraps, and `\r` then rewrites only its last row
+                columns = shutil.get_terminal_size().columns - 1
+                text = text if len(text) <= columns else text[: columns - 1] + "…"
             sys.stdout.write("\r" + text.ljust(self.width) + ("\n" if final else ""))
             sys.stdout.flush()
             self.width = 0 if final else len(text)
@@ -159,9 +163,9 @@ class TrainingProgress(ProgressBar):
             left = self._total_steps - trainer.global_step
             eta = f" ETA {duration(left * train_seconds / done)}" if math.isfinite(left) else ""
             parts.append(f"{duration(time.monotonic() - self._start)}{eta}")
-        parts += [f"{k} {float(v):.4g}" for k, v in metrics.items() if isinstance(v, int | float)]
-        if self._evaluating:
+        if self._evaluating:  # ahead of the metrics: a terminal line cut to its width keeps it
             parts.append(self._evaluating)
+        parts += [f"{k} {float(v):.4g}" for k, v in metrics.items() if isinstance(v, int | float)]
         return " · ".join(parts)
 
     def _show(self, text: Callable[[], str], final: bool = False) -> None:
