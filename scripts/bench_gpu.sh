@@ -41,7 +41,7 @@ bench() {  # bench_vs_hf_trainer on MRPC with the given model, precision and var
 
 if wants throughput; then
     for precision in bf16-mixed 16-mixed; do
-        bench "$minilm" "$precision" hftrain+group,hftrain,hf,hf+group --epochs 1 --repeats 1 \
+        bench "$minilm" "$precision" hftrain,hftrain+random,hf,hf+group --epochs 1 --repeats 1 \
             --json "$out/throughput-$precision.json" 2>&1 | tail -n 12 | tee "$out/throughput-$precision.log"
     done
 fi
@@ -57,7 +57,7 @@ tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])  # MiniLM's vocabulary is
 BertForSequenceClassification(BertConfig(vocab_size=len(tokenizer), num_labels=2)).save_pretrained(sys.argv[2])
 tokenizer.save_pretrained(sys.argv[2])
 EOF
-    bench "$bert" bf16-mixed hftrain+group,hf --epochs 1 --repeats 1 --json "$out/mfu.json" 2>&1 | tail -n 8 |
+    bench "$bert" bf16-mixed hftrain,hf --epochs 1 --repeats 1 --json "$out/mfu.json" 2>&1 | tail -n 8 |
         tee "$out/mfu.log"
     python - "$bert" "$data/glue/MRPC/train.tsv" "$out/mfu.json" <<'EOF' | tee -a "$out/mfu.log"
 import csv, json, sys

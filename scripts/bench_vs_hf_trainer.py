@@ -19,9 +19,10 @@ peak matmul rate at the run's precision and thread count.
 metrics, and how many predictions equal the first run's. Evaluate a trained model (`--model`, e.g. one
 saved by `--mode train --save-model DIR`): an untrained one generates to the length limit every time.
 
-Variants: `hftrain` and `hf` at their defaults, plus flags after `+`: `group` (length-grouped training
-batches: hftrain's `group_by_length`, the HF Trainer's `train_sampling_strategy="group_by_length"`, which in
-transformers 5 also orders its evaluation batches), `1x`/`2x` (evaluation batch = 1 or 2 times the training
+Variants: `hftrain` and `hf` at their defaults (hftrain groups training batches by length, the HF Trainer
+draws them at random), plus flags after `+`: `group` (HF only: `train_sampling_strategy="group_by_length"`,
+which in transformers 5 also orders its evaluation batches), `random` (hftrain only: `data.group_by_length
+false`), `1x`/`2x` (evaluation batch = 1 or 2 times the training
 batch; hftrain's default is 2x, the HF side's here 1x), `cli` (hftrain only: the run goes through
 `HFTrainCLI` with all its default callbacks, checkpoints, TensorBoard logs and the export of the best
 checkpoint included, in a temporary run folder; without it both sides train without writing anything),
@@ -58,8 +59,8 @@ from bench_common import (
 from bench_tasks import TASKS, Task, hf_run, hftrain_data, hftrain_module, prepare
 
 PRECISIONS = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}
-FLAGS = {"group", "1x", "2x", "cli"}
-DEFAULT_VARIANTS = {"train": "hftrain,hftrain+group,hf,hf+group", "evaluate": "hftrain,hf,hf+2x"}
+FLAGS = {"group", "random", "1x", "2x", "cli"}
+DEFAULT_VARIANTS = {"train": "hftrain,hftrain+random,hf,hf+group", "evaluate": "hftrain,hf,hf+2x"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -196,7 +197,7 @@ def hftrain_run(args: argparse.Namespace, task: Task, prepared: dict, flags: set
         cache_dir=str(Path(args.workdir) / "cache"),
         seed=args.seed,
         num_workers=args.workers,
-        group_by_length="group" in flags,
+        group_by_length="random" not in flags,
         eval_batch_size=eval_batch_size(task, "hftrain", flags),
     )
     return data, hftrain_module(task, data, prepared["model"], torch_compile=args.compile)
@@ -216,7 +217,7 @@ def hftrain_cli(args, task: Task, prepared: dict, flags: set[str], precision: st
         "cache_dir": str(work / "cache"),
         "seed": args.seed,
         "num_workers": args.workers,
-        "group_by_length": "group" in flags,
+        "group_by_length": "random" not in flags,
     }
     model = {
         "model_name_or_path": prepared["model"],
