@@ -35,6 +35,7 @@ forward, `self.log`, …), which resolves costs far below what subprocess ablati
 """
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -71,6 +72,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--learning-rate", type=float, default=5e-5)
     parser.add_argument("--max-grad-norm", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--log-every",
+        type=int,
+        help="steps between logged points on both sides (hftrain's log_every_n_steps, the HF Trainer's "
+        "logging_steps); default: each side's own (hftrain sizes it to the run, every 8 steps here; HF every 500)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads, the same for all")
     parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--workdir", help="folder for the model, data and runs (default: a fresh temporary one)")
@@ -221,6 +228,7 @@ class PartTimer:
         function = getattr(owner, attribute)
         self.seconds[label], self.calls[label] = 0.0, 0  # the table keeps this order
 
+        @functools.wraps(function)  # keeps the signature: hftrain passes a model only the inputs its forward names
         def timed(*args, **kwargs):
             start = time.perf_counter()
             try:
@@ -385,6 +393,7 @@ def run_hf(args: argparse.Namespace, workdir: Path, clock: StepClock, progress_b
         seed=args.seed,
         use_cpu=args.accelerator == "cpu",
         disable_tqdm=not progress_bar,
+        **({"logging_steps": args.log_every} if args.log_every else {}),
     )
     model = AutoModelForSequenceClassification.from_pretrained(workdir / "model")
     trainer = Trainer(
@@ -406,6 +415,8 @@ def hftrain_config(args: argparse.Namespace, workdir: Path, removed: set[str]) -
         "enable_model_summary": False,
         "num_sanity_val_steps": 0,
     }
+    if args.log_every:
+        trainer["log_every_n_steps"] = args.log_every
     if "progress-bar" in removed:
         trainer["enable_progress_bar"] = False
     if "logger" in removed:
