@@ -19,10 +19,9 @@ peak matmul rate at the run's precision and thread count.
 metrics, and how many predictions equal the first run's. Evaluate a trained model (`--model`, e.g. one
 saved by `--mode train --save-model DIR`): an untrained one generates to the length limit every time.
 
-Variants: `hftrain` and `hf` at their defaults (hftrain groups training batches by length, the HF Trainer
-draws them at random), plus flags after `+`: `group` (HF only: `train_sampling_strategy="group_by_length"`,
-which in transformers 5 also orders its evaluation batches), `random` (hftrain only: `data.group_by_length
-false`), `1x`/`2x` (evaluation batch = 1 or 2 times the training
+Variants: `hftrain` (length-grouped training batches) and `hf` (random ones), plus flags after `+`: `group`
+(HF only: `train_sampling_strategy="group_by_length"`, which in transformers 5 also orders its evaluation
+batches), `random` (hftrain only: `data.group_by_length false`, hftrain's default), `1x`/`2x` (evaluation batch = 1 or 2 times the training
 batch; hftrain's default is 2x, the HF side's here 1x), `cli` (hftrain only: the run goes through
 `HFTrainCLI` with all its default callbacks, checkpoints, TensorBoard logs and the export of the best
 checkpoint included, in a temporary run folder; without it both sides train without writing anything),

@@ -97,8 +97,8 @@ def test_data_module_groups_training_batches_by_length(tiny_bert, tmp_path):
     ]
     train = str(write_csv(tmp_path / "train.csv", rows))
     options = {"tokenizer_name": tiny_bert, "train_file": train, "batch_size": 16}
-    grouped = TextClassificationData(**options)  # the default
-    plain = TextClassificationData(**options, group_by_length=False)
+    grouped = TextClassificationData(**options, group_by_length=True)
+    plain = TextClassificationData(**options)  # the default
     assert grouped.cache_path() == plain.cache_path()  # a loader setting: the tokenized cache is shared
     grouped.setup("fit")
     plain.setup("fit")
