@@ -21,11 +21,11 @@ saved by `--mode train --save-model DIR`): an untrained one generates to the len
 
 Variants: `hftrain` (length-grouped training batches) and `hf` (random ones), plus flags after `+`: `group`
 (HF only: `train_sampling_strategy="group_by_length"`, which in transformers 5 also orders its evaluation
-batches), `random` (hftrain only: `data.group_by_length false`, hftrain's default), `1x`/`2x` (evaluation batch = 1 or 2 times the training
-batch; hftrain's default is 2x, the HF side's here 1x), `cli` (hftrain only: the run goes through
-`HFTrainCLI` with all its default callbacks, checkpoints, TensorBoard logs and the export of the best
-checkpoint included, in a temporary run folder; without it both sides train without writing anything),
-and a precision after `/`: `/bf16` (bf16-mixed, the HF Trainer's `bf16=True`) or `/16` (16-mixed,
+batches), `random` (hftrain only: `data.group_by_length false`, hftrain's default), `1x`/`2x` (evaluation
+batch = 1 or 2 times the training batch; hftrain's default is 2x, the HF side's here 1x), `cli` (hftrain only:
+the run goes through `HFTrainCLI` with all its default callbacks, checkpoints, TensorBoard logs and the export
+of the best checkpoint included, in a temporary run folder; without it both sides train without writing
+anything), and a precision after `/`: `/bf16` (bf16-mixed, the HF Trainer's `bf16=True`) or `/16` (16-mixed,
 `fp16=True`); plain is 32-bit.
 
     python scripts/bench_vs_hf_trainer.py --task mrpc --max-steps 60          # MRPC training, 2 repeats
