@@ -11,6 +11,7 @@ from lightning.pytorch.trainer.connectors.data_connector import _get_distributed
 from lightning.pytorch.utilities.data import _is_dataloader_shuffled
 from torch.utils.data import DataLoader
 
+from hftrain.core.errors import HFTrainError
 from hftrain.core.sampling import LengthGroupedSampler, pad_fraction, sequence_lengths
 from hftrain.tasks.text_classification import TextClassificationData
 
@@ -111,6 +112,12 @@ def test_data_module_groups_training_batches_by_length(tiny_bert, tmp_path):
 
     assert isinstance(grouped.train_dataloader().sampler, LengthGroupedSampler)
     assert padding(grouped) < padding(plain) / 2
+    # groups of one batch sort nothing across batches: the padding of random batches
+    ungrouped = TextClassificationData(**options, group_by_length=True, length_group_batches=1)
+    ungrouped.setup("fit")
+    assert padding(ungrouped) > 2 * padding(grouped)
+    with pytest.raises(HFTrainError, match="length_group_batches"):
+        TextClassificationData(**options, group_by_length=True, length_group_batches=0)
 
 
 def test_lengths_of_rows_holding_several_windows_count_all_their_tokens():

@@ -13,7 +13,8 @@ from hftrain.core.runs import read_results
 from hftrain.tasks.text_classification import TextClassification, TextClassificationData
 
 
-def fitted(tiny_bert, files, max_steps=8, max_epochs=None, accumulate=1, batch_size=8, **model_args):
+def fitted(tiny_bert, files, max_steps=8, max_epochs=None, accumulate=1, batch_size=8, trainer_args=None, **model_args):
+    """Train the tiny model on `files` with a plain Lightning Trainer (no logging, checkpoints or validation)."""
     data = TextClassificationData(
         tokenizer_name=tiny_bert,
         train_file=files["train"],
@@ -33,6 +34,7 @@ def fitted(tiny_bert, files, max_steps=8, max_epochs=None, accumulate=1, batch_s
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=0,
+        **(trainer_args or {}),
     )
     trainer.fit(module, datamodule=data)
     return module, data, trainer
@@ -82,18 +84,7 @@ def test_gradients_are_freed_after_each_optimizer_step_and_kept_while_accumulati
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             held.append(any(p.grad is not None for p in pl_module.parameters()))
 
-    data = TextClassificationData(tokenizer_name=tiny_bert, train_file=sentiment_files["train"], batch_size=8)
-    module = TextClassification(model_name_or_path=tiny_bert, label_names=data.label_names)
-    Trainer(
-        max_steps=2,
-        accumulate_grad_batches=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[Gradients()],
-    ).fit(module, datamodule=data)
+    fitted(tiny_bert, sentiment_files, max_steps=2, accumulate=2, trainer_args={"callbacks": [Gradients()]})
     assert held == [True, False, True, False]  # accumulating after batches 1 and 3, freed after each step
 
 
@@ -135,19 +126,9 @@ def test_bf16_mixed_uses_the_fused_adamw_and_still_clips(tiny_bert, sentiment_fi
     monkeypatch.setattr(
         torch.nn.utils, "clip_grad_norm_", lambda params, norm: clipped.append(norm) or clip(params, norm)
     )
-    data = TextClassificationData(tokenizer_name=tiny_bert, train_file=sentiment_files["train"], batch_size=8)
-    module = TextClassification(model_name_or_path=tiny_bert, label_names=data.label_names)
-    trainer = Trainer(
-        max_steps=3,
-        precision="bf16-mixed",
-        gradient_clip_val=0.5,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
+    _, _, trainer = fitted(
+        tiny_bert, sentiment_files, max_steps=3, trainer_args={"precision": "bf16-mixed", "gradient_clip_val": 0.5}
     )
-    trainer.fit(module, datamodule=data)
     assert trainer.optimizers[0].defaults["fused"]
     assert clipped == [0.5, 0.5, 0.5]
 
