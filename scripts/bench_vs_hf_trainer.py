@@ -16,7 +16,8 @@ peak matmul rate at the run's precision and thread count.
 `--mode evaluate` runs the validation split once through hftrain's `validate` and the HF Trainer's
 `evaluate` (`Seq2SeqTrainer` with `predict_with_generate` for translation), then the predict split through
 `predict` (generation for translation and LM), and reports the time, samples/s and tokens/s of each, the
-metrics, and how many predictions equal the first run's. Evaluate a trained model (`--model`, e.g. one
+ratios to the HF side by wall and by CPU time (the fairer one on a shared machine), the metrics, and how
+many predictions equal the first run's. Evaluate a trained model (`--model`, e.g. one
 saved by `--mode train --save-model DIR`): an untrained one generates to the length limit every time.
 
 Variants: `hftrain` (length-grouped training batches) and `hf` (random ones), plus flags after `+`: `group`
@@ -347,23 +348,37 @@ def train_hf(args, task: Task, prepared: dict, flags: set[str], precision: str, 
     return {"train_s": train_end - meter.first_step_end, "metrics": run.evaluate(trainer), "model": trainer.model}
 
 
+def clock() -> tuple[float, float]:
+    """Wall and CPU time (all the process's threads) now."""
+    return time.time(), time.process_time()
+
+
+def durations(start: tuple[float, float], evaluated: tuple[float, float], predicted: tuple[float, float]) -> dict:
+    """Evaluation's and prediction's wall and CPU seconds from three `clock()` readings."""
+    return {
+        "eval_s": evaluated[0] - start[0],
+        "predict_s": predicted[0] - evaluated[0],
+        "eval_cpu_s": evaluated[1] - start[1],
+        "predict_cpu_s": predicted[1] - evaluated[1],
+    }
+
+
 def evaluate_hftrain(args, task: Task, prepared: dict, flags: set[str], precision: str) -> dict:
     data, module = hftrain_run(args, task, prepared, flags)
     data.setup()  # the tokenized splits are loaded before the clock starts, as the HF side's are
     trainer = lightning_trainer(args, precision)
-    start = time.time()
+    start = clock()
     metrics = trainer.validate(module, datamodule=data, verbose=False)[0]
-    evaluated = time.time()
+    evaluated = clock()
     batches = trainer.predict(module, datamodule=data)
-    predicted = time.time()
+    predicted = clock()
     rows = [row for batch in batches for row in batch]
     order = data.predict_dataloader().sampler.order  # the longest-first order the rows came in
     predictions = [None] * len(rows)
     for index, row in zip(order.tolist(), rows, strict=True):
         predictions[index] = row[task.prediction]
     return {
-        "eval_s": evaluated - start,
-        "predict_s": predicted - evaluated,
+        **durations(start, evaluated, predicted),
         "metrics": {key.removeprefix("val/"): value for key, value in metrics.items()},
         "predictions": predictions,
     }
@@ -371,14 +386,13 @@ def evaluate_hftrain(args, task: Task, prepared: dict, flags: set[str], precisio
 
 def evaluate_hf(args, task: Task, prepared: dict, flags: set[str], precision: str) -> dict:
     run, trainer = hf_trainer(args, task, args.task, prepared, flags, precision)
-    start = time.time()
+    start = clock()
     metrics = run.evaluate(trainer)
-    evaluated = time.time()
+    evaluated = clock()
     predictions = run.predict(trainer)
-    predicted = time.time()
+    predicted = clock()
     return {
-        "eval_s": evaluated - start,
-        "predict_s": predicted - evaluated,
+        **durations(start, evaluated, predicted),
         "metrics": metrics,
         "predictions": predictions,
     }
@@ -469,7 +483,7 @@ def evaluate_table(runs: list[dict], variants: list[str], task: Task, sizes: dic
     references = [v for v in variants if parse_variant(v)[0] == "hf"]
     header = ["variant", "runs", "eval s", "eval samples/s", "eval tokens/s", "predict s", "predict samples/s"]
     header += ["peak RSS MiB", "wall s", *task.metrics, "same predictions", "load"]
-    header += [f"vs {ref} (eval, predict)" for ref in references]
+    header += [f"vs {ref} (eval, predict; CPU: eval, predict)" for ref in references]
     rows = []
     for variant in variants:
         eval_s, predict_s = median(runs, variant, "eval_s"), median(runs, variant, "predict_s")
@@ -480,9 +494,9 @@ def evaluate_table(runs: list[dict], variants: list[str], task: Task, sizes: dic
         row += [fmt(median(runs, variant, f"metric:{m}"), ".4f") for m in task.metrics]
         row += [fmt(median(runs, variant, "same_predictions"), ".1%"), fmt(median(runs, variant, "load"), ".1f")]
         for ref in references:
-            row.append(
-                f"{median(runs, ref, 'eval_s') / eval_s:.2f}x, {median(runs, ref, 'predict_s') / predict_s:.2f}x"
-            )
+            keys = ("eval_s", "predict_s", "eval_cpu_s", "predict_cpu_s")
+            ratios = [median(runs, ref, key) / median(runs, variant, key) for key in keys]
+            row.append("{:.2f}x, {:.2f}x; {:.2f}x, {:.2f}x".format(*ratios))
         rows.append(row)
     return markdown_table(header, rows)
 
@@ -525,7 +539,11 @@ def main(argv: list[str] | None = None) -> None:
                 run["same_predictions"] = same / len(reference)
         runs.append(run)
         headline = task.metrics[0]
-        speed = f"{run['samples_per_s']:.2f} samples/s" if args.mode == "train" else f"eval {run['eval_s']:.1f} s"
+        speed = (
+            f"{run['samples_per_s']:.2f} samples/s"
+            if args.mode == "train"
+            else f"eval {run['eval_s']:.1f} s (CPU {run['eval_cpu_s']:.1f} s)"
+        )
         print(
             f"[{repeat + 1}/{args.repeats}] {variant}: {speed}, {headline} {run[f'metric:{headline}']:.4f}, "
             f"wall {run['wall_s']:.0f} s, load {run['load']:.1f}",

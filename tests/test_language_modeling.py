@@ -175,6 +175,34 @@ def test_perplexity_is_exp_of_token_weighted_mean_nll(devices, eval_batch_size, 
     assert metrics["val/perplexity"] == pytest.approx(math.exp(nll / count), rel=1e-5)
 
 
+def test_validation_examples_are_continued_in_one_batch_as_each_alone(tiny_gpt2, tmp_path):
+    data = LanguageModelingData(
+        tokenizer_name=tiny_gpt2,
+        train_file=write_paragraphs(tmp_path / "train.txt", UNEVEN),
+        validation_file=write_paragraphs(tmp_path / "valid.txt", UNEVEN),
+        packing=False,
+    )
+    data.setup("validate")
+    batch = next(iter(data.val_dataloader()))
+    model = LanguageModeling(model_name_or_path=tiny_gpt2, do_sample=False, max_new_tokens=5).eval()
+    calls = []
+    generate = model.model.generate
+    model.model.generate = lambda **inputs: calls.append(inputs) or generate(**inputs)
+    with torch.no_grad():
+        model.add_continued_examples(batch, [0, 1, 2])
+    assert len(calls) == 1 and len(model.examples) == 3
+
+    tokenizer = data.tokenizer
+    for row, (start, gold, continuation) in enumerate(model.examples):
+        ids = batch["input_ids"][row][batch["attention_mask"][row].bool()]
+        cut = min(len(ids) // 2, 64)
+        assert start == tokenizer.decode(ids[:cut]) and gold == tokenizer.decode(ids[cut : cut + 5])
+        with torch.no_grad():
+            alone = generate(input_ids=ids[None, :cut], attention_mask=torch.ones_like(ids[None, :cut]))
+        assert continuation == tokenizer.decode(alone[0, cut:], skip_special_tokens=True)
+    assert len({len(tokenizer(start)["input_ids"]) for start, _, _ in model.examples}) > 1  # padding was needed
+
+
 def test_fit_halves_perplexity_and_exports_a_pipeline_model(tiny_gpt2, counting_files, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from transformers import pipeline

@@ -246,6 +246,39 @@ def test_chrf_takes_the_best_of_several_references_as_sacrebleu():
     assert values["bleu"].item() == pytest.approx(sacrebleu.corpus_bleu(preds, [refs_a, refs_b]).score, abs=1e-4)
 
 
+def test_validation_encodes_each_batch_once_and_scores_what_plain_generation_gives(tiny_t5, cipher_files):
+    """Validation reuses the sources' encoding from the loss for generation: the encoder runs once per batch,
+    and the scores are those of `model.generate` on the same batches."""
+    import torch
+    from lightning.pytorch import Trainer
+
+    data = Seq2SeqData(
+        tokenizer_name=tiny_t5,
+        train_file=cipher_files["train"],
+        validation_file=cipher_files["validation"],
+        batch_size=8,
+    )
+    module = Seq2Seq(model_name_or_path=tiny_t5, max_new_tokens=12)
+    calls = []
+    module.model.get_encoder().register_forward_hook(lambda *_: calls.append(1))
+    metrics = Trainer(logger=False, enable_progress_bar=False).validate(module, datamodule=data)[0]
+    batches = list(data.val_dataloader())
+    assert len(calls) == len(batches) > 1
+
+    expected = generation_metrics("translation")
+    with torch.no_grad():
+        for batch in batches:
+            output = module.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            expected.update(module.decode(output), [[ref] for ref in module.decode(batch["labels"])])
+    values = scores(expected)
+    assert metrics["val/bleu"] == pytest.approx(values["bleu"].item(), abs=1e-6)
+    assert metrics["val/chrf"] == pytest.approx(values["chrf"].item(), abs=1e-6)
+    loss = sum(module(**b).loss.item() * len(b["input_ids"]) for b in batches) / sum(
+        len(b["input_ids"]) for b in batches
+    )
+    assert metrics["val/loss"] == pytest.approx(loss, rel=1e-5)
+
+
 def test_summarization_metrics_match_rouge_score():
     from rouge_score import rouge_scorer
 

@@ -18,7 +18,7 @@ from nltk.stem.porter import PorterStemmer
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.text import ROUGEScore, SacreBLEUScore
 
-from hftrain.core.internals import rouge_lsum_fmeasure, rouge_tokens
+from hftrain.core.internals import bleu_counts, rouge_lsum_fmeasure, rouge_tokens
 
 Task = Literal["translation", "summarization"]
 
@@ -78,6 +78,15 @@ def exp_smoothed_bleu(correct: list[float], total: list[float], sys_len: float, 
 class SacreBLEU(SacreBLEUScore):
     """sacrebleu's default corpus BLEU (13a tokenization, exp smoothing) on the 0-1 scale; the n-gram counts
     are torchmetrics' (`SacreBLEUScore`), summed across DDP ranks."""
+
+    def update(self, preds: list[str], target: list[list[str]]) -> None:
+        """torchmetrics' counts, added to the state once per batch: its own update adds each n-gram's count
+        to a tensor element, 0.6 s of Multi30k's 1,014 sentences where sacrebleu takes 0.15 s."""
+        matched, total, preds_len, target_len = bleu_counts(preds, target, self.n_gram, self.tokenizer)
+        self.numerator += torch.tensor(matched, dtype=self.numerator.dtype, device=self.numerator.device)
+        self.denominator += torch.tensor(total, dtype=self.denominator.dtype, device=self.denominator.device)
+        self.preds_len += preds_len
+        self.target_len += target_len
 
     def compute(self) -> torch.Tensor:
         score = exp_smoothed_bleu(

@@ -144,16 +144,27 @@ class LanguageModeling(TaskModule):
             if self.custom[stage]:
                 predicted = outputs.logits[:, :-1].argmax(-1)
                 self.update_custom_metrics(stage, predicted[scored], batch["labels"][:, 1:][scored])
-        for row in self.examples_wanted(stage, list(range(len(batch["input_ids"])))):
+        rows = self.examples_wanted(stage, list(range(len(batch["input_ids"]))))
+        if rows:
+            self.add_continued_examples(batch, rows)
+
+    def add_continued_examples(self, batch: dict[str, torch.Tensor], rows: list[int]) -> None:
+        """Validation examples: each of the batch's `rows` cut after its prompt (a completion example's) or
+        half way (at most 64 tokens in), shown with its true continuation and the model's, which one
+        `generate` call makes for all of them."""
+        starts, golds = [], []
+        for row in rows:
             ids = batch["input_ids"][row][batch["attention_mask"][row].bool()]
             labels = batch["labels"][row][: len(ids)]
-            prompted = int((labels == IGNORE_INDEX).long().cumprod(0).sum())  # a completion example's prompt
+            prompted = int((labels == IGNORE_INDEX).long().cumprod(0).sum())
             cut = prompted if 0 < prompted < len(ids) else min(len(ids) // 2, 64)
-            with self.generation_rng():
-                continuation = self._continue(ids[None, :cut], torch.ones_like(ids[None, :cut]))[0]
-            decode = self.tokenizer.decode
-            gold = ids[cut : cut + self.max_new_tokens]
-            self.add_examples([(decode(ids[:cut]), decode(gold), continuation)])  # end-of-text marks shown
+            starts.append(ids[:cut].tolist())
+            golds.append(ids[cut : cut + self.max_new_tokens].tolist())
+        inputs = self.tokenizer.pad({"input_ids": starts}, padding_side="left", return_tensors="pt").to(self.device)
+        with self.generation_rng():
+            continuations = self._continue(inputs["input_ids"], inputs["attention_mask"])
+        decode = self.tokenizer.decode  # end-of-text marks shown
+        self.add_examples((decode(s), decode(g), c) for s, g, c in zip(starts, golds, continuations, strict=True))
 
     def log_metrics(self, stage: Stage) -> None:
         loss = self.metrics[stage].compute().float()
