@@ -15,6 +15,7 @@ task feeds the user's `custom_metrics` with `update_custom_metrics`.
 
 import inspect
 import json
+import math
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
@@ -57,7 +58,7 @@ class TaskModule(LightningModule):
         adam_epsilon: AdamW epsilon.
         lr_scheduler_type: Learning-rate schedule after warmup: `linear` decay to 0, `cosine`, or `constant`.
         warmup_steps: Linear warmup from 0: a number of optimizer steps (>= 1), or a fraction of all steps
-            (in [0, 1)), as in the HF Trainer.
+            (in [0, 1), rounded up), as in the HF Trainer.
         gradient_checkpointing: Recompute activations in the backward pass to save memory (slower).
         torch_compile: Compile the model's forward and backward with `torch.compile` (generation stays eager).
             The first batches of each new sequence length pay for compilation; see docs/performance.md for
@@ -428,7 +429,7 @@ class TaskModule(LightningModule):
             fused=fused or None,
         )
         total = int(self.trainer.estimated_stepping_batches)
-        warmup = int(self.warmup_steps * total) if self.warmup_steps < 1 else int(self.warmup_steps)
+        warmup = math.ceil(self.warmup_steps * total) if self.warmup_steps < 1 else int(self.warmup_steps)
         scheduler = get_scheduler(
             "constant_with_warmup" if self.lr_scheduler_type == "constant" else self.lr_scheduler_type,
             optimizer,
