@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import REPO
 from helpers import CPU_DDP, classification_config, hftrain, hftrain_ok, run_cli
@@ -61,6 +62,41 @@ def test_two_process_ddp_fit_writes_one_run_and_validates_like_one_process(confi
     assert {"val/accuracy", "val/f1", "val/loss"} <= set(one_process)
     two_processes = {k: v for k, v in results["final"].items() if k in one_process}
     assert two_processes == pytest.approx(one_process)
+
+
+def test_ddp_averages_a_token_level_loss_over_every_ranks_tokens(tiny_gpt2, tmp_path):
+    """2 ranks of 4 documents take the steps 1 process takes with batches of 8 (Lightning deals a batch's rows
+    to ranks by stride): the LM's loss is averaged over all the predicted tokens of a step, as the HF
+    Trainer's `average_tokens_across_devices`, not rank by rank. Dropout is off, so only averaging differs."""
+    import json
+    import shutil
+
+    from conftest import counting
+    from safetensors.torch import load_file
+    from test_language_modeling import write_paragraphs
+
+    model = tmp_path / "gpt2"
+    shutil.copytree(tiny_gpt2, model)
+    settings = json.loads((model / "config.json").read_text())
+    settings.update(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    (model / "config.json").write_text(json.dumps(settings))
+    common = [
+        "--model", "hftrain.tasks.language_modeling.LanguageModeling", "--model.model_name_or_path", model,
+        "--model.learning_rate", "3e-3", "--data", "hftrain.tasks.language_modeling.LanguageModelingData",
+        "--data.train_file", write_paragraphs(tmp_path / "train.txt", counting(64, seed=1)),
+        "--data.validation_file", write_paragraphs(tmp_path / "valid.txt", counting(8, seed=2)),
+        "--data.packing", "false", "--trainer.max_steps", "6", *CPU_DDP,
+    ]  # fmt: skip
+    weights = []
+    for name, devices, batch in [("one", 1, 8), ("two", 2, 4)]:
+        run = ["--trainer.devices", devices, "--data.batch_size", batch, "--trainer.logger.init_args.name", name]
+        hftrain_ok("fit", *common, *run)
+        (exported,) = (tmp_path / "runs" / name).glob("version_*/hf_model/model.safetensors")
+        weights.append(load_file(exported))
+    start = load_file(model / "model.safetensors")
+    for key, value in weights[0].items():
+        torch.testing.assert_close(weights[1][key], value, rtol=1e-4, atol=2e-5)
+    assert not torch.equal(weights[0]["transformer.wte.weight"], start["transformer.wte.weight"])
 
 
 @pytest.mark.slow  # a cluster's nodes joining over the network: tests/test_slurm.py runs it on a real cluster

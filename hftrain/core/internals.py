@@ -89,6 +89,12 @@ def logs_this_step(trainer) -> bool:
     return _private(trainer, "_logger_connector").should_update_logs
 
 
+def steps_after_this_batch(trainer) -> bool:
+    """Whether the optimizer steps after the current training batch (its accumulation is complete, or the
+    epoch ends), rather than accumulating it with the next."""
+    return not _private(trainer.fit_loop.epoch_loop, "_should_accumulate")()
+
+
 def logged_step(trainer) -> int:
     """The step Lightning writes the current logs at (optimizer steps before this one, counted from 0)."""
     return _private(trainer.fit_loop.epoch_loop, "_batches_that_stepped")

@@ -1,5 +1,8 @@
 """The classification loss with the HF Trainer's `label_smoothing_factor` and per-class weights, for the
-tasks that offer them (text and token classification). Without either, tasks keep the model's own loss."""
+tasks that offer them (text and token classification; without either, tasks keep the model's own loss),
+and the token weighting of token-level losses across accumulated micro-batches and ranks."""
+
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -42,3 +45,42 @@ def cross_entropy(
         ignore_index=IGNORE_INDEX,
         label_smoothing=label_smoothing,
     )
+
+
+class TokenWeighting:
+    """A token-level loss averaged over every token of an optimizer step, as one large batch would average
+    it, under gradient accumulation and data parallelism: the HF Trainer's `num_items_in_batch` with
+    `average_tokens_across_devices`. Lightning averages the micro-batches' (and DDP the ranks') mean losses
+    instead, which gives each token of a short micro-batch more weight than a token of a long one.
+
+    Each micro-batch's mean loss is backpropagated times its token count over a fixed power of two near the
+    first micro-batch's count (`scale`, agreed across ranks once), so the gradients keep their usual size
+    for mixed-precision loss scaling, and a power of two changes no bit of the result (a resumed run may pick
+    another). When the step's gradients are complete they are multiplied by scale × micro-batches × ranks
+    over the step's token count summed across ranks. The counts stay on the device: no host sync.
+    """
+
+    def __init__(self) -> None:
+        self.scale: torch.Tensor | None = None
+        self.tokens: torch.Tensor | None = None
+
+    def weigh(self, loss: torch.Tensor, tokens: torch.Tensor, distributed: bool) -> torch.Tensor:
+        """The loss to backpropagate for a micro-batch whose mean `loss` is over `tokens` positions."""
+        tokens = tokens.float()
+        if self.scale is None:
+            self.scale = torch.exp2(torch.round(torch.log2(tokens.clamp(min=1))))
+            if distributed:
+                torch.distributed.all_reduce(self.scale, op=torch.distributed.ReduceOp.MAX)
+        self.tokens = tokens if self.tokens is None else self.tokens + tokens
+        return loss * (tokens / self.scale)
+
+    def finish_step(self, parameters: Iterable[torch.nn.Parameter], micro_batches: int, ranks: int) -> None:
+        """Turn the step's accumulated, rank-averaged gradients into the mean over all its tokens."""
+        if self.tokens is None:
+            return
+        total, self.tokens = self.tokens, None
+        if ranks > 1:
+            torch.distributed.all_reduce(total)
+        grads = [p.grad for p in parameters if p.grad is not None]
+        if grads:
+            torch._foreach_mul_(grads, self.scale * (micro_batches * ranks) / total.clamp(min=1))

@@ -32,6 +32,7 @@ from hftrain.core import internals
 from hftrain.core.data import TaskDataModule
 from hftrain.core.errors import HFTrainError
 from hftrain.core.generation import log_text_table
+from hftrain.core.losses import TokenWeighting
 from hftrain.core.pretrained import load_model, load_tokenizer
 from hftrain.core.progress import library_progress_bars_off
 from hftrain.metrics.custom import CustomMetricSpec, build_custom_metric
@@ -148,6 +149,7 @@ class TaskModule(LightningModule):
             }
         )
         self.examples: list[tuple[str, str, str]] = []
+        self.token_weighting = TokenWeighting()
 
     @property
     def val_stages(self) -> list[str]:
@@ -262,6 +264,7 @@ class TaskModule(LightningModule):
 
     def on_train_start(self) -> None:
         internals.restore_loader_position(self.trainer)
+        self.token_weighting = TokenWeighting()
 
     def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         """Seed each batch's randomness (dropout) from the run's seed and the batch's position in training,
@@ -295,7 +298,25 @@ class TaskModule(LightningModule):
         # every step it is logged at (a host-device sync on a GPU), and moves its store each call
         if internals.logs_this_step(self.trainer):
             self.log("train/loss", loss)
-        return loss
+        trainer = self.trainer
+        if trainer.accumulate_grad_batches == 1 and trainer.world_size == 1:
+            return loss
+        if trainer.strategy.handles_gradient_accumulation:  # DeepSpeed scales the micro-batches itself
+            return loss
+        tokens = self.loss_tokens(batch)
+        return loss if tokens is None else self.token_weighting.weigh(loss, tokens, trainer.world_size > 1)
+
+    def loss_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """How many positions the training loss of `batch` averages over, for a task whose loss is a mean over
+        tokens (None, here: a mean over examples). An optimizer step over several micro-batches or ranks
+        then averages over all their tokens (`TokenWeighting`), as the HF Trainer does."""
+        return None
+
+    def on_after_backward(self) -> None:
+        if self.token_weighting.tokens is not None and internals.steps_after_this_batch(self.trainer):
+            self.token_weighting.finish_step(
+                self.parameters(), self.trainer.accumulate_grad_batches, self.trainer.world_size
+            )
 
     # ------------------------------------------------------------------ evaluation, written by each task
 

@@ -135,6 +135,10 @@ class LanguageModeling(TaskModule):
 
     # ------------------------------------------------------------------ evaluation
 
+    def loss_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The predicted positions: every label after the first that is not -100 (the model shifts them)."""
+        return (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+
     def evaluate(self, batch: dict[str, torch.Tensor], stage: Stage) -> None:
         scored = batch["labels"][:, 1:] != IGNORE_INDEX
         tokens = scored.sum()

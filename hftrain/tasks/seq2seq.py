@@ -19,6 +19,7 @@ from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq
 from hftrain.core.data import TaskDataModule
 from hftrain.core.errors import HFTrainError
 from hftrain.core.generation import set_generation_config
+from hftrain.core.losses import IGNORE_INDEX
 from hftrain.core.module import Stage, TaskModule, is_validation
 from hftrain.core.pretrained import require_eos
 from hftrain.metrics.text_generation import Task, generation_metrics, scores
@@ -100,6 +101,9 @@ class Seq2Seq(TaskModule):
         return [text.strip() for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
     # ------------------------------------------------------------------ steps
+
+    def loss_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return (batch["labels"] != IGNORE_INDEX).sum()
 
     def evaluate(self, batch: dict[str, torch.Tensor], stage: Stage) -> None:
         if not self.predict_with_generate:

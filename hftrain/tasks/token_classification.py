@@ -91,6 +91,15 @@ class TokenClassification(TaskModule):
         outputs.loss = cross_entropy(outputs.logits, labels, self.class_weight, self.label_smoothing_factor)
         return outputs
 
+    def loss_tokens(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The labelled tokens, each counted with its class weight when `class_weights` are set (the
+        weighted cross-entropy divides by that sum)."""
+        labels = batch["labels"]
+        scored = labels != IGNORE
+        if self.class_weight is None:
+            return scored.sum()
+        return (self.class_weight[labels.clamp(min=0)] * scored).sum()
+
     def evaluate(self, batch: dict[str, Any], stage: Stage) -> None:
         word_ids = batch["word_ids"]
         outputs = self(**batch)
