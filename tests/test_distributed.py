@@ -85,17 +85,19 @@ def test_ddp_averages_a_token_level_loss_over_every_ranks_tokens(tiny_gpt2, tmp_
         "--model.learning_rate", "3e-3", "--data", "hftrain.tasks.language_modeling.LanguageModelingData",
         "--data.train_file", write_paragraphs(tmp_path / "train.txt", counting(64, seed=1)),
         "--data.validation_file", write_paragraphs(tmp_path / "valid.txt", counting(8, seed=2)),
-        "--data.packing", "false", "--trainer.max_steps", "6", *CPU_DDP,
+        "--data.packing", "false", "--trainer.max_steps", "6", "--trainer.precision", "32-true",
     ]  # fmt: skip
+    # the one-process reference in this process (no DDP), the two ranks as a user starts them
+    name = "--trainer.logger.init_args.name"
+    assert run_cli("fit", *common, "--trainer.accelerator", "cpu", "--data.batch_size", 8, name, "one") == 0
+    hftrain_ok("fit", *common, *CPU_DDP, "--trainer.devices", 2, "--data.batch_size", 4, name, "two")
     weights = []
-    for name, devices, batch in [("one", 1, 8), ("two", 2, 4)]:
-        run = ["--trainer.devices", devices, "--data.batch_size", batch, "--trainer.logger.init_args.name", name]
-        hftrain_ok("fit", *common, *run)
-        (exported,) = (tmp_path / "runs" / name).glob("version_*/hf_model/model.safetensors")
+    for run in ("one", "two"):
+        (exported,) = (tmp_path / "runs" / run).glob("version_*/hf_model/model.safetensors")
         weights.append(load_file(exported))
     start = load_file(model / "model.safetensors")
     for key, value in weights[0].items():
-        torch.testing.assert_close(weights[1][key], value, rtol=1e-4, atol=2e-5)
+        torch.testing.assert_close(weights[1][key], value, rtol=1e-4, atol=1e-4)
     assert not torch.equal(weights[0]["transformer.wte.weight"], start["transformer.wte.weight"])
 
 

@@ -7,9 +7,6 @@ import datasets
 import numpy as np
 import pytest
 from conftest import FILLER, write_csv
-from lightning.pytorch.trainer.connectors.data_connector import _get_distributed_sampler
-from lightning.pytorch.utilities.data import _is_dataloader_shuffled
-from torch.utils.data import DataLoader
 
 from hftrain.core.errors import HFTrainError
 from hftrain.core.sampling import LengthGroupedSampler, pad_fraction, sequence_lengths
@@ -73,22 +70,44 @@ def test_stateful_dataloader_resumes_mid_epoch_with_the_next_batch():
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_ddp_shards_keep_batches_homogeneous_and_lose_nothing(world):
-    """Lightning wraps a custom sampler in `DistributedSamplerWrapper`; it must not reshuffle our order."""
-    sampler = LengthGroupedSampler(LENGTHS, 16, seed=0, num_replicas=world)
-    loader = DataLoader(range(len(LENGTHS)), batch_size=16, sampler=sampler)
-    shuffle = _is_dataloader_shuffled(loader)
-    assert not shuffle
+def test_ddp_ranks_get_homogeneous_shares_of_the_grouped_order_and_lose_nothing(
+    world, tiny_bert, tmp_path, monkeypatch
+):
+    """Each rank's training loader as Lightning hands it to the fit loop (`_process_dataloader`, whose own
+    wrapper would reshuffle any training sampler): rank r serves positions r, r + W, … of the grouped order,
+    sorted in units of one step of all ranks, so every rank's batches stay length-homogeneous."""
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.trainer.connectors.data_connector import _process_dataloader
+    from lightning.pytorch.trainer.states import RunningStage, TrainerFn
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+    from lightning_utilities.core.rank_zero import rank_zero_only as utils_rank_zero_only
+
+    for process_rank in (rank_zero_only, utils_rank_zero_only):  # set_world_ranks sets them; restore after
+        monkeypatch.setattr(process_rank, "rank", process_rank.rank)
+
+    rng = random.Random(0)
+    rows = [
+        {"text": " ".join(rng.choices(FILLER, k=rng.randint(1, 60))), "label": rng.choice("ab")} for _ in range(1200)
+    ]
+    options = {"tokenizer_name": tiny_bert, "train_file": str(write_csv(tmp_path / "train.csv", rows)), "batch_size": 8}
     shards = []
     for rank in range(world):
-        shard = _get_distributed_sampler(loader, shuffle, overfit_batches=0, num_replicas=world, rank=rank)
-        shard.set_epoch(0)
-        shards.append(list(shard))
-        # less than half the padding of random batches (megabatches span W times more lengths here)
-        assert pad_fraction(LENGTHS, shards[-1], 16) < pad_fraction(LENGTHS, range(len(LENGTHS)), 16) / 2
-    served = [i for shard in shards for i in shard]
-    assert set(served) == set(range(len(LENGTHS)))
-    assert len(served) - len(LENGTHS) == -len(LENGTHS) % world  # DistributedSampler's padding, nothing more
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        trainer = Trainer(accelerator="cpu", strategy="ddp", devices=world, logger=False)
+        trainer.strategy.set_world_ranks()
+        data = TextClassificationData(**options, group_by_length=True)
+        data.trainer = trainer
+        data.setup("fit")
+        loader = _process_dataloader(trainer, TrainerFn.FITTING, RunningStage.TRAINING, data.train_dataloader())
+        served = list(loader.sampler)
+        shards.append(served)
+        lengths = sequence_lengths(data.datasets["train"])
+        order = list(LengthGroupedSampler(lengths, 8, data.seed, num_replicas=world))
+        order += order[: -len(order) % world]  # DistributedSampler's padding to equal shares
+        assert served == order[rank::world]
+        # less than half the padding of random batches
+        assert pad_fraction(lengths, served, 8) < pad_fraction(lengths, range(len(lengths)), 8) / 2
+    assert {i for shard in shards for i in shard} == set(range(len(lengths)))
 
 
 def test_data_module_groups_training_batches_by_length(tiny_bert, tmp_path):

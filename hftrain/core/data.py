@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import datasets
 import torch
+from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
@@ -548,14 +549,21 @@ class TaskDataModule(LightningDataModule):
             setting = "dataset_name or data.train_file" if split == "train" else f"{split}_file"
             raise HFTrainError(f"There is no {split} split to load: set data.{setting}.")
         dataset = self.datasets[split]
+        sharding = self._sharding() if train else None
         if train and self.group_by_length:
             sampler = LengthGroupedSampler(
-                self._lengths(dataset), self.batch_size, self.seed, megabatch_mult=self.length_group_batches
+                self._lengths(dataset),
+                self.batch_size,
+                self.seed,
+                megabatch_mult=self.length_group_batches,
+                num_replicas=sharding["num_replicas"] if sharding else 1,
             )
         elif train:
             sampler = EpochShuffleSampler(len(dataset), self.seed)
         else:
             sampler = LongestFirstSampler(self._lengths(dataset))
+        if sharding:
+            sampler = DistributedSamplerWrapper(sampler, shuffle=False, **sharding)
         return StatefulDataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size or 2 * self.batch_size,
@@ -565,6 +573,15 @@ class TaskDataModule(LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
         )
+
+    def _sharding(self) -> dict[str, int] | None:
+        """Under DDP, this rank's share of the training order (`num_replicas`, `rank`): positions r, r + W, …,
+        dealt here because Lightning's own wrapper reshuffles every training sampler it wraps, which would
+        scatter length groups and make a step of all ranks differ from the batch one process takes."""
+        trainer = self.trainer
+        if trainer is None or not trainer.distributed_sampler_kwargs or not internals.shards_data(trainer):
+            return None
+        return trainer.distributed_sampler_kwargs
 
     def _lengths(self, dataset: datasets.Dataset):
         return sequence_lengths(dataset, self.tokenizer.model_input_names[0])

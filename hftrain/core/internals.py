@@ -95,6 +95,13 @@ def steps_after_this_batch(trainer) -> bool:
     return not _private(trainer.fit_loop.epoch_loop, "_should_accumulate")()
 
 
+def shards_data(trainer) -> bool:
+    """Whether the trainer deals each dataloader's examples to the DDP ranks (`use_distributed_sampler`, on
+    by default, and a distributed strategy)."""
+    connector = _private(trainer, "_accelerator_connector")
+    return connector.use_distributed_sampler and connector.is_distributed
+
+
 def logged_step(trainer) -> int:
     """The step Lightning writes the current logs at (optimizer steps before this one, counted from 0)."""
     return _private(trainer.fit_loop.epoch_loop, "_batches_that_stepped")

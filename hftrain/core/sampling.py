@@ -8,12 +8,12 @@ batches is shuffled too (the HF sampler serves each megabatch longest to shortes
 repeated every megabatch), and the sampler is resumable mid-epoch (`state_dict` / `load_state_dict`).
 The longest batch still comes first, so an out-of-memory error shows on the first step, not hours in.
 
-Under DDP, Lightning wraps this sampler in `DistributedSamplerWrapper`, which gives rank `r` the positions
-`r, r + W, r + 2W, …` of this order without reshuffling it (it only shuffles samplers that are
-`RandomSampler`s). Batches are therefore shuffled in units of `batch_size * W` consecutive indices (one
-step of all ranks, cut from one sorted megabatch), so rank `r`'s batch is its share of one such unit and
-stays length-homogeneous; as with `DistributedSampler`, up to `W - 1` examples are repeated to give every
-rank the same count, and none are dropped.
+Under DDP the data module gives rank `r` the positions `r, r + W, r + 2W, …` of this order
+(`DistributedSamplerWrapper` without a reshuffle; Lightning's own wrapping would reshuffle every training
+sampler). Batches are therefore shuffled in units of `batch_size * W` consecutive indices (one step of all
+ranks, cut from one sorted megabatch), so rank `r`'s batch is its share of one such unit and stays
+length-homogeneous; as with `DistributedSampler`, up to `W - 1` examples are repeated to give every rank
+the same count, and none are dropped.
 """
 
 from collections.abc import Iterator, Sequence

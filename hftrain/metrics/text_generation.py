@@ -81,7 +81,8 @@ class SacreBLEU(SacreBLEUScore):
 
     def update(self, preds: list[str], target: list[list[str]]) -> None:
         """torchmetrics' counts, added to the state once per batch: its own update adds each n-gram's count
-        to a tensor element, 0.6 s of Multi30k's 1,014 sentences where sacrebleu takes 0.15 s."""
+        to a tensor element (0.62 s for Multi30k's 1,014 validation sentences; 0.13 s this way, sacrebleu's
+        `corpus_bleu` 0.10 s)."""
         matched, total, preds_len, target_len = bleu_counts(preds, target, self.n_gram, self.tokenizer)
         self.numerator += torch.tensor(matched, dtype=self.numerator.dtype, device=self.numerator.device)
         self.denominator += torch.tensor(total, dtype=self.denominator.dtype, device=self.denominator.device)

@@ -133,11 +133,11 @@ class LanguageModeling(TaskModule):
                 f"model.lora_target_modules to some of its layer names: {', '.join(layers)}."
             ) from err
 
-    # ------------------------------------------------------------------ evaluation
-
     def loss_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The predicted positions: every label after the first that is not -100 (the model shifts them)."""
         return (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+
+    # ------------------------------------------------------------------ evaluation
 
     def evaluate(self, batch: dict[str, torch.Tensor], stage: Stage) -> None:
         scored = batch["labels"][:, 1:] != IGNORE_INDEX
