@@ -134,18 +134,22 @@ def test_bf16_mixed_uses_the_fused_adamw_and_still_clips(tiny_bert, sentiment_fi
 
 
 def test_load_best_model_at_end_exports_the_best_checkpoint(tiny_bert, sentiment_files, tmp_path):
-    # "best" = lowest accuracy: ties keep the first, so the best checkpoint is the first epoch's, not the last
+    # "best" = highest validation loss, which training lowers, so not the last epoch's: the export must hold
+    # the weights of the validation the history ranks best, not the final ones
     config = classification_config(
         tmp_path / "best.yaml",
         tiny_bert,
         sentiment_files,
         trainer__max_epochs=3,
-        checkpoint__monitor="val/accuracy",
-        checkpoint__mode="min",
+        checkpoint__monitor="val/loss",
+        checkpoint__mode="max",
     )
     assert run_cli("fit", "--config", config) == 0
     run = tmp_path / "runs" / "best" / "version_0"
     results = read_results(run)
+    worst = max(results["history"], key=lambda row: row["val/loss"])  # the first of equals, as the ranking
+    assert worst is not results["history"][-1], results["history"]
+    assert f"step={worst['step']}." in results["best_checkpoint"]
     assert results["best_checkpoint"] != results["last_checkpoint"]
     exported = load_file(run / "hf_model" / "model.safetensors")
     for which, same in (("best_checkpoint", True), ("last_checkpoint", False)):
