@@ -162,4 +162,4 @@ def test_accumulated_micro_batches_weigh_class_weighted_tokens_as_one_batch(tiny
         trainer.fit(module, datamodule=data)
         weights.append(module.model.state_dict())
     for name, weight in weights[0].items():
-        torch.testing.assert_close(weights[1][name], weight, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(weights[1][name], weight, rtol=1e-4, atol=2e-5)
