@@ -138,3 +138,11 @@ def translate_hf_flags(argv: list[str]) -> list[str]:
         key, switch_value = table[flag]
         translated.append(f"--{key}={value or switch_value or 'true'}")
     return translated
+
+
+def quiet_trainer(**settings):
+    """A plain Lightning Trainer that only trains: no logger, checkpoints, progress bar, summary or validation."""
+    from lightning.pytorch import Trainer
+
+    quiet = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
+    return Trainer(**quiet, enable_model_summary=False, limit_val_batches=0, **settings)

@@ -4,7 +4,7 @@ each row that hftrain implements (rather than plain Lightning) does what the HF 
 import pytest
 import torch
 from conftest import sentiment_rows
-from helpers import classification_config, hf_flag_table, readme_table, run_cli
+from helpers import classification_config, hf_flag_table, quiet_trainer, readme_table, run_cli
 from lightning.pytorch import Callback, Trainer
 from safetensors.torch import load_file
 
@@ -25,16 +25,8 @@ def fitted(tiny_bert, files, max_steps=8, max_epochs=None, accumulate=1, batch_s
     module = TextClassification(
         model_name_or_path=tiny_bert, label_names=data.label_names, problem_type=data.problem_type, **model_args
     )
-    trainer = Trainer(
-        max_steps=max_steps,
-        max_epochs=max_epochs,
-        accumulate_grad_batches=accumulate,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        **(trainer_args or {}),
+    trainer = quiet_trainer(
+        max_steps=max_steps, max_epochs=max_epochs, accumulate_grad_batches=accumulate, **(trainer_args or {})
     )
     trainer.fit(module, datamodule=data)
     return module, data, trainer

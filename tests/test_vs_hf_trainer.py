@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import counting
-from helpers import write_jsonl
-from lightning.pytorch import Trainer
+from helpers import quiet_trainer, write_jsonl
 from test_language_modeling import write_paragraphs
 from test_token_classification import ner_rows
 from torch.utils.data import DataLoader
@@ -40,17 +39,9 @@ def assert_same_steps(module: TaskModule, data, collator, tmp_path: Path, steps:
 
     hf_model = copy.deepcopy(without_dropout(module.model))
     before = copy.deepcopy(module.model.state_dict())
-    trainer = Trainer(
-        max_steps=steps,
-        accumulate_grad_batches=accumulate,
-        gradient_clip_val=clip,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
+    quiet_trainer(max_steps=steps, accumulate_grad_batches=accumulate, gradient_clip_val=clip).fit(
+        module, datamodule=data
     )
-    trainer.fit(module, datamodule=data)
 
     train = data.datasets["train"]
     train = train.select_columns([c for c in train.column_names if c in module.model_inputs])
@@ -150,16 +141,7 @@ def test_accumulated_micro_batches_weigh_class_weighted_tokens_as_one_batch(tiny
             learning_rate=2e-3,
         )
         without_dropout(module.model)
-        trainer = Trainer(
-            max_steps=8,
-            accumulate_grad_batches=accumulate,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            limit_val_batches=0,
-        )
-        trainer.fit(module, datamodule=data)
+        quiet_trainer(max_steps=8, accumulate_grad_batches=accumulate).fit(module, datamodule=data)
         weights.append(module.model.state_dict())
     for name, weight in weights[0].items():
         torch.testing.assert_close(weights[1][name], weight, rtol=1e-4, atol=2e-5)
