@@ -435,6 +435,8 @@ def hftrain_config(args: argparse.Namespace, workdir: Path, removed: set[str]) -
                 "batch_size": args.batch_size,
                 "cache_dir": str(workdir / "hftrain-cache"),
                 "seed": args.seed,
+                # the batches the other sides take: the overhead is measured here, not the padding
+                "split_by_length": False,
             },
         },
         "trainer": trainer,

@@ -22,7 +22,8 @@ saved by `--mode train --save-model DIR`): an untrained one generates to the len
 
 Variants: `hftrain` (length-grouped training batches) and `hf` (random ones), plus flags after `+`: `group`
 (HF only: `train_sampling_strategy="group_by_length"`, which in transformers 5 also orders its evaluation
-batches), `random` (hftrain only: `data.group_by_length false`, hftrain's default), `1x`/`2x` (evaluation
+batches), `random` (hftrain only: `data.group_by_length false`, hftrain's default), `whole` (hftrain only:
+`data.split_by_length false`; by default hftrain splits training batches by length on CPU), `1x`/`2x` (evaluation
 batch = 1 or 2 times the training batch; hftrain's default is 2x, the HF side's here 1x), `cli` (hftrain only:
 the run goes through `HFTrainCLI` with all its default callbacks, checkpoints, TensorBoard logs and the export
 of the best checkpoint included, in a temporary run folder; without it both sides train without writing
@@ -59,7 +60,7 @@ from bench_common import (
 from bench_tasks import TASKS, Task, hf_run, hftrain_data, hftrain_module, prepare
 
 PRECISIONS = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}
-FLAGS = {"group", "random", "1x", "2x", "cli"}
+FLAGS = {"group", "random", "whole", "1x", "2x", "cli"}
 DEFAULT_VARIANTS = {"train": "hftrain,hftrain+random,hf,hf+group", "evaluate": "hftrain,hf,hf+2x"}
 
 
@@ -128,6 +129,12 @@ class Meter:
         self.target_lengths: list = []
 
     def batch(self, batch) -> None:
+        from hftrain.core.length_split import batch_parts
+
+        for part in batch_parts(batch):
+            self.part(part)
+
+    def part(self, batch) -> None:
         mask = batch["attention_mask"]
         self.padded = self.padded + mask.numel()
         self.real = self.real + mask.sum()
@@ -198,6 +205,7 @@ def hftrain_run(args: argparse.Namespace, task: Task, prepared: dict, flags: set
         seed=args.seed,
         num_workers=args.workers,
         group_by_length="random" not in flags,
+        split_by_length=False if "whole" in flags else None,
         eval_batch_size=eval_batch_size(task, "hftrain", flags),
     )
     return data, hftrain_module(task, data, prepared["model"], torch_compile=args.compile)
@@ -218,6 +226,7 @@ def hftrain_cli(args, task: Task, prepared: dict, flags: set[str], precision: st
         "seed": args.seed,
         "num_workers": args.workers,
         "group_by_length": "random" not in flags,
+        "split_by_length": False if "whole" in flags else None,
     }
     model = {
         "model_name_or_path": prepared["model"],

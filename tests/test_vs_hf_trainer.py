@@ -2,26 +2,49 @@
 with dropout off, both end with the same weights. This covers what decides training besides the data order
 and dropout: AdamW and its weight-decay groups, the learning-rate schedule with warmup, gradient clipping,
 the loss, gradient accumulation (a token-level loss averaged over all the tokens of a step, an epoch's last,
-shorter step included), and an epoch boundary. Left to their own shuffles and dropout, two runs differ as two
-seeds do, which is how docs/performance.md's side-by-side runs are read.
+shorter step included), and an epoch boundary. Each test runs twice: with whole batches, and with every batch
+split by length wherever its rows differ in length (`data.split_by_length`, free parts), which must take the
+same steps. Left to their own shuffles and dropout, two runs differ as two seeds do, which is how
+docs/performance.md's side-by-side runs are read.
 """
 
 import copy
+import random
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import counting
+from conftest import FILLER, counting, sentiment_rows, write_csv
 from helpers import quiet_trainer, write_jsonl
 from test_language_modeling import write_paragraphs
+from test_seq2seq import cipher_rows
 from test_token_classification import ner_rows
 from torch.utils.data import DataLoader
 
+from hftrain.core import length_split
 from hftrain.core.module import TaskModule
 from hftrain.core.sampling import EpochShuffleSampler
 from hftrain.tasks.language_modeling import LanguageModeling, LanguageModelingData
+from hftrain.tasks.seq2seq import Seq2Seq, Seq2SeqData
 from hftrain.tasks.text_classification import TextClassification, TextClassificationData
 from hftrain.tasks.token_classification import TokenClassification, TokenClassificationData
+
+
+@pytest.fixture(params=["whole batches", "split batches"], autouse=True)
+def split(request, monkeypatch):
+    """Run the test with whole batches, then with each batch cut wherever its rows' lengths differ (parts cost
+    nothing); the second run must have trained on split batches."""
+    if request.param == "whole batches":
+        yield
+        return
+    monkeypatch.setattr(length_split, "PART_COST", 0)
+    parts = []
+    split_batch_loss = TaskModule.split_batch_loss
+    monkeypatch.setattr(
+        TaskModule, "split_batch_loss", lambda self, batch: split_batch_loss(self, parts.append(batch) or batch)
+    )
+    yield
+    assert parts, "no batch was split"
 
 
 def without_dropout(model: torch.nn.Module) -> torch.nn.Module:
@@ -81,13 +104,17 @@ def assert_same_steps(module: TaskModule, data, collator, tmp_path: Path, steps:
 
 
 @pytest.mark.parametrize(("schedule", "clip"), [("linear", 1.0), ("cosine", None)])
-def test_text_classification_takes_the_hf_trainers_steps(tiny_bert, sentiment_files, tmp_path, schedule, clip):
+def test_text_classification_takes_the_hf_trainers_steps(tiny_bert, tmp_path, schedule, clip):
     from transformers import DataCollatorWithPadding
 
+    rng = random.Random(0)
+    rows = [
+        {**row, "text": " ".join([row["text"], *rng.sample(FILLER, rng.randint(0, 9))])} for row in sentiment_rows(72)
+    ]
     data = TextClassificationData(
         tokenizer_name=tiny_bert,
-        train_file=sentiment_files["train"],
-        validation_file=sentiment_files["validation"],
+        train_file=str(write_csv(tmp_path / "train.csv", rows)),
+        validation_split_percentage=0,
         batch_size=8,
     )
     module = TextClassification(
@@ -145,3 +172,18 @@ def test_accumulated_micro_batches_weigh_class_weighted_tokens_as_one_batch(tiny
         weights.append(module.model.state_dict())
     for name, weight in weights[0].items():
         torch.testing.assert_close(weights[1][name], weight, rtol=1e-4, atol=2e-5)
+
+
+def test_seq2seq_takes_the_hf_trainers_steps(tiny_t5, tmp_path):
+    """Sources of 3-6 words and their targets: the loss is a mean over a batch's target tokens (accumulation
+    is left out: T5's own loss ignores the HF Trainer's token count, see docs/performance.md)."""
+    data = Seq2SeqData(
+        tokenizer_name=tiny_t5,
+        train_file=write_jsonl(tmp_path / "train.jsonl", cipher_rows(64, seed=1)),
+        validation_split_percentage=0,
+        batch_size=8,
+    )
+    data.setup("fit")
+    module = Seq2Seq(model_name_or_path=tiny_t5, learning_rate=2e-3, warmup_steps=2)
+    without_dropout(module.model)
+    assert_same_steps(module, data, data.collator, tmp_path, steps=10, accumulate=1, clip=1.0, epochs=2)

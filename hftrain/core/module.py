@@ -32,9 +32,10 @@ from hftrain.core import internals
 from hftrain.core.data import TaskDataModule
 from hftrain.core.errors import HFTrainError
 from hftrain.core.generation import log_text_table
+from hftrain.core.length_split import batch_parts
 from hftrain.core.losses import TokenWeighting
 from hftrain.core.pretrained import load_model, load_tokenizer
-from hftrain.core.progress import library_progress_bars_off
+from hftrain.core.progress import batch_size, library_progress_bars_off
 from hftrain.metrics.custom import CustomMetricSpec, build_custom_metric
 
 # "val" (or "val/<name>" for each of several validation sets) and "test"; metric keys start with it
@@ -292,8 +293,9 @@ class TaskModule(LightningModule):
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         optimizer.zero_grad(set_to_none=True)
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self(**batch).loss
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        parts = batch_parts(batch)
+        loss, tokens = self.split_batch_loss(parts) if len(parts) > 1 else (self(**batch).loss, None)
         # only at the steps the loggers write: Lightning turns a logged value into a Python number after
         # every step it is logged at (a host-device sync on a GPU), and moves its store each call
         if internals.logs_this_step(self.trainer):
@@ -303,8 +305,24 @@ class TaskModule(LightningModule):
             return loss
         if trainer.strategy.handles_gradient_accumulation:  # DeepSpeed scales the micro-batches itself
             return loss
-        tokens = self.loss_tokens(batch)
+        if len(parts) == 1:
+            tokens = self.loss_tokens(batch)
         return loss if tokens is None else self.token_weighting.weigh(loss, tokens, trainer.world_size > 1)
+
+    def split_batch_loss(self, parts: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The mean loss of a batch served in parts of similar length (`data.split_by_length`), and the
+        tokens it averages over (None for a loss over examples). Each part's mean is weighted by what it
+        averages over, its tokens (`loss_tokens`) or its examples, so the loss and gradient are the whole
+        batch's. A part with nothing to average over (a mean of 0/0) adds nothing, gradient included."""
+        weighted, weights = [], []
+        for part in parts:
+            loss = self(**part).loss
+            tokens = self.loss_tokens(part)
+            weight = tokens.float() if tokens is not None else loss.new_tensor(float(batch_size(part)))
+            weighted.append(torch.where(weight > 0, loss * weight, 0.0))
+            weights.append(weight)
+        total = torch.stack(weights).sum()
+        return torch.stack(weighted).sum() / total, total if tokens is not None else None
 
     def loss_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """How many positions the training loss of `batch` averages over, for a task whose loss is a mean over

@@ -25,6 +25,8 @@ from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.trainer.states import TrainerFn
 from transformers.utils import logging as hf_logging
 
+from hftrain.core.length_split import batch_parts
+
 
 @contextmanager
 def library_progress_bars_off() -> Iterator[None]:
@@ -57,7 +59,10 @@ def duration(seconds: float) -> str:
 
 
 def batch_size(batch: Any) -> int:
-    """Examples in a batch (a dict or a tokenizer's `BatchEncoding`): the first dimension of its first tensor."""
+    """Examples in a batch (a dict or a tokenizer's `BatchEncoding`, or its parts when split by length): the
+    first dimension of its first tensor."""
+    if len(parts := batch_parts(batch)) > 1:
+        return sum(map(batch_size, parts))
     values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, list | tuple) else [batch]
     return next((len(v) for v in values if torch.is_tensor(v) and v.dim() > 0), 0)
 

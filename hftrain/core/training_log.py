@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
 from hftrain.core import internals
+from hftrain.core.length_split import batch_parts
 from hftrain.core.module import TaskModule
 
 # Lightning's default interval, kept for runs long enough to get this many points from it
@@ -84,12 +85,13 @@ class TrainingLog(Callback):
         self._restart_window()
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        inputs = batch.get("input_ids") if isinstance(batch, Mapping) else None
-        if inputs is None:
-            return
-        self._samples += len(inputs)
-        mask = batch.get("attention_mask")
-        self._tokens = self._tokens + (mask.sum() if mask is not None else inputs.numel())
+        for part in batch_parts(batch):
+            inputs = part.get("input_ids") if isinstance(part, Mapping) else None
+            if inputs is None:
+                return
+            self._samples += len(inputs)
+            mask = part.get("attention_mask")
+            self._tokens = self._tokens + (mask.sum() if mask is not None else inputs.numel())
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
         if not internals.logs_this_step(trainer):

@@ -1,0 +1,65 @@
+"""Training batches split into parts of similar length, so random batches carry little padding.
+
+A random batch pads every row to its longest one: on MRPC a third of what the model computes is padding.
+Grouping batches by length (`data.group_by_length`) removes it but changes which examples meet in a step,
+and over seeds it scored lower (docs/performance.md, section 1). Splitting keeps the batch and removes most
+of its padding: its rows are sorted by length, cut into a few consecutive parts, and each part is padded
+only to its own longest row. The module runs the parts one after the other and weighs their mean losses by
+what each averages over (examples, or tokens for a token-level loss), so the step's loss and gradient are
+the whole batch's: without dropout, training takes the steps of unsplit batches up to float rounding; with
+it, the rows draw other dropout masks (as another seed would), not a different kind of training.
+
+A part has a fixed cost besides its rows (one more pass through every layer, smaller matrix products), so a
+batch is cut only where that pays: the cut minimizes padded positions plus `PART_COST` per part. The plan
+depends on the batch alone, so a resumed run splits every batch as the uninterrupted run did.
+"""
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# positions a part must save to pay for itself: on CPU with all-MiniLM-L6-v2 an extra part cost as much time
+# as about 64 padded positions (docs/performance.md, "Changes" 10)
+PART_COST = 64
+# the batch key under which a split batch holds its parts
+PARTS = "parts"
+
+
+def split_points(lengths: list[int], part_cost: int) -> list[tuple[int, int]]:
+    """Row ranges `[(start, stop), …]` of `lengths`, sorted longest first, that minimize the padded positions
+    (each part's rows times its first row's length) plus `part_cost` per part. Exact (dynamic programming
+    over the cut points), quadratic in the batch size: a batch of 32 takes about 0.3 ms."""
+    best = [0] + [None] * len(lengths)
+    cut = [0] * (len(lengths) + 1)
+    for stop in range(1, len(lengths) + 1):
+        for start in range(stop):
+            cost = best[start] + (stop - start) * lengths[start] + part_cost
+            if best[stop] is None or cost < best[stop]:
+                best[stop], cut[stop] = cost, start
+    ranges, stop = [], len(lengths)
+    while stop > 0:
+        ranges.append((cut[stop], stop))
+        stop = cut[stop]
+    return ranges[::-1]
+
+
+@dataclass
+class LengthSplit:
+    """A collator that serves a training batch whole, or, where cutting it saves more than the parts cost
+    (`split_points`), as `{"parts": [batch, …]}`: its rows sorted longest first and collated part by part."""
+
+    collate: Callable
+    # the feature whose length is the row's length (the tokenizer's first model input)
+    length_key: str
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        order = sorted(range(len(features)), key=lambda i: -len(features[i][self.length_key]))
+        ranges = split_points([len(features[i][self.length_key]) for i in order], PART_COST)
+        if len(ranges) == 1:
+            return self.collate(features)
+        return {PARTS: [self.collate([features[i] for i in order[start:stop]]) for start, stop in ranges]}
+
+
+def batch_parts(batch: Any) -> list:
+    """The parts a training batch is served in: `[batch]` unless `LengthSplit` cut it."""
+    return batch[PARTS] if isinstance(batch, Mapping) and PARTS in batch else [batch]
