@@ -174,6 +174,33 @@ def test_accumulated_micro_batches_weigh_class_weighted_tokens_as_one_batch(tiny
         torch.testing.assert_close(weights[1][name], weight, rtol=1e-4, atol=2e-5)
 
 
+def test_class_weighted_text_classification_steps_over_micro_batches_as_one_batch(tiny_bert, tmp_path):
+    """The weighted cross-entropy divides by the gold classes' summed weights: 3 micro-batches of 4 (and the
+    parts of a split batch) are weighed by theirs, so the step equals one batch of 12."""
+    rng = random.Random(1)
+    rows = [
+        {**row, "text": " ".join([row["text"], *rng.sample(FILLER, rng.randint(0, 9))])} for row in sentiment_rows(96)
+    ]
+    train = str(write_csv(tmp_path / "train.csv", rows))
+    weights = []
+    for batch_size, accumulate in [(12, 1), (4, 3)]:
+        data = TextClassificationData(
+            tokenizer_name=tiny_bert, train_file=train, validation_split_percentage=0, batch_size=batch_size
+        )
+        torch.manual_seed(0)
+        module = TextClassification(
+            model_name_or_path=tiny_bert,
+            label_names=data.label_names,
+            class_weights={"pos": 4.0, "neg": 0.5},
+            learning_rate=2e-3,
+        )
+        without_dropout(module.model)
+        quiet_trainer(max_steps=8, accumulate_grad_batches=accumulate).fit(module, datamodule=data)
+        weights.append(module.model.state_dict())
+    for name, weight in weights[0].items():
+        torch.testing.assert_close(weights[1][name], weight, rtol=1e-4, atol=2e-5)
+
+
 def test_seq2seq_takes_the_hf_trainers_steps(tiny_t5, tmp_path):
     """Sources of 3-6 words and their targets: the loss is a mean over a batch's target tokens (accumulation
     is left out: T5's own loss ignores the HF Trainer's token count, see docs/performance.md)."""

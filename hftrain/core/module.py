@@ -325,9 +325,10 @@ class TaskModule(LightningModule):
         return torch.stack(weighted).sum() / total, total if tokens is not None else None
 
     def loss_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        """How many positions the training loss of `batch` averages over, for a task whose loss is a mean over
-        tokens (None, here: a mean over examples). An optimizer step over several micro-batches or ranks
-        then averages over all their tokens (`TokenWeighting`), as the HF Trainer does."""
+        """What the training loss of `batch` is a mean over when that is not its examples (None, here): its
+        tokens for a token-level loss, or the summed class weights of a class-weighted one. An optimizer step
+        over several micro-batches or ranks then averages over all of them (`TokenWeighting`), as the HF
+        Trainer does for tokens, and a batch split by length weighs its parts by them."""
         return None
 
     def on_after_backward(self) -> None:

@@ -103,6 +103,14 @@ class TextClassification(TaskModule):
             outputs.loss = cross_entropy(outputs.logits, labels, self.class_weight, self.label_smoothing_factor)
         return outputs
 
+    def loss_tokens(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        """With class weights on single-label classification, the summed weights of the batch's gold classes:
+        the weighted cross-entropy divides by them, so a step over several micro-batches (or a batch split by
+        length) weighs each by them. Otherwise the loss is a mean over examples (None)."""
+        if self.class_weight is None or self.problem_type != "single_label_classification":
+            return None
+        return self.class_weight[batch["labels"]].sum()
+
     def _metrics(self) -> MetricCollection:
         if self.problem_type == "regression":
             return MetricCollection(
