@@ -103,17 +103,37 @@ def assert_same_steps(module: TaskModule, data, collator, tmp_path: Path, steps:
         assert not torch.equal(weight, before[name]), f"{name} did not train"
 
 
+def assert_micro_batches_step_as_one_batch(make_data, make_module) -> None:
+    """Train 8 steps of one batch of 12 and 8 steps of 3 accumulated micro-batches of 4, from the same weights
+    (`make_module(data)` after the same seed) with dropout off: the weights must agree."""
+    weights = []
+    for batch_size, accumulate in [(12, 1), (4, 3)]:
+        data = make_data(batch_size)
+        torch.manual_seed(0)
+        module = make_module(data)
+        without_dropout(module.model)
+        quiet_trainer(max_steps=8, accumulate_grad_batches=accumulate).fit(module, datamodule=data)
+        weights.append(module.model.state_dict())
+    for name, weight in weights[0].items():
+        torch.testing.assert_close(weights[1][name], weight, rtol=1e-4, atol=2e-5)
+
+
+def varied_sentiment_file(folder: Path, rows: int, seed: int) -> str:
+    """A CSV of sentiment sentences with 0-9 filler words added, so batches have rows of different lengths."""
+    rng = random.Random(seed)
+    varied = [
+        {**row, "text": " ".join([row["text"], *rng.sample(FILLER, rng.randint(0, 9))])} for row in sentiment_rows(rows)
+    ]
+    return str(write_csv(folder / "train.csv", varied))
+
+
 @pytest.mark.parametrize(("schedule", "clip"), [("linear", 1.0), ("cosine", None)])
 def test_text_classification_takes_the_hf_trainers_steps(tiny_bert, tmp_path, schedule, clip):
     from transformers import DataCollatorWithPadding
 
-    rng = random.Random(0)
-    rows = [
-        {**row, "text": " ".join([row["text"], *rng.sample(FILLER, rng.randint(0, 9))])} for row in sentiment_rows(72)
-    ]
     data = TextClassificationData(
         tokenizer_name=tiny_bert,
-        train_file=str(write_csv(tmp_path / "train.csv", rows)),
+        train_file=varied_sentiment_file(tmp_path, 72, seed=0),
         validation_split_percentage=0,
         batch_size=8,
     )
@@ -155,50 +175,34 @@ def test_accumulated_micro_batches_weigh_class_weighted_tokens_as_one_batch(tiny
     """Token classification with class weights: 3 micro-batches of 4 sentences make the step one batch of 12
     makes (the weighted cross-entropy divides by the summed weights of the labelled tokens)."""
     train = str(write_jsonl(tmp_path / "train.jsonl", ner_rows(96, seed=1)))
-    weights = []
-    for batch_size, accumulate in [(12, 1), (4, 3)]:
-        data = TokenClassificationData(
+    assert_micro_batches_step_as_one_batch(
+        lambda batch_size: TokenClassificationData(
             tokenizer_name=tiny_bert, train_file=train, validation_split_percentage=0, batch_size=batch_size
-        )
-        torch.manual_seed(0)
-        module = TokenClassification(
+        ),
+        lambda data: TokenClassification(
             model_name_or_path=tiny_bert,
             label_names=["O", "B-PER", "I-PER", "B-LOC", "I-LOC"],
             class_weights={"B-PER": 3.0, "I-PER": 2.0, "O": 0.5},
             learning_rate=2e-3,
-        )
-        without_dropout(module.model)
-        quiet_trainer(max_steps=8, accumulate_grad_batches=accumulate).fit(module, datamodule=data)
-        weights.append(module.model.state_dict())
-    for name, weight in weights[0].items():
-        torch.testing.assert_close(weights[1][name], weight, rtol=1e-4, atol=2e-5)
+        ),
+    )
 
 
 def test_class_weighted_text_classification_steps_over_micro_batches_as_one_batch(tiny_bert, tmp_path):
     """The weighted cross-entropy divides by the gold classes' summed weights: 3 micro-batches of 4 (and the
     parts of a split batch) are weighed by theirs, so the step equals one batch of 12."""
-    rng = random.Random(1)
-    rows = [
-        {**row, "text": " ".join([row["text"], *rng.sample(FILLER, rng.randint(0, 9))])} for row in sentiment_rows(96)
-    ]
-    train = str(write_csv(tmp_path / "train.csv", rows))
-    weights = []
-    for batch_size, accumulate in [(12, 1), (4, 3)]:
-        data = TextClassificationData(
+    train = varied_sentiment_file(tmp_path, 96, seed=1)
+    assert_micro_batches_step_as_one_batch(
+        lambda batch_size: TextClassificationData(
             tokenizer_name=tiny_bert, train_file=train, validation_split_percentage=0, batch_size=batch_size
-        )
-        torch.manual_seed(0)
-        module = TextClassification(
+        ),
+        lambda data: TextClassification(
             model_name_or_path=tiny_bert,
             label_names=data.label_names,
             class_weights={"pos": 4.0, "neg": 0.5},
             learning_rate=2e-3,
-        )
-        without_dropout(module.model)
-        quiet_trainer(max_steps=8, accumulate_grad_batches=accumulate).fit(module, datamodule=data)
-        weights.append(module.model.state_dict())
-    for name, weight in weights[0].items():
-        torch.testing.assert_close(weights[1][name], weight, rtol=1e-4, atol=2e-5)
+        ),
+    )
 
 
 def test_seq2seq_takes_the_hf_trainers_steps(tiny_t5, tmp_path):
