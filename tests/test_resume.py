@@ -3,11 +3,15 @@ during a checkpoint write leaves the previous checkpoint loadable, a NaN loss st
 
 import random
 
+import pytest
 import torch
 import yaml
+from conftest import FILLER, sentiment_rows, write_csv
 from helpers import classification_config, hftrain, run_cli
 
+from hftrain.core.length_split import PARTS
 from hftrain.core.runs import read_results
+from hftrain.tasks.text_classification import TextClassificationData
 
 STEPS_PER_EPOCH = 12  # 96 training rows, batch 8
 
@@ -27,20 +31,44 @@ def weights(checkpoint) -> dict[str, torch.Tensor]:
     return torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
 
 
-def test_killed_run_resumes_to_the_uninterrupted_weights(tiny_bert, sentiment_files, tmp_path):
-    straight = resumable_config(tmp_path / "straight.yaml", tiny_bert, sentiment_files)
+@pytest.fixture
+def uneven_files(tiny_bert, sentiment_files, tmp_path) -> dict[str, str]:
+    """The sentiment files with 20 filler words added to about half of the training sentences, so that on CPU
+    hftrain's default split by length cuts most batches into parts (checked here): a resumed run must
+    replay those parts as the uninterrupted run trained them."""
+    rng = random.Random(5)
+    rows = [
+        {**row, "text": " ".join([row["text"], *rng.choices(FILLER, k=20)])} if rng.random() < 0.5 else row
+        for row in sentiment_rows(96, seed=1)
+    ]
+    files = {**sentiment_files, "train": str(write_csv(tmp_path / "uneven.csv", rows))}
+    data = TextClassificationData(
+        tokenizer_name=tiny_bert,
+        train_file=files["train"],
+        validation_file=files["validation"],
+        batch_size=8,
+        split_by_length=True,
+    )
+    data.setup("fit")
+    split = sum(PARTS in batch for batch in data.train_dataloader())
+    assert split >= STEPS_PER_EPOCH // 2, f"only {split} of {STEPS_PER_EPOCH} batches split"
+    return files
+
+
+def test_killed_run_resumes_to_the_uninterrupted_weights(tiny_bert, uneven_files, tmp_path):
+    straight = resumable_config(tmp_path / "straight.yaml", tiny_bert, uneven_files)
     assert hftrain("fit", "--config", straight).returncode == 0
 
     kill_step = random.Random().randint(4, 2 * STEPS_PER_EPOCH - 1)  # after the first last.ckpt (step 3)
     killer = {"class_path": "faults.KillAtStep", "init_args": {"step": kill_step}}
-    killed = resumable_config(tmp_path / "killed.yaml", tiny_bert, sentiment_files, fault=killer)
+    killed = resumable_config(tmp_path / "killed.yaml", tiny_bert, uneven_files, fault=killer)
     first = hftrain("fit", "--config", killed)
     assert first.returncode == -9, (kill_step, first.stderr[-2000:])
     run = tmp_path / "runs" / "killed" / "version_0"
     saved_step = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
     assert saved_step == (kill_step - 1) // 3 * 3  # the kill comes before that step's own save
 
-    resumed = resumable_config(tmp_path / "killed.yaml", tiny_bert, sentiment_files)
+    resumed = resumable_config(tmp_path / "killed.yaml", tiny_bert, uneven_files)
     second = hftrain("fit", "--config", resumed, "--ckpt_path", "last")
     assert second.returncode == 0, second.stderr[-2000:]
 
