@@ -96,16 +96,31 @@ class TrainingLog(Callback):
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
         if not internals.logs_this_step(trainer):
             return
-        pl_module.log("train/lr", optimizer.param_groups[0]["lr"])
+        if trainer.is_global_zero:
+            self._write_step(trainer, pl_module, optimizer)
+        self._restart_window()
+
+    def _write_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
+        """Write this logging step's figures to the loggers directly, as Lightning's `LearningRateMonitor`
+        does: through `self.log` each would cost about 0.5 ms on CPU (Lightning copies a metric's settings on
+        every call), 2 ms per logging step, more than a small model's whole step. Device values are read
+        in one transfer, at logging steps only."""
+        figures: dict[str, Any] = {"train/lr": optimizer.param_groups[0]["lr"]}
         if isinstance(trainer.strategy, SingleDeviceStrategy | DDPStrategy):
             grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
             if grads:
-                pl_module.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
+                figures["train/grad_norm"] = torch.nn.utils.get_total_norm(grads)
         elapsed = time.perf_counter() - self._window_start
         if self._samples and elapsed > 0:
-            pl_module.log("train/samples_per_sec", self._samples * trainer.world_size / elapsed)
-            pl_module.log("train/tokens_per_sec", self._tokens * trainer.world_size / elapsed)
-        self._restart_window()
+            figures["train/samples_per_sec"] = self._samples * trainer.world_size / elapsed
+            figures["train/tokens_per_sec"] = self._tokens * trainer.world_size / elapsed
+        on_device = [name for name, value in figures.items() if isinstance(value, torch.Tensor)]
+        if on_device:
+            values = torch.stack([figures[name].float() for name in on_device]).tolist()
+            figures.update(zip(on_device, values, strict=True))
+        step = internals.logged_step(trainer)
+        for logger in trainer.loggers:
+            logger.log_metrics(figures, step=step)
 
     # ------------------------------------------------------------------ validation
 
