@@ -6,7 +6,7 @@ TensorBoard then shows, for every run however short: `train/loss`, `train/lr`, `
 beside each run's hyperparameters.
 
 Nothing here reads a number from the device between logging steps: the gradient norm and token count
-stay device tensors, logged only on logging steps, when Lightning converts every logged value anyway.
+stay device tensors, read in one transfer at logging steps, when Lightning converts the logged loss anyway.
 """
 
 import math
