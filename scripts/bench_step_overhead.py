@@ -9,6 +9,9 @@ schedule and gradient clipping at norm 1.0:
 
 - `bare`: the floor. A `DataLoader` with `DataCollatorWithPadding`, then forward, backward,
   `clip_grad_norm_`, `optimizer.step()`, `scheduler.step()`, `zero_grad()`; nothing else.
+- `lightning`: the bare loop's model, loader, optimizer, schedule and clipping in a minimal
+  `LightningModule` (`training_step` returns the loss) under a Lightning `Trainer` with no logger, callbacks or
+  progress bar: what Lightning's loop costs by itself, the floor of any trainer built on it.
 - `hf`: `transformers.Trainer` at its defaults (tqdm bar, logging every 500 steps, no reporting
   integration), `max_grad_norm=1.0`; `hf-no-progress-bar` with `disable_tqdm=True`.
 - `hftrain`: `hftrain.cli.HFTrainCLI(args=..., run=False)`, so the trainer carries the CLI's defaults
@@ -57,7 +60,7 @@ ABLATIONS = {
     "logger": "trainer.logger false (TensorBoard), and so no TrainingLog either",
     "stateful-loader": "torch DataLoader instead of torchdata's StatefulDataLoader",
 }
-VARIANTS = ["bare", "hf", "hf-no-progress-bar", "hftrain"] + [f"hftrain-no-{a}" for a in ABLATIONS]
+VARIANTS = ["bare", "lightning", "hf", "hf-no-progress-bar", "hftrain"] + [f"hftrain-no-{a}" for a in ABLATIONS]
 VARIANTS.append("hftrain-bare-lightning")
 DEFAULT_VARIANTS = "bare,hf,hftrain"
 
@@ -308,7 +311,8 @@ def time_callbacks(parts: PartTimer, callbacks: list) -> None:
                 parts.wrap(callback, hook, f"callback {type(callback).__name__}.{hook}")
 
 
-def run_bare(args: argparse.Namespace, workdir: Path, clock: StepClock) -> None:
+def bare_setup(args: argparse.Namespace, workdir: Path):
+    """The bare loop's loader, model (in training mode), fused AdamW in two groups and linear schedule."""
     import datasets
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, get_scheduler
@@ -334,8 +338,15 @@ def run_bare(args: argparse.Namespace, workdir: Path, clock: StepClock) -> None:
         lr=args.learning_rate,
         fused=True,
     )
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=0, num_training_steps=args.warmup + args.steps)
+    return device, loader, model, optimizer, scheduler
+
+
+def run_bare(args: argparse.Namespace, workdir: Path, clock: StepClock) -> None:
+    import torch
+
+    device, loader, model, optimizer, scheduler = bare_setup(args, workdir)
     total = args.warmup + args.steps
-    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=0, num_training_steps=total)
     if args.parts:
         for owner, attribute, label in [
             (torch.utils.data.dataloader._BaseDataLoaderIter, "__next__", "next batch (loader, sampler, collate)"),
@@ -360,6 +371,46 @@ def run_bare(args: argparse.Namespace, workdir: Path, clock: StepClock) -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()  # the clock reads host time: wait for the step the GPU still runs
         clock.step_end()
+
+
+def run_lightning(args: argparse.Namespace, workdir: Path, clock: StepClock) -> None:
+    """The bare loop's work under Lightning's loop and nothing else. The model is put in training mode
+    before the fit: Lightning 2.6 keeps the modes of submodules, and `from_pretrained` returns a model in
+    evaluation mode, which would train without dropout: faster, and not the same work."""
+    import torch
+    from lightning.pytorch import Callback, LightningModule, Trainer
+
+    _, loader, model, optimizer, scheduler = bare_setup(args, workdir)
+
+    class Plain(LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def training_step(self, batch, batch_idx):
+            return self.model(**batch).loss
+
+        def configure_optimizers(self):
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    class Clock(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if args.accelerator == "gpu":
+                torch.cuda.synchronize()
+            clock.step_end()
+
+    trainer = Trainer(
+        accelerator=args.accelerator,
+        devices=1,
+        max_steps=args.warmup + args.steps,
+        gradient_clip_val=args.max_grad_norm,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Clock()],
+    )
+    trainer.fit(Plain(), loader)
 
 
 def run_hf(args: argparse.Namespace, workdir: Path, clock: StepClock, progress_bar: bool) -> None:
@@ -494,6 +545,8 @@ def child(args: argparse.Namespace) -> None:
     clock = StepClock(args.warmup, args.steps, profile, args.profiler)
     if args.child == "bare":
         run_bare(args, workdir, clock)
+    elif args.child == "lightning":
+        run_lightning(args, workdir, clock)
     elif args.child.startswith("hf-") or args.child == "hf":
         run_hf(args, workdir, clock, progress_bar=args.child == "hf")
     elif args.child == "hftrain-bare-lightning":
