@@ -2,7 +2,7 @@
 
 import datasets
 
-from hftrain.core.data import TaskDataModule, tokenizer_fingerprint
+from hftrain.core.data import TaskDataModule, column, tokenizer_fingerprint
 from hftrain.core.pretrained import load_tokenizer
 
 
@@ -34,3 +34,14 @@ def test_tokenizer_fingerprint_changes_with_what_changes_the_output(tiny_bert):
     changed[2].add_tokens(["brandnewword"])
     prints = {tokenizer_fingerprint(t) for t in changed}
     assert len(prints) == 3 and tokenizer_fingerprint(tokenizer) not in prints
+
+
+def test_column_reads_a_dataset_in_its_own_row_order_and_passes_batches_through():
+    """The data checks read whole columns at once; a shuffled or selected dataset keeps its rows in an
+    indices mapping over the Arrow table, and the values must come in the dataset's order, not the table's."""
+    table = datasets.Dataset.from_dict({"text": [f"row {i}" for i in range(10)], "label": list(range(10))})
+    view = table.shuffle(seed=0).select([7, 2, 5])
+    assert column(view, "label") == [view[i]["label"] for i in range(3)] != [0, 1, 2]
+    assert column(view, "text") == [f"row {v}" for v in column(view, "label")]
+    batch = {"label": [3, 1]}
+    assert column(batch, "label") is batch["label"]

@@ -49,6 +49,14 @@ READERS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+def column(data: datasets.Dataset | Mapping[str, list], name: str) -> list:
+    """The values of a column of a dataset (or of a batch of its rows) as a list. A dataset's column is read
+    from Arrow at once: iterating `dataset[name]`, a lazy `datasets.Column`, formats row by row (~10 µs a
+    row), which made the data checks take 3 s at every start on SST-2's 67k rows."""
+    values = data[name]
+    return values if isinstance(values, list) else values[:]
+
+
 def default_cache_root() -> Path:
     """Where tokenized splits are cached: ``$HFTRAIN_CACHE``, else ``~/.cache/hftrain``."""
     return Path(os.environ.get("HFTRAIN_CACHE", Path.home() / ".cache" / "hftrain"))
@@ -452,13 +460,13 @@ class TaskDataModule(LightningDataModule):
         """Fail early, naming the row, when a text column holds an empty cell (None) instead of a string;
         columns a split does not have (the predict split's labels) are skipped."""
         for split, dataset in raw.items():
-            for column in columns:
-                if column is None or column not in dataset.column_names:
+            for name in columns:
+                if name is None or name not in dataset.column_names:
                     continue
-                missing = [i for i, text in enumerate(dataset[column]) if not isinstance(text, str)]
+                missing = [i for i, text in enumerate(column(dataset, name)) if not isinstance(text, str)]
                 if missing:
                     raise HFTrainError(
-                        f"The {split} data ({self.source(split)}) has no text in column '{column}' at row "
+                        f"The {split} data ({self.source(split)}) has no text in column '{name}' at row "
                         f"{missing[0] + 1} ({len(missing)} such rows). Fill in or drop those rows."
                     )
 

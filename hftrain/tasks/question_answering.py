@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics.text import SQuAD
 from transformers import AutoModelForQuestionAnswering
 
-from hftrain.core.data import TaskDataModule
+from hftrain.core.data import TaskDataModule, column
 from hftrain.core.errors import HFTrainError
 from hftrain.core.module import Stage, TaskModule, is_validation
 from hftrain.tasks.question_answering_processing import (
@@ -201,7 +201,7 @@ class QuestionAnsweringData(TaskDataModule):
     def _check_split(self, split: str, dataset: datasets.Dataset) -> None:
         """Reject rows that would train or score wrongly: every problem names its row and the fix."""
         where = f"The {split} data ({self.source(split)})"
-        ids = [str(i) for i in dataset[self.id_column]]
+        ids = [str(i) for i in column(dataset, self.id_column)]
         if len(set(ids)) < len(ids):
             seen: set[str] = set()
             row = next(i for i, x in enumerate(ids) if x in seen or seen.add(x))
@@ -209,7 +209,7 @@ class QuestionAnsweringData(TaskDataModule):
                 f"{where} repeats the id '{ids[row]}' at row {row + 1}: ids must be unique, since each "
                 f"question is scored once by id. Give every question its own id (column '{self.id_column}')."
             )
-        contexts, questions = dataset[self.context_column], dataset[self.question_column]
+        contexts, questions = column(dataset, self.context_column), column(dataset, self.question_column)
         for row, (context, question) in enumerate(zip(contexts, questions, strict=True)):
             for name, text, setting in (
                 ("context", context, "context_column"),
@@ -230,7 +230,7 @@ class QuestionAnsweringData(TaskDataModule):
                 )
         if self.answer_column not in dataset.column_names:
             return
-        for row, (context, answers) in enumerate(zip(contexts, dataset[self.answer_column], strict=True)):
+        for row, (context, answers) in enumerate(zip(contexts, column(dataset, self.answer_column), strict=True)):
             texts, starts = answers.get("text") or [], answers.get("answer_start") or []
             if len(texts) != len(starts):
                 raise HFTrainError(

@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq
 
-from hftrain.core.data import TaskDataModule
+from hftrain.core.data import TaskDataModule, column
 from hftrain.core.errors import HFTrainError
 from hftrain.core.generation import set_generation_config
 from hftrain.core.losses import IGNORE_INDEX
@@ -260,8 +260,8 @@ class Seq2SeqData(TaskDataModule):
     def texts(self, data: datasets.Dataset | dict[str, list], role: Literal["source", "target"]) -> list:
         """The source or target texts of a dataset or of a batch of its rows."""
         if self.parallel:
-            return [row[getattr(self, f"{role}_lang")] for row in data[TRANSLATION_COLUMN]]
-        return data[getattr(self, f"{role}_column")]
+            return [row[getattr(self, f"{role}_lang")] for row in column(data, TRANSLATION_COLUMN)]
+        return column(data, getattr(self, f"{role}_column"))
 
     def check_data(self, raw: datasets.DatasetDict) -> None:
         if self.parallel:
@@ -313,13 +313,13 @@ class Seq2SeqData(TaskDataModule):
                 if not isinstance(text, str) or (role == "target" and not text.strip())
             ]
             if bad:
-                column = (
+                field = (
                     f"{TRANSLATION_COLUMN}.{getattr(self, f'{role}_lang')}"
                     if self.parallel
                     else getattr(self, f"{role}_column")
                 )
                 raise HFTrainError(
-                    f"Empty or missing {role} text at {where(role)} {bad[0] + 1} ('{column}'; {len(bad)} "
+                    f"Empty or missing {role} text at {where(role)} {bad[0] + 1} ('{field}'; {len(bad)} "
                     "such rows). Every pair needs a source and a non-empty target: fill in or drop them."
                 )
 

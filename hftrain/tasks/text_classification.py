@@ -17,7 +17,7 @@ from torchmetrics.classification import Accuracy, F1Score, MatthewsCorrCoef
 from torchmetrics.regression import MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
 
-from hftrain.core.data import TaskDataModule
+from hftrain.core.data import TaskDataModule, column
 from hftrain.core.errors import HFTrainError
 from hftrain.core.losses import check_label_smoothing, class_weight_tensor, cross_entropy
 from hftrain.core.module import Stage, TaskModule, is_validation
@@ -227,7 +227,7 @@ class TextClassificationData(TaskDataModule):
         self.require_text(raw, [self.text_column, self.text_pair_column])
         for split, dataset in raw.items():
             feature = dataset.features.get(self.label_column)
-            if isinstance(feature, datasets.ClassLabel) and all(v == -1 for v in dataset[self.label_column]):
+            if isinstance(feature, datasets.ClassLabel) and all(v == -1 for v in column(dataset, self.label_column)):
                 # Hub convention for hidden labels (the GLUE test sets): the split is unlabeled
                 raw[split] = dataset.remove_columns(self.label_column)
         train = raw.get("train")
@@ -243,7 +243,7 @@ class TextClassificationData(TaskDataModule):
             self.label_names = self._discover_labels(train)
         for split, dataset in raw.items():
             if self.label_column in dataset.column_names and (split != "predict" or "test" not in raw):
-                self._encode_labels(dataset[self.label_column], split)
+                self._encode_labels(column(dataset, self.label_column), split)
 
     def _find_text_columns(self, raw: datasets.DatasetDict) -> None:
         """Set the text column(s) from the data when unset, the way `run_glue.py` reads a csv/json file."""
@@ -293,7 +293,7 @@ class TextClassificationData(TaskDataModule):
         if names is not None:
             return names
         return self.distinct_labels(
-            v for row in train[self.label_column] for v in self._row_labels(row) if v is not None
+            v for row in column(train, self.label_column) for v in self._row_labels(row) if v is not None
         )
 
     def _encode_labels(self, values: list, split: str) -> list:

@@ -22,7 +22,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from hftrain.core.data import TaskDataModule
+from hftrain.core.data import TaskDataModule, column
 from hftrain.core.errors import HFTrainError
 from hftrain.core.losses import IGNORE_INDEX as IGNORE
 from hftrain.core.losses import check_label_smoothing, class_weight_tensor, cross_entropy
@@ -281,9 +281,9 @@ class TokenClassificationData(TaskDataModule):
             self.label_names = self._discover_labels(train)
         for split, dataset in raw.items():
             has_tags = self.tag_column in dataset.column_names and split != "predict"
-            tags = dataset[self.tag_column] if has_tags else None
+            tags = column(dataset, self.tag_column) if has_tags else None
             class_names = self.class_names(dataset, self.tag_column)
-            for row, words in enumerate(dataset[self.tokens_column]):
+            for row, words in enumerate(column(dataset, self.tokens_column)):
                 if not isinstance(words, list) or not words or not all(isinstance(w, str) for w in words):
                     raise HFTrainError(
                         f"{self._where(split, row)}: column '{self.tokens_column}' must be a non-empty list "
@@ -322,7 +322,7 @@ class TokenClassificationData(TaskDataModule):
         names = self.class_names(train, self.tag_column)
         if names is not None:
             return names
-        values = [tag for row in train[self.tag_column] for tag in row or []]
+        values = [tag for row in column(train, self.tag_column) for tag in row or []]
         if any(not isinstance(v, str) for v in values):
             raise HFTrainError(
                 f"The training data ({self.source('train')}) has tag ids in column '{self.tag_column}' but "
