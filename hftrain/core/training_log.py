@@ -96,7 +96,7 @@ class TrainingLog(Callback):
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
         if not internals.logs_this_step(trainer):
             return
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and trainer.loggers:
             self._write_step(trainer, pl_module, optimizer)
         self._restart_window()
 
