@@ -143,8 +143,11 @@ class StepClock:
     more, so Python-heavy code looks slower than it is) writes pstats to `profile`.prof.
     """
 
-    def __init__(self, warmup: int, steps: int, profile: str | None = None, profiler: str = "pyinstrument") -> None:
+    def __init__(
+        self, warmup: int, steps: int, profile: str | None = None, profiler: str = "pyinstrument", gpu: bool = False
+    ) -> None:
         self.warmup = warmup
+        self.gpu = gpu
         self.steps = steps
         self.parts = PartTimer()
         self.wall: list[float] = []
@@ -154,6 +157,10 @@ class StepClock:
         self.profiler = None
 
     def step_end(self) -> None:
+        if self.gpu:  # the clock reads host time: wait for the step the GPU still runs
+            import torch
+
+            torch.cuda.synchronize()
         self.wall.append(time.perf_counter())
         self.cpu.append(time.process_time())
         if len(self.wall) == self.warmup:
@@ -196,6 +203,18 @@ class StepClock:
             "median_ms": 1000 * statistics.median(gaps),
             "cpu_ms_per_step": 1000 * (cpu[-1] - cpu[0]) / steps,
         }
+
+
+def lightning_clock(clock: StepClock):
+    """A Lightning callback that reads `clock` at the end of every training batch (Lightning imported here:
+    only the child that runs it loads it)."""
+    from lightning.pytorch import Callback
+
+    class Clock(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            clock.step_end()
+
+    return Clock()
 
 
 def inclusive_times(root, steps: int) -> list[tuple[str, float]]:
@@ -368,8 +387,6 @@ def run_bare(args: argparse.Namespace, workdir: Path, clock: StepClock) -> None:
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()  # the clock reads host time: wait for the step the GPU still runs
         clock.step_end()
 
 
@@ -377,8 +394,7 @@ def run_lightning(args: argparse.Namespace, workdir: Path, clock: StepClock) -> 
     """The bare loop's work under Lightning's loop and nothing else. The model is put in training mode
     before the fit: Lightning 2.6 keeps the modes of submodules, and `from_pretrained` returns a model in
     evaluation mode, which would train without dropout: faster, and not the same work."""
-    import torch
-    from lightning.pytorch import Callback, LightningModule, Trainer
+    from lightning.pytorch import LightningModule, Trainer
 
     _, loader, model, optimizer, scheduler = bare_setup(args, workdir)
 
@@ -393,12 +409,6 @@ def run_lightning(args: argparse.Namespace, workdir: Path, clock: StepClock) -> 
         def configure_optimizers(self):
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    class Clock(Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            if args.accelerator == "gpu":
-                torch.cuda.synchronize()
-            clock.step_end()
-
     trainer = Trainer(
         accelerator=args.accelerator,
         devices=1,
@@ -408,14 +418,13 @@ def run_lightning(args: argparse.Namespace, workdir: Path, clock: StepClock) -> 
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[Clock()],
+        callbacks=[lightning_clock(clock)],
     )
     trainer.fit(Plain(), loader)
 
 
 def run_hf(args: argparse.Namespace, workdir: Path, clock: StepClock, progress_bar: bool) -> None:
     import datasets
-    import torch
     from transformers import (
         AutoModelForSequenceClassification,
         AutoTokenizer,
@@ -431,8 +440,6 @@ def run_hf(args: argparse.Namespace, workdir: Path, clock: StepClock, progress_b
 
     class Clock(TrainerCallback):
         def on_step_end(self, arguments, state, control, **kwargs):
-            if torch.cuda.is_available() and args.accelerator == "gpu":
-                torch.cuda.synchronize()
             clock.step_end()
 
     training_args = TrainingArguments(
@@ -497,7 +504,6 @@ def hftrain_config(args: argparse.Namespace, workdir: Path, removed: set[str]) -
 def run_hftrain(args: argparse.Namespace, workdir: Path, clock: StepClock, removed: set[str]) -> None:
     """hftrain with the CLI's defaults, less the parts in `removed` (patched here, not in the package)."""
     import torch
-    from lightning.pytorch import Callback
 
     from hftrain.core import callbacks, data
     from hftrain.core.module import TaskModule
@@ -523,15 +529,9 @@ def run_hftrain(args: argparse.Namespace, workdir: Path, clock: StepClock, remov
     kinds = tuple(drop[part] for part in removed if part in drop)
     cli.trainer.callbacks[:] = [c for c in cli.trainer.callbacks if not (kinds and isinstance(c, kinds))]
 
-    class Clock(Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            if args.accelerator == "gpu":
-                torch.cuda.synchronize()
-            clock.step_end()
-
     if args.parts:
         time_callbacks(clock.parts, cli.trainer.callbacks)
-    cli.trainer.callbacks.append(Clock())
+    cli.trainer.callbacks.append(lightning_clock(clock))
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
 
 
@@ -542,7 +542,7 @@ def child(args: argparse.Namespace) -> None:
     workdir = Path(args.workdir)
     os.chdir(workdir)  # hftrain's runs/ folder lands here
     profile = f"{args.profile}.{args.child}" if args.profile else None
-    clock = StepClock(args.warmup, args.steps, profile, args.profiler)
+    clock = StepClock(args.warmup, args.steps, profile, args.profiler, gpu=args.accelerator == "gpu")
     if args.child == "bare":
         run_bare(args, workdir, clock)
     elif args.child == "lightning":
