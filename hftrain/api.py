@@ -31,7 +31,7 @@ from hftrain.cli import (
     default_callbacks,
     find_user_error,
     scale_log_interval,
-    use_atomic_checkpoints,
+    use_hftrain_parts,
     with_progress_bar,
 )
 from hftrain.core import internals, runs
@@ -236,7 +236,7 @@ def trainer(name: str = "notebook", save_dir: str | Path = runs.RUNS_DIR, **trai
     if not any(isinstance(c, Checkpoint) for c in callbacks):
         callbacks.append(TaskCheckpoint(**CHECKPOINT_DEFAULTS))
     options = {"logger": TensorBoardLogger(save_dir, name=name), **TRAINER_DEFAULTS, **trainer_kwargs}
-    trainer = use_atomic_checkpoints(Trainer(**options, callbacks=callbacks + default_callbacks()))
+    trainer = use_hftrain_parts(Trainer(**options, callbacks=callbacks + default_callbacks()))
     if "log_every_n_steps" not in trainer_kwargs:
         scale_log_interval(trainer)
     return trainer

@@ -28,6 +28,7 @@ from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from hftrain import _EXPORTS, options
@@ -46,6 +47,7 @@ from hftrain.core.data import TaskDataModule
 from hftrain.core.errors import HFTrainError, parser_error
 from hftrain.core.internals import task_class_of
 from hftrain.core.module import TaskModule
+from hftrain.core.profiler import NoProfiler
 from hftrain.core.progress import TrainingProgress
 from hftrain.core.signals import RunInterrupted, StopOnSignal
 from hftrain.core.training_log import TrainingLog
@@ -150,10 +152,13 @@ def with_progress_bar(callbacks: Callback | list[Callback] | None, enable_progre
     return callbacks
 
 
-def use_atomic_checkpoints(trainer: Trainer) -> Trainer:
-    """Write the trainer's checkpoints through a temporary file, unless the user chose another checkpoint IO."""
+def use_hftrain_parts(trainer: Trainer) -> Trainer:
+    """Swap hftrain's parts into a built trainer where the user chose none: checkpoints written through a
+    temporary file, and a profiler that costs nothing when nothing is profiled."""
     if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
         trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+    if type(trainer.profiler) is PassThroughProfiler:
+        trainer.profiler = NoProfiler()
     return trainer
 
 
@@ -248,7 +253,7 @@ class HFTrainCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer_config = (self.config_init[self.subcommand] if self.subcommand else self.config_init).trainer
         kwargs.setdefault("callbacks", with_progress_bar(trainer_config.callbacks, trainer_config.enable_progress_bar))
-        trainer = use_atomic_checkpoints(super().instantiate_trainer(**kwargs))
+        trainer = use_hftrain_parts(super().instantiate_trainer(**kwargs))
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.trainer.log_every_n_steps is None:
             scale_log_interval(trainer)

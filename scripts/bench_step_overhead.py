@@ -18,7 +18,9 @@ schedule and gradient clipping at norm 1.0:
   (TensorBoard logger, progress display, TrainingLog, StopOnNonFiniteLoss, TaskCheckpoint, export
   and results callbacks, per-batch reseeding, `self.log` of the loss), then `trainer.fit`.
 - `hftrain-no-<part>` (ablations, `--variants all`): hftrain with one part of its per-step work taken
-  away, so the difference to `hftrain` is that part's cost; `hftrain-bare-lightning` takes all of them away.
+  away, so the difference to `hftrain` is that part's cost (`hftrain-no-free-profiler` puts Lightning's
+  own profiler back, so there the difference is what hftrain's saves); `hftrain-bare-lightning` takes all
+  of them away.
 
 Each run is a fresh subprocess and the variants alternate, each repeat starting one variant later
 (A B C, B C A, C A B, …), so drift in a shared machine's load falls on all of them. A run times `--steps`
@@ -59,10 +61,20 @@ ABLATIONS = {
     "checkpoint": "no TaskCheckpoint",
     "logger": "trainer.logger false (TensorBoard), and so no TrainingLog either",
     "stateful-loader": "torch DataLoader instead of torchdata's StatefulDataLoader",
+    "free-profiler": "Lightning's PassThroughProfiler (a new generator per hook call) instead of hftrain's NoProfiler",
 }
 VARIANTS = ["bare", "lightning", "hf", "hf-no-progress-bar", "hftrain"] + [f"hftrain-no-{a}" for a in ABLATIONS]
 VARIANTS.append("hftrain-bare-lightning")
 DEFAULT_VARIANTS = "bare,hf,hftrain"
+# Lightning's hooks of a training step, each dispatched to every callback
+STEP_HOOKS = [
+    "on_train_batch_start",
+    "on_before_backward",
+    "on_after_backward",
+    "on_before_optimizer_step",
+    "on_before_zero_grad",
+    "on_train_batch_end",
+]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -246,12 +258,15 @@ class PartTimer:
         self.seconds: dict[str, float] = {}
         self.calls: dict[str, int] = {}
 
-    def wrap(self, owner, attribute: str, label: str) -> None:
+    def wrap(self, owner, attribute: str, label: str, only=None) -> None:
+        """Time `owner.attribute` under `label`: every call, or those whose arguments `only` accepts."""
         function = getattr(owner, attribute)
         self.seconds[label], self.calls[label] = 0.0, 0  # the table keeps this order
 
         @functools.wraps(function)  # keeps the signature: hftrain passes a model only the inputs its forward names
         def timed(*args, **kwargs):
+            if only is not None and not only(*args):
+                return function(*args, **kwargs)
             start = time.perf_counter()
             try:
                 return function(*args, **kwargs)
@@ -286,6 +301,7 @@ def time_lightning_parts(parts: PartTimer) -> None:
     from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
     from lightning.pytorch.plugins.precision import Precision
     from lightning.pytorch.strategies import Strategy
+    from lightning.pytorch.trainer import call
     from lightning.pytorch.trainer.connectors.logger_connector.logger_connector import _LoggerConnector
     from transformers import BertForSequenceClassification
 
@@ -310,24 +326,22 @@ def time_lightning_parts(parts: PartTimer) -> None:
         (_LoggerConnector, "update_train_step_metrics", "logger connector update_train_step_metrics"),
     ]:
         parts.wrap(owner, attribute, label)
+    parts.wrap(
+        call,
+        "_call_callback_hooks",
+        "callback hooks of the step (Lightning's dispatch to every callback, the callbacks' work)",
+        only=lambda trainer, hook, *args: hook in STEP_HOOKS,
+    )
 
 
 def time_callbacks(parts: PartTimer, callbacks: list) -> None:
-    """Wrap every per-step hook a callback overrides."""
+    """Wrap every per-step hook a callback overrides (inside the dispatch `time_lightning_parts` times)."""
     from lightning.pytorch import Callback
 
-    hooks = [
-        "on_train_batch_start",
-        "on_before_backward",
-        "on_after_backward",
-        "on_before_optimizer_step",
-        "on_before_zero_grad",
-        "on_train_batch_end",
-    ]
     for callback in callbacks:
-        for hook in hooks:
+        for hook in STEP_HOOKS:
             if getattr(type(callback), hook) is not getattr(Callback, hook):
-                parts.wrap(callback, hook, f"callback {type(callback).__name__}.{hook}")
+                parts.wrap(callback, hook, f"· callback {type(callback).__name__}.{hook}")
 
 
 def bare_setup(args: argparse.Namespace, workdir: Path):
@@ -504,6 +518,7 @@ def hftrain_config(args: argparse.Namespace, workdir: Path, removed: set[str]) -
 def run_hftrain(args: argparse.Namespace, workdir: Path, clock: StepClock, removed: set[str]) -> None:
     """hftrain with the CLI's defaults, less the parts in `removed` (patched here, not in the package)."""
     import torch
+    from lightning.pytorch.profilers import PassThroughProfiler
 
     from hftrain.core import callbacks, data
     from hftrain.core.module import TaskModule
@@ -528,6 +543,8 @@ def run_hftrain(args: argparse.Namespace, workdir: Path, clock: StepClock, remov
     }
     kinds = tuple(drop[part] for part in removed if part in drop)
     cli.trainer.callbacks[:] = [c for c in cli.trainer.callbacks if not (kinds and isinstance(c, kinds))]
+    if "free-profiler" in removed:
+        cli.trainer.profiler = PassThroughProfiler()
 
     if args.parts:
         time_callbacks(clock.parts, cli.trainer.callbacks)

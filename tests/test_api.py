@@ -160,6 +160,21 @@ def test_progress_display_is_the_cli_default_unless_turned_off_or_replaced(confi
     assert progress_bars("--trainer.enable_progress_bar=true", replaced) == [RichProgressBar]
 
 
+def test_no_profiler_costs_nothing_and_a_chosen_profiler_still_profiles(config):
+    """Lightning wraps each of ~90 hook calls a step in `profiler.profile`; with none chosen, hftrain's is a
+    shared null context, not a new generator per call. A profiler the user names gets every call."""
+    for trainer in (HFTrainCLI(args=["--config", str(config)], run=False).trainer, hftrain.trainer()):
+        context = trainer.profiler.profile("[Callback]TrainingLog.on_train_batch_start")
+        assert context is trainer.profiler.profile("run_training_batch")
+        with context:
+            pass
+    cli = HFTrainCLI(args=["--config", str(config), "--trainer.profiler=simple", "--trainer.max_epochs=1"], run=False)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert type(cli.trainer.profiler).__name__ == "SimpleProfiler"
+    steps = len(cli.trainer.profiler.recorded_durations["[Callback]TrainingLog.on_train_batch_start"])
+    assert steps == cli.trainer.global_step > 0
+
+
 # ------------------------------------------------------------------ in-memory prediction, every task
 
 
