@@ -82,6 +82,31 @@ def test_gradients_are_freed_after_each_optimizer_step_and_kept_while_accumulati
     assert held == [True, False, True, False]  # accumulating after batches 1 and 3, freed after each step
 
 
+def test_gradients_left_on_the_model_never_reach_a_step_and_each_step_zeroes_once(
+    tiny_bert, sentiment_files, monkeypatch
+):
+    # hftrain zeroes after each step only (Lightning's zeroing as a step starts found nothing); gradients left
+    # from before the fit must still not reach its first step
+    def train(stale: bool):
+        torch.manual_seed(0)
+        data = TextClassificationData(tokenizer_name=tiny_bert, train_file=sentiment_files["train"], batch_size=8)
+        module = TextClassification(model_name_or_path=tiny_bert, label_names=data.label_names)
+        for parameter in module.parameters():
+            parameter.grad = torch.full_like(parameter, 100.0) if stale else None  # left by a notebook cell
+        quiet_trainer(max_steps=3, accumulate_grad_batches=2).fit(module, datamodule=data)
+        return module
+
+    calls = []
+    zero_grad = torch.optim.AdamW.zero_grad
+    monkeypatch.setattr(
+        torch.optim.AdamW, "zero_grad", lambda self, *a, **k: calls.append(1) or zero_grad(self, *a, **k)
+    )
+    clean, stale = train(stale=False), train(stale=True)
+    for (name, weight), other in zip(clean.named_parameters(), stale.parameters(), strict=True):
+        torch.testing.assert_close(other, weight, msg=name)
+    assert len(calls) == 2 * 3  # per fit, one after each of the 3 steps
+
+
 def test_gradient_checkpointing(tiny_bert, sentiment_files):
     module, _, _ = fitted(tiny_bert, sentiment_files, max_steps=2, gradient_checkpointing=True)
     assert module.model.is_gradient_checkpointing
