@@ -85,8 +85,8 @@ def test_gradients_are_freed_after_each_optimizer_step_and_kept_while_accumulati
 def test_gradients_left_on_the_model_never_reach_a_step_and_each_step_zeroes_once(
     tiny_bert, sentiment_files, monkeypatch
 ):
-    # hftrain zeroes after each step only (Lightning's zeroing as a step starts found nothing); gradients left
-    # from before the fit must still not reach its first step
+    # hftrain zeroes as training starts and after each step, not as each step starts (Lightning's zeroing
+    # then found nothing): gradients left from before the fit must still not reach its first step
     def train(stale: bool):
         torch.manual_seed(0)
         data = TextClassificationData(tokenizer_name=tiny_bert, train_file=sentiment_files["train"], batch_size=8)

@@ -266,6 +266,7 @@ class TaskModule(LightningModule):
     def on_train_start(self) -> None:
         internals.restore_loader_position(self.trainer)
         self.token_weighting = TokenWeighting()
+        self.zero_grad(set_to_none=True)  # gradients a notebook cell left on the model (see optimizer_zero_grad)
 
     def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         """Seed each batch's randomness (dropout) from the run's seed and the batch's position in training,
@@ -294,9 +295,10 @@ class TaskModule(LightningModule):
         optimizer.zero_grad(set_to_none=True)
 
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer) -> None:
-        """Nothing to zero: the trainer frees the module's gradients as a fit starts, and `optimizer_step` after
-        every step. Lightning's own zeroing as each step (or accumulation window) starts walks the optimizer's
-        parameters to find none: ~0.07 ms a step in a tiny BERT's training loop on CPU."""
+        """Nothing to zero: `on_train_start` frees the gradients as training starts (the learning-rate finder's
+        loop included), and `optimizer_step` after every step. Lightning's own zeroing as each step (or
+        accumulation window) starts walks the optimizer's parameters to find none: ~0.07 ms a step in a tiny
+        BERT's training loop on CPU."""
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         parts = batch_parts(batch)
