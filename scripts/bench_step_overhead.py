@@ -315,7 +315,7 @@ def time_lightning_parts(parts: PartTimer) -> None:
         (Precision, "optimizer_step", "optimizer_step (Lightning)"),
         (torch.optim.AdamW, "step", "· AdamW.step: runs the closure, then clipping"),
         (Closure, "__call__", "·· closure"),
-        (LightningModule, "optimizer_zero_grad", "··· zero_grad"),
+        (TaskModule, "optimizer_zero_grad", "··· zero_grad"),
         (TaskModule, "training_step", "··· training_step"),
         (BertForSequenceClassification, "forward", "···· model forward (transformers)"),
         (LightningModule, "log", "···· self.log"),
