@@ -76,15 +76,19 @@ class StopOnSignal(Callback):
         self._stop_if_signalled(trainer)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._restore()
+        self._end_fit()
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        self._restore()
+        self._end_fit()
 
-    def _restore(self) -> None:
+    def _end_fit(self) -> None:
+        """Put the previous handlers back and forget the signal: a stop request belongs to the fit it stopped.
+        A continued fit (`run.fit(epochs=1)` after the stop button) starts without one, and stops only on a
+        signal of its own."""
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
+        self.received = 0
 
     def _agreed_signal(self) -> int:
         """The signal any rank received (the same answer on every rank), 0 for none."""
