@@ -1,7 +1,9 @@
-"""No shipped config can rot: every YAML in configs/ parses against the code's signatures, and the text
-classification ones instantiate (with the tiny model and data shaped like theirs, since the Hub is out
-of reach here)."""
+"""No shipped config can rot: every YAML in configs/ parses against the code's signatures, and every task config
+instantiates (with the task's tiny model) on files in the HF examples' shapes and in the shape of its own data
+(the Hub is out of reach here), reading the columns a user would expect without naming them."""
 
+import importlib
+import json
 import os
 import subprocess
 import sys
@@ -9,11 +11,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, SHARED_DATA, sentiment_rows, write_csv
-from helpers import TEXT_CLASSIFICATION, run_cli
+from conftest import NEGATIVE, POSITIVE, REPO, SHARED_DATA, sentiment_rows, write_csv
+from helpers import run_cli, write_jsonl
 
 from hftrain.cli import HFTrainCLI
 from hftrain.core.callbacks import TaskEarlyStopping
+from hftrain.core.errors import HFTrainError
 
 CONFIGS = REPO / "configs"
 # presets that are layered on top of a task config rather than used alone
@@ -36,32 +39,183 @@ def test_preset_parses_on_top_of_a_task_config(preset):
     assert run_cli("fit", "--config", CONFIGS / "quickstart.yaml", "--config", preset, "--print_config") == 0
 
 
-def classification_configs() -> list[Path]:
-    return [p for p in TASK_CONFIGS if yaml.safe_load(p.read_text())["model"]["class_path"] == TEXT_CLASSIFICATION]
+# ------------------------------------------------ every task config on files in the HF examples' shapes
+
+TINY_MODELS = {"language_modeling": "tiny_gpt2", "seq2seq": "tiny_t5"}  # the other tasks: tiny_bert
+# the text columns of the GLUE Hub datasets, in their order (the configs name none: the guess finds them)
+GLUE_TEXTS = {
+    "cola": ["sentence"],
+    "sst2": ["sentence"],
+    "mrpc": ["sentence1", "sentence2"],
+    "qqp": ["question1", "question2"],
+    "stsb": ["sentence1", "sentence2"],
+    "mnli": ["premise", "hypothesis"],
+    "qnli": ["question", "sentence"],
+    "rte": ["sentence1", "sentence2"],
+    "wnli": ["sentence1", "sentence2"],
+}
+NER_TAGS = {**dict.fromkeys(POSITIVE, "B-ORG"), **dict.fromkeys(NEGATIVE, "B-PER")}
 
 
-@pytest.mark.parametrize("config", classification_configs(), ids=name)
-def test_text_classification_config_instantiates(config, tiny_bert, tmp_path, monkeypatch):
-    monkeypatch.chdir(REPO)  # configs name their files relative to the repository
-    data_args = yaml.safe_load(config.read_text())["data"]["init_args"]
-    overrides = ["--model.model_name_or_path", tiny_bert]
-    local_files = [data_args.get(k) for k in ("train_file", "validation_file") if data_args.get(k)]
-    if local_files and not all((REPO / f).is_file() for f in local_files):
-        pytest.skip(f"needs {local_files} (../shared/data absent)")
-    if data_args.get("dataset_name"):
-        # same columns as the Hub dataset, from a local file
-        columns = [data_args["text_column"], data_args.get("text_pair_column")]
-        rows = [
+def texts(n: int = 8) -> list[str]:
+    return [r["text"] for r in sentiment_rows(n)]
+
+
+def ner_rows(words: str, tags: str) -> list[dict]:
+    return [{words: t.split(), tags: [NER_TAGS.get(w, "O") for w in t.split()]} for t in texts()]
+
+
+def squad_rows() -> list[dict]:
+    rows = []
+    for i, context in enumerate(texts()):
+        answer = context.split()[0]
+        rows.append(
             {
-                **{c: r["text"] for c in columns if c},
-                "label": 2.5 if "stsb" in config.name else int(r["label"] == "pos"),
+                "id": f"q{i}",
+                "title": "t",
+                "context": context,
+                "question": "which word comes first ?",
+                "answers": {"text": [answer], "answer_start": [0]},
             }
-            for r in sentiment_rows(20)
+        )
+    return rows
+
+
+def hf_example_file(config: Path, folder: Path) -> tuple[Path, dict]:
+    """A file in the shape of the HF example fixture for the config's task, and the settings the data module
+    must find in it."""
+    task = task_of(config)
+    if task == "text_classification":  # run_glue: MRPC/dev.csv, label,sentence1,sentence2
+        rows = [{"label": r["label"], "sentence1": r["text"], "sentence2": r["text"]} for r in sentiment_rows(8)]
+        return write_csv(folder / "dev.csv", rows), {"text_column": "sentence1", "text_pair_column": "sentence2"}
+    if task == "token_classification":  # run_ner: conll/sample.json, words/ner
+        return Path(write_jsonl(folder / "sample.json", ner_rows("words", "ner"))), {
+            "tokens_column": "words",
+            "tag_column": "ner",
+            "label_names": ["B-ORG", "B-PER", "O"],
+        }
+    if task == "question_answering":  # run_qa: SQUAD/sample.json, flat rows under "data"
+        (folder / "sample.json").write_text(json.dumps({"version": 2.0, "data": squad_rows()}))
+        return folder / "sample.json", {"question_column": "question", "context_column": "context"}
+    if task == "seq2seq" and "source_lang" in settings(config)["data"]["init_args"]:  # run_translation: wmt16
+        pairs = [{"translation": {"en": t, "ro": t.upper(), "de": t.title()}} for t in texts()]
+        return Path(write_jsonl(folder / "sample.json", pairs)), {"source_lang": "en"}
+    if task == "seq2seq":  # run_summarization: xsum/sample.json
+        rows = [{"document": t, "summary": t.upper(), "id": str(i)} for i, t in enumerate(texts())]
+        return Path(write_jsonl(folder / "sample.json", rows)), {
+            "source_column": "document",
+            "target_column": "summary",
+        }
+    (folder / "sample_text.txt").write_text("\n\n".join(texts()) + "\n")  # run_clm: sample_text.txt
+    return folder / "sample_text.txt", {"text_column": "text"}
+
+
+def target_file(config: Path, folder: Path) -> tuple[Path, dict]:
+    """A file shaped as the data the config targets (its Hub dataset's columns, or the files of ../shared/data
+    it names), and the settings the data module must find in it: what the config used to pin."""
+    stem, task = config.stem, task_of(config)
+    folder.mkdir()
+    if stem in GLUE_TEXTS:
+        columns = GLUE_TEXTS[stem]
+        rows = [
+            {**dict.fromkeys(columns, t), "label": 2.5 if stem == "stsb" else i % 2, "idx": i}
+            for i, t in enumerate(texts())
         ]
-        overrides += ["--data.dataset_name", "null", "--data.train_file", write_csv(tmp_path / "train.csv", rows)]
-    cli = HFTrainCLI(args=["--config", str(config), *map(str, overrides)], run=False)
-    assert cli.model.model.config.num_labels == (1 if "stsb" in config.name else 2)
-    assert cli.datamodule.tokenizer_name == tiny_bert
+        return Path(write_jsonl(folder / "hub.jsonl", rows)), {
+            "text_column": columns[0],
+            "text_pair_column": columns[1] if len(columns) == 2 else None,
+        }
+    if stem == "mrpc_minilm_local":  # the GLUE MRPC TSV: unquoted, with quote characters in the text
+        rows = [
+            {"Quality": i % 2, "#1 ID": 100 + i, "#2 ID": 200 + i, "#1 String": f'" {t}', "#2 String": t}
+            for i, t in enumerate(texts())
+        ]
+        return write_csv(folder / "train.tsv", rows, delimiter="\t"), {
+            "text_column": "#1 String",
+            "text_pair_column": "#2 String",
+        }
+    if stem == "quickstart":
+        return REPO / "configs" / "quickstart" / "train.csv", {"text_column": "text", "text_pair_column": None}
+    if stem == "conll2003":  # the Hub's columns: id, tokens, pos_tags, chunk_tags, ner_tags
+        rows = [
+            {"id": str(i), **r, "pos_tags": ["NN"] * len(r["tokens"]), "chunk_tags": ["I-NP"] * len(r["tokens"])}
+            for i, r in enumerate(ner_rows("tokens", "ner_tags"))
+        ]
+        return Path(write_jsonl(folder / "hub.jsonl", rows)), {"tokens_column": "tokens", "tag_column": "ner_tags"}
+    if stem == "conll2003_minilm_local":  # CoNLL-2003's "token POS chunk TAG" lines
+        lines = ["\n".join(f"{w} NN I-NP {t}" for w, t in zip(r["w"], r["t"], strict=True)) for r in ner_rows("w", "t")]
+        (folder / "train.txt").write_text("-DOCSTART- -X- -X- O\n\n" + "\n\n".join(lines) + "\n")
+        return folder / "train.txt", {"tokens_column": "tokens", "tag_column": "ner_tags"}
+    if task == "question_answering":  # the Hub's squad columns, or SQuAD's nested JSON (../shared/data)
+        if "slice" in stem:
+            paragraphs = [
+                {
+                    "context": r["context"],
+                    "qas": [{**r, "answers": [{"text": r["answers"]["text"][0], "answer_start": 0}]}],
+                }
+                for r in squad_rows()
+            ]
+            nested = {"version": "v2.0", "data": [{"title": "t", "paragraphs": paragraphs}]}
+            (folder / "train.json").write_text(json.dumps(nested))
+            return folder / "train.json", {"question_column": "question"}
+        return Path(write_jsonl(folder / "hub.jsonl", squad_rows())), {"question_column": "question"}
+    if stem == "multi30k_en_de":  # ../shared/data/multi30k: parallel text files
+        (folder / "train.de").write_text("\n".join(t.title() for t in texts()) + "\n")
+        (folder / "train.en").write_text("\n".join(texts()) + "\n")
+        return folder / "train.en", {"target_lang": "de"}
+    if task == "seq2seq":  # the Hub's columns: xsum's are those of run_summarization's fixture, wmt16's its own
+        return hf_example_file(config, folder)
+    (folder / "valid.txt").write_text(" = A = \n\n" + "\n\n".join(texts()) + "\n")  # WikiText-2's raw text
+    return folder / "valid.txt", {"text_column": "text"}
+
+
+def file_settings(config: Path, file: Path) -> dict[str, str]:
+    """`file` as every file the config reads (a train file replaces a Hub dataset)."""
+    names = {k for k in settings(config)["data"]["init_args"] if k.endswith("_file")} | {
+        "train_file",
+        "validation_file",
+    }
+    return dict.fromkeys(sorted(names), str(file))
+
+
+def tiny_model(config: Path, request) -> str:
+    return request.getfixturevalue(TINY_MODELS.get(task_of(config), "tiny_bert"))
+
+
+def settings(config: Path) -> dict:
+    return yaml.safe_load(config.read_text())
+
+
+def task_of(config: Path) -> str:
+    """The task module's name: `text_classification`, `seq2seq`, …"""
+    return settings(config)["data"]["class_path"].split(".")[-2]
+
+
+@pytest.mark.parametrize("config", TASK_CONFIGS, ids=name)
+def test_task_config_reads_files_in_the_hf_examples_shape(config, request, tmp_path, monkeypatch):
+    """A shipped config pins nothing the data module finds itself: pointed at the HF example's file for its task
+    (only the file paths changed), it reads the columns the example script would; on a file shaped as its own
+    target data (Hub columns, ../shared/data), the columns it used to pin. mrpc_minilm_local names the GLUE
+    TSVs' label column, which run_glue's CSV lacks: the error names the setting to change."""
+    monkeypatch.chdir(REPO)  # configs name their files relative to the repository
+    file, expected = hf_example_file(config, tmp_path)
+    model = tiny_model(config, request)
+    args = ["--config", str(config), f"--model.model_name_or_path={model}"]
+    args += [f"--data.{k}={v}" for k, v in file_settings(config, file).items()]
+    if config.stem == "mrpc_minilm_local":
+        with pytest.raises((HFTrainError, ValueError), match=r"no column .Quality. \(data.label_column\)"):
+            HFTrainCLI(args=args, run=False)
+    else:
+        data = HFTrainCLI(args=args, run=False).datamodule
+        assert {k: getattr(data, k) for k in expected} == expected
+    # the config's own data module on its own data's shape (the model is built above already)
+    file, expected = target_file(config, tmp_path / "target")
+    data_config = settings(config)["data"]
+    module, _, name = data_config["class_path"].rpartition(".")
+    data_class = getattr(importlib.import_module(module), name)
+    data = data_class(**{**data_config["init_args"], "tokenizer_name": model, **file_settings(config, file)})
+    assert {k: getattr(data, k) for k in expected} == expected
+    assert len(data.raw["train"]) > 0
 
 
 def test_early_stopping_preset_follows_the_task_metric(tiny_bert, monkeypatch):
