@@ -11,6 +11,7 @@ gives the machine's floor for a training row, so a row can be reported as a shar
 
 import json
 import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -133,6 +134,30 @@ def load_average() -> str:
 def machine_note() -> str:
     """CPUs and load averages in one line, for a table's caption."""
     return f"{os.cpu_count()} CPUs, load {load_average()} (1/5/15 min)"
+
+
+def machine_record() -> dict:
+    """When, where and on which code a benchmark ran, for the head of its `--json` file: a figure drawn from
+    the file (`scripts/make_figures.py`) can then say its date, machine and commit."""
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").is_file()
+        else platform.processor()
+    )
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{os.cpu_count()} CPUs ({cpu}), torch {torch.__version__}"
+        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
+        "commit": commit.stdout.strip() or None,
+    }
 
 
 def peak_rss_mib() -> float:

@@ -49,7 +49,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import REPO, alternate, median, run_child
+from bench_common import REPO, alternate, machine_record, median, run_child
 
 ABLATIONS = {
     # name: what it takes away from hftrain's defaults
@@ -645,7 +645,7 @@ def main(argv: list[str] | None = None) -> None:
         if part in ABLATIONS:
             print(f"- {variant}: {ABLATIONS[part]}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"argv": argv, "runs": runs}, indent=2))
+        Path(args.json).write_text(json.dumps({**machine_record(), "argv": argv, "runs": runs}, indent=2))
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ from pathlib import Path
 from bench_common import (
     alternate,
     machine_note,
+    machine_record,
     markdown_table,
     median,
     peak_rss_mib,
@@ -564,7 +565,12 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print(evaluate_table(runs, variants, task, sizes))
     if args.json:
-        Path(args.json).write_text(json.dumps({"argv": argv, "sizes": sizes, "runs": runs}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {**machine_record(), "task": args.task, "mode": args.mode, "argv": argv, "sizes": sizes, "runs": runs},
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

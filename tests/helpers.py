@@ -97,9 +97,9 @@ CONFIG_KEY = re.compile(
 
 
 def readme_table() -> list[tuple[list[str], list[tuple[str, str | None]]]]:
-    """The README's table of HF names -> hftrain config keys: per row, the HF names (`max_steps`) and the
+    """docs/migration.md's table of HF names -> hftrain config keys: per row, the HF names (`max_steps`) and the
     config keys with the value a switch flag stands for (`trainer.precision: 16-mixed` -> ("…", "16-mixed"))."""
-    lines = (REPO / "README.md").read_text().splitlines()
+    lines = (REPO / "docs" / "migration.md").read_text().splitlines()
     start = lines.index(TABLE_HEADER) + 2
     rows = []
     for line in lines[start:]:
@@ -123,7 +123,7 @@ def hf_flag_table() -> dict[str, tuple[str, str | None] | None]:
 
 def translate_hf_flags(argv: list[str]) -> list[str]:
     """An HF example script's flags (`--max_steps=10`, `--do_train`, `--seed 7`) as hftrain flags, through the
-    README's table; a switch without a value takes the table's value, or `true`."""
+    migration table (docs/migration.md); a switch without a value takes the table's value, or `true`."""
     table = hf_flag_table()
     translated, i = [], 0
     while i < len(argv):
@@ -132,7 +132,7 @@ def translate_hf_flags(argv: list[str]) -> list[str]:
             value, i = argv[i + 1], i + 1
         i += 1
         if flag not in table:
-            raise KeyError(f"--{flag} is not in the README's table")
+            raise KeyError(f"--{flag} is not in docs/migration.md's table")
         if table[flag] is None:
             continue
         key, switch_value = table[flag]

@@ -1,9 +1,9 @@
 """Each HF example script's own test, run through hftrain: the flags of `examples/pytorch/test_pytorch_examples.py`
-translated through the README's table (`helpers.translate_hf_flags`), on files written in the exact shapes of
+translated through docs/migration.md's table (`helpers.translate_hf_flags`), on files written in the exact shapes of
 the examples' fixtures (`tests/fixtures/tests_samples/`), with the tiny models of `conftest.py`, end to end.
 
 The hftrain command that replaces each script is the translated flag list plus the task's two classes (the
-script's name says which); the README's migration section lists them.
+script's name says which); docs/migration.md lists them.
 """
 
 import json

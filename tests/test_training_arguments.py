@@ -1,4 +1,4 @@
-"""The README's table of `TrainingArguments` fields and example-script flags: every key it names exists, and
+"""docs/migration.md's table of `TrainingArguments` fields and example-script flags: every key it names exists, and
 each row that hftrain implements (rather than plain Lightning) does what the HF Trainer's field does."""
 
 import csv
@@ -188,7 +188,7 @@ def test_output_dir_and_seed_make_reproducible_runs(tiny_bert, sentiment_files, 
     assert first == second
 
 
-# ------------------------------------------------------------------------- the README table as a whole
+# ----------------------------------------------------------------- the migration table as a whole
 
 
 def test_every_config_key_in_the_readme_table_exists():
@@ -215,7 +215,7 @@ def test_every_config_key_in_the_readme_table_exists():
         for key, _ in keys:
             part, *rest = key.split(".")
             name = rest[-1] if part in ("model", "data") else (rest[0] if rest else part)
-            assert part == "seed_everything" or name in known[part], f"README row {names}: no config key {key}"
+            assert part == "seed_everything" or name in known[part], f"docs/migration.md row {names}: no config key {key}"
     flags = hf_flag_table()
     for name in ("max_steps", "eval_steps", "save_steps", "save_total_limit", "metric_for_best_model"):
         assert flags[name] is not None, name
