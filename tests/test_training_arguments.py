@@ -215,7 +215,7 @@ def test_every_config_key_in_the_readme_table_exists():
         for key, _ in keys:
             part, *rest = key.split(".")
             name = rest[-1] if part in ("model", "data") else (rest[0] if rest else part)
-            assert part == "seed_everything" or name in known[part], f"docs/migration.md row {names}: no config key {key}"
+            assert part == "seed_everything" or name in known[part], f"migration table row {names}: no config key {key}"
     flags = hf_flag_table()
     for name in ("max_steps", "eval_steps", "save_steps", "save_total_limit", "metric_for_best_model"):
         assert flags[name] is not None, name

@@ -165,7 +165,8 @@ def test_language_modeling_averages_accumulated_micro_batches_over_their_tokens(
     data.setup("fit")
     module = LanguageModeling(model_name_or_path=tiny_gpt2, learning_rate=2e-3, warmup_steps=2)
     # a GPT-2 built from a config names no loss type, and the HF Trainer (transformers 5.24) then counts each
-    # row's first label, which nothing predicts (docs/performance.md, section 3); the loss is the same
+    # row's first label, which nothing predicts (docs/benchmarks/2026-11-30-cpu-journal.md,
+    # section 3); the loss is the same
     module.model.loss_type = "ForCausalLM"
     without_dropout(module.model)
     assert_same_steps(module, data, data.collator, tmp_path, steps=9, accumulate=3, clip=1.0, epochs=1)
@@ -207,7 +208,7 @@ def test_class_weighted_text_classification_steps_over_micro_batches_as_one_batc
 
 def test_seq2seq_takes_the_hf_trainers_steps(tiny_t5, tmp_path):
     """Sources of 3-6 words and their targets: the loss is a mean over a batch's target tokens (accumulation
-    is left out: T5's own loss ignores the HF Trainer's token count, see docs/performance.md)."""
+    is left out: T5's own loss ignores the HF Trainer's token count, see docs/benchmarks/2026-11-30-cpu-journal.md)."""
     data = Seq2SeqData(
         tokenizer_name=tiny_t5,
         train_file=write_jsonl(tmp_path / "train.jsonl", cipher_rows(64, seed=1)),

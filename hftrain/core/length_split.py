@@ -2,7 +2,7 @@
 
 A random batch pads every row to its longest one: on MRPC a third of what the model computes is padding.
 Grouping batches by length (`data.group_by_length`) removes it but changes which examples meet in a step,
-and over seeds it scored lower (docs/performance.md, section 1). Splitting keeps the batch and removes most
+and over seeds it scored lower (docs/performance.md). Splitting keeps the batch and removes most
 of its padding: its rows are sorted by length, cut into a few consecutive parts, and each part is padded
 only to its own longest row. The module runs the parts one after the other and weighs their mean losses by
 what each averages over (examples, or tokens for a token-level loss), so the step's loss and gradient are
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 # positions a part must save to pay for itself: of the costs tried (0-256), 64 trained fastest or within 2% of
-# the fastest on CPU on MRPC, CoNLL-2003, SQuAD and Multi30k (docs/performance.md, "Changes" 10)
+# the fastest on CPU on MRPC, CoNLL-2003, SQuAD and Multi30k (docs/benchmarks/2026-11-30-cpu-journal.md, "Changes" 10)
 PART_COST = 64
 # the batch key under which a split batch holds its parts
 PARTS = "parts"
