@@ -16,6 +16,8 @@ documented example, without training anything or reaching the Hub:
   (`hftrain.TokenClassificationData(…)`) and of `hftrain.trainer(…)`. Options are read from source by
   `hftrain.options`, which tests/test_options.py checks against the real signatures. Snippets are not run:
   they train, and read files the reader has.
+- A ```` ```yaml ```` config block sets only options that exist: the `init_args` keys of the task classes
+  it names (of any task's, when it names none), and trainer and checkpoint keys.
 
 Dated records under docs/benchmarks/ are history: their commands name old commits and are not checked.
 """
@@ -243,3 +245,39 @@ def test_the_snippet_check_catches_a_renamed_option():
     ]
     with pytest.raises(ImportError):
         snippet_problems("from hftrain import TextClassifier")
+
+
+# ------------------------------------------------------------------------------------------ YAML configs
+
+
+def config_problems(text: str) -> list[str]:
+    """The options a YAML config block sets that do not exist: `init_args` keys of its task classes (of
+    every task's, when the block names none), trainer and checkpoint keys."""
+    import yaml
+
+    config = yaml.safe_load(text)
+    if not isinstance(config, dict):
+        return []
+    known, problems = _known_options(), []
+    for section in ("model", "data"):
+        part = config.get(section) or {}
+        chosen = options.short_name(str(part.get("class_path", "")))
+        names = {o.name for o in options.class_options(chosen)} if chosen else known[section]
+        problems += [f"{section} has no option {key}" for key in part.get("init_args") or {} if key not in names]
+    for section in ("trainer", "checkpoint"):
+        problems += [f"{section} has no option {key}" for key in config.get(section) or {} if key not in known[section]]
+    return problems
+
+
+CONFIGS = [(f"{page.relative_to(REPO)}:{line}", block) for page, line, block in _blocks({"yaml"})]
+
+
+@pytest.mark.parametrize(("where", "text"), CONFIGS, ids=[c[0] for c in CONFIGS])
+def test_documented_config_names_real_options(where, text):
+    assert config_problems(text) == [], where
+
+
+def test_the_config_check_catches_a_renamed_option():
+    block = "model:\n  class_path: hftrain.tasks.text_classification.TextClassification\n  init_args:\n"
+    assert config_problems(block + "    learning_rat: 1.0e-4\n") == ["model has no option learning_rat"]
+    assert config_problems("trainer:\n  max_epoch: 3\n") == ["trainer has no option max_epoch"]
