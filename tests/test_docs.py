@@ -29,6 +29,7 @@ import inspect
 import io
 import re
 import shlex
+from pathlib import Path
 
 import pytest
 
@@ -281,3 +282,34 @@ def test_the_config_check_catches_a_renamed_option():
     block = "model:\n  class_path: hftrain.tasks.text_classification.TextClassification\n  init_args:\n"
     assert config_problems(block + "    learning_rat: 1.0e-4\n") == ["model has no option learning_rat"]
     assert config_problems("trainer:\n  max_epoch: 3\n") == ["trainer has no option max_epoch"]
+
+
+# ------------------------------------------------------------------------------------------------- links
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def link_problems(page: Path) -> list[str]:
+    problems = []
+    for target in LINK.findall(page.read_text(encoding="utf-8")):
+        if re.match(r"[a-z]+:", target):
+            continue
+        path, _, anchor = target.partition("#")
+        file = (page.parent / path).resolve() if path else page
+        if not file.exists():
+            problems.append(f"{target}: no such file")
+        elif anchor and file.suffix == ".md":
+            headings = re.findall(r"^#+ (.+)$", file.read_text(encoding="utf-8"), re.M)
+            if anchor not in {_anchor(h) for h in headings}:
+                problems.append(f"{target}: no such heading")
+    return problems
+
+
+@pytest.mark.parametrize("page", [*PAGES, *sorted((REPO / "docs" / "benchmarks").glob("*.md"))], ids=lambda p: p.name)
+def test_links_lead_somewhere(page):
+    assert link_problems(page) == []
