@@ -113,6 +113,7 @@ def parse():
     (`HFTrainCLI.parse_arguments`) and the printed config are those of a fresh parser
     (test_a_reused_parser_prints_what_the_command_prints)."""
     from hftrain.cli import HFTrainCLI, check_yaml_files
+    from hftrain.core import console
 
     class ParserOnly(HFTrainCLI):
         def parse_arguments(self, parser, args) -> None:
@@ -123,10 +124,13 @@ def parse():
     cli = built.value.args[0]
 
     def run(argv: list[str]) -> str:
-        out = io.StringIO()
+        out, was_verbose = io.StringIO(), console.is_verbose()
         check_yaml_files(argv)
-        with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_:
-            HFTrainCLI.parse_arguments(cli, cli.parser, [*argv, "--print_config"])
+        try:
+            with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_:
+                HFTrainCLI.parse_arguments(cli, cli.parser, [*argv, "--print_config"])
+        finally:  # a documented `--verbose` must not leave the process's filters off for later tests
+            console.configure(verbose=was_verbose)
         assert exit_.value.code in (0, None)
         return out.getvalue()
 
@@ -313,3 +317,19 @@ def link_problems(page: Path) -> list[str]:
 @pytest.mark.parametrize("page", [*PAGES, *sorted((REPO / "docs" / "benchmarks").glob("*.md"))], ids=lambda p: p.name)
 def test_links_lead_somewhere(page):
     assert link_problems(page) == []
+
+
+def test_every_picture_is_drawn_from_committed_data(tmp_path):
+    """`scripts/make_figures.py` redraws each PNG the docs show from docs/figures/data/, and nothing else."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import make_figures
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    make_figures.main(["--out", str(tmp_path)])
+    drawn = {p.name for p in tmp_path.glob("*.png")}
+    assert drawn == {p.name for p in (REPO / "docs" / "figures").glob("*.png")}
+    shown = {Path(t).name for page in PAGES for t in LINK.findall(page.read_text()) if t.endswith(".png")}
+    assert shown <= drawn
