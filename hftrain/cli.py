@@ -40,7 +40,6 @@ from hftrain.core.callbacks import (
     StopOnNonFiniteLoss,
     TaskCheckpoint,
     WriteModelCard,
-    run_folder,
 )
 from hftrain.core.checkpoint_io import AtomicCheckpointIO
 from hftrain.core.data import TaskDataModule
@@ -115,7 +114,7 @@ class SaveRunConfig(SaveConfigCallback):
         if changed:
             self.already_saved = False
         if not self.already_saved:
-            log_dir = run_folder(trainer)  # every rank must ask, not only rank 0
+            log_dir = runs.run_folder(trainer)  # every rank must ask, not only rank 0
             name = runs.free_path(log_dir, "config", ".yaml").name if trainer.is_global_zero else None
             self.config_filename = trainer.strategy.broadcast(name)
         super().setup(trainer, pl_module, stage)
@@ -348,7 +347,7 @@ class HFTrainCLI(LightningCLI):
 
     def after_fit(self) -> None:
         """End a fit with the two things a user looks for: where the run is and how good it got."""
-        log_dir = run_folder(self.trainer)  # every rank asks, once
+        log_dir = runs.run_folder(self.trainer)  # every rank asks, once
         if not self.trainer.is_global_zero:
             return
         results = runs.read_results(log_dir)

@@ -12,8 +12,7 @@ import torch
 from conftest import counting
 from test_language_modeling import write_paragraphs
 
-from hftrain.core.length_split import PARTS, LengthSplit, batch_parts, split_points
-from hftrain.core.progress import batch_size
+from hftrain.core.length_split import PARTS, LengthSplit, batch_parts, batch_size, split_points
 from hftrain.tasks.language_modeling import LanguageModelingData
 
 

@@ -405,10 +405,10 @@ def test_a_custom_metric_may_not_shadow_the_tasks_own(tiny_bert, sentiment_files
 
 
 def test_the_default_monitor_is_the_first_validation_sets(tiny_bert):
-    from hftrain.core.module import task_monitor
+    from hftrain.core.monitor import monitored_metric
 
     module = TextClassification(model_name_or_path=tiny_bert, label_names=["a", "b"], validation_sets=["x", "y"])
-    assert task_monitor(module, "test") == ("val/x/accuracy", "max")
+    assert monitored_metric(quiet_trainer(), module) == ("val/x/accuracy", "max")
     assert module.val_stages == ["val/x", "val/y"] and set(module.metrics) == {"val/x", "val/y", "test"}
 
 

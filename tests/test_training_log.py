@@ -4,10 +4,12 @@ tags, the hparams view tied to the monitored metric, validation examples, no ext
 import warnings
 
 import pytest
+import torch
 from helpers import classification_config, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from hftrain.core.runs import read_results
 from hftrain.core.training_log import best_tag, log_interval
 
 
@@ -79,3 +81,63 @@ def test_log_interval_gives_short_runs_a_curve_and_long_runs_lightnings_default(
     assert log_interval(1000) == 20
     assert log_interval(100_000) == log_interval(float("inf")) == 50
     assert best_tag("val/accuracy") == "val/best_accuracy" and best_tag("val/HasAns_f1") == "val/best_HasAns_f1"
+
+
+ERROR_RATE = """
+def error_rate(predictions, labels):
+    return float((predictions != labels).float().mean())
+"""
+
+
+def watched_settings(case: str, files: dict[str, str]) -> tuple[dict, str, str]:
+    """The config settings of a fit watching a metric other than `val/accuracy`, that metric and its mode."""
+    if case == "two-validation-sets":
+        return {"data__validation_file": {"a": files["validation"], "b": files["test"]}}, "val/a/accuracy", "max"
+    custom = {
+        "data__validation_file": files["validation"],
+        "model__custom_metrics": {"error_rate": "my_metrics.error_rate"},
+        "checkpoint__monitor": "val/error_rate",
+        "checkpoint__mode": "min",
+    }
+    return custom, "val/error_rate", "min"
+
+
+@pytest.mark.parametrize("case", ["two-validation-sets", "custom-checkpoint-monitor"])
+def test_every_part_of_a_fit_goes_by_the_same_monitored_metric(
+    tiny_bert, sentiment_files, tmp_path, monkeypatch, capsys, case
+):
+    """Checkpoint, early stopping, the training log's best (the HPARAMS view), results.json and the progress line
+    name one metric: the first validation set's, or the custom `checkpoint.monitor`."""
+    (tmp_path / "my_metrics.py").write_text(ERROR_RATE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    settings, monitor, mode = watched_settings(case, sentiment_files)
+    early_stopping = {"class_path": "hftrain.core.callbacks.TaskEarlyStopping", "init_args": {"patience": 5}}
+    config = classification_config(
+        tmp_path / "watched.yaml",
+        tiny_bert,
+        {"train": sentiment_files["train"]},
+        trainer__enable_progress_bar=True,
+        trainer__callbacks=[early_stopping],
+        **settings,
+    )
+    assert run_cli("fit", "--config", config) == 0
+    run = tmp_path / "runs" / "watched" / "version_0"
+    results = read_results(run)
+    assert results["monitor"] == monitor
+    scores = [h[monitor] for h in results["history"]]
+    assert len(scores) == 2 and results["best"][monitor] == (max if mode == "max" else min)(scores)
+    # the HPARAMS view: its metric is the monitored one's best, which equals results.json's
+    content = events(run).PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert [m.name.tag for m in experiment.metric_infos] == [best_tag(monitor)]
+    assert events(run).Scalars(best_tag(monitor))[-1].value == pytest.approx(results["best"][monitor])
+    # the checkpoint and early stopping callbacks, as saved with the run
+    states = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["callbacks"]
+    watching = {key.split("{")[0] for key in states if f"{{'monitor': '{monitor}', 'mode': '{mode}'" in key}
+    assert watching == {"TaskCheckpoint", "TaskEarlyStopping"}, list(states)
+    # the progress line at each epoch's end shows the monitored metric first
+    lines = capsys.readouterr().out.splitlines()
+    for epoch, score in enumerate(scores, start=1):
+        line = next(line for line in reversed(lines) if line.startswith(f"epoch {epoch}/2 "))
+        shown = [part for part in line.split(" · ") if part.startswith("val/")]
+        assert shown[0] == f"{monitor} {score:.4g}", line

@@ -4,7 +4,8 @@
 Every run folder (`runs/<name>/version_N/`, see `runs.py`) ends up holding what these write: the exported
 model, a results file in the spirit of the HF Trainer's `all_results.json`, and prediction JSONL files.
 None of them overwrites an earlier file the user may still need. What they need of the module is the
-`TaskModule` contract (`monitor`, `monitor_mode`, `export`), read through `task_monitor`.
+`TaskModule` contract (`monitor`, `monitor_mode`, `export`); which metric ranks validations is
+`monitor.monitored_metric`'s answer.
 """
 
 import json
@@ -23,14 +24,9 @@ from hftrain.core import internals
 from hftrain.core.data import TaskDataModule
 from hftrain.core.errors import HFTrainError
 from hftrain.core.model_card import framework_versions, model_card
-from hftrain.core.module import TaskModule, task_monitor
-from hftrain.core.runs import EXPORT_DIR, LAST_CHECKPOINT, free_path, read_results, update_results
-
-
-def run_folder(trainer: Trainer) -> str:
-    """Where a run's files go: Lightning's log folder (a broadcast under DDP, so every rank must ask), else the
-    trainer's root folder, for a logger that keeps none (the CLI sets it to `runs/<name>/version_N`)."""
-    return trainer.log_dir or trainer.default_root_dir
+from hftrain.core.module import TaskModule
+from hftrain.core.monitor import monitored_metric, required_monitored_metric
+from hftrain.core.runs import EXPORT_DIR, LAST_CHECKPOINT, free_path, read_results, run_folder, update_results
 
 
 def _numbers(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
@@ -51,7 +47,8 @@ def ranking_key(monitor: str, mode: str):
 class TaskCheckpoint(pl_callbacks.ModelCheckpoint):
     """Lightning's `ModelCheckpoint` with the differences a fine-tuning run needs.
 
-    - `monitor` defaults to the task's main validation metric (`val/accuracy`, `val/f1`, …) and mode.
+    - `monitor` defaults to the task's main validation metric (`val/accuracy`, `val/f1`, …, on the first of
+      several validation sets) and mode.
     - Only a state that was just validated can become the best: top-k checkpoints are ranked at the end of
       each validation. A checkpoint written every `every_n_train_steps` only refreshes `last.ckpt`, the
       resume point (Lightning would rank it on the previous validation's metrics, and with
@@ -70,7 +67,7 @@ class TaskCheckpoint(pl_callbacks.ModelCheckpoint):
             self.validated: dict[str, dict[str, float]] = {}  # top-k checkpoint path -> its step and val/loss
             self._last_step = -1
         if self.monitor is None:
-            self.monitor, self.mode = task_monitor(pl_module, "checkpoint.monitor")
+            self.monitor, self.mode = required_monitored_metric(trainer, pl_module, "checkpoint.monitor")
             self.kth_value = torch.tensor(math.inf if self.mode == "min" else -math.inf)
         super().setup(trainer, pl_module, stage)
         if stage == "fit" and trainer.is_global_zero:
@@ -159,12 +156,13 @@ class TaskCheckpoint(pl_callbacks.ModelCheckpoint):
 
 
 class TaskEarlyStopping(pl_callbacks.EarlyStopping):
-    """Lightning's `EarlyStopping` whose `monitor` and `mode` default to the task's main validation metric
-    (Lightning's own needs `monitor` named).
+    """Lightning's `EarlyStopping` whose `monitor` and `mode` default to the metric the best checkpoint is
+    chosen by (`checkpoint.monitor`, else the task's main validation metric; Lightning's own needs `monitor`
+    named).
 
     Args:
-        monitor: Metric to watch; defaults to the task's main validation metric.
-        mode: `min` or `max`; defaults to the task's.
+        monitor: Metric to watch; defaults to the one the best checkpoint is chosen by.
+        mode: `min` or `max`; defaults to that metric's.
         patience: Validation runs without improvement before training stops.
         min_delta: Smallest change that counts as an improvement.
         stopping_threshold: Stop as soon as the metric reaches this value.
@@ -193,9 +191,11 @@ class TaskEarlyStopping(pl_callbacks.EarlyStopping):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         follow_monitor, follow_mode = self._follow_task
         if follow_monitor:
-            self.monitor, task_mode = task_monitor(pl_module, "the early stopping callback's monitor")
+            self.monitor, monitored_mode = required_monitored_metric(
+                trainer, pl_module, "the early stopping callback's monitor"
+            )
         if follow_mode:
-            self.mode = task_mode if follow_monitor else self.mode
+            self.mode = monitored_mode if follow_monitor else self.mode
             self.min_delta = abs(self.min_delta) * (1 if self.monitor_op == torch.gt else -1)
             self.best_score = torch.tensor(math.inf if self.monitor_op == torch.lt else -math.inf)
         super().setup(trainer, pl_module, stage)
@@ -373,11 +373,7 @@ class ResultsWriter(pl_callbacks.Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         checkpoint = trainer.checkpoint_callback
-        monitor, mode = task_monitor(pl_module, "results.json's best")
-        if (
-            isinstance(checkpoint, pl_callbacks.ModelCheckpoint) and checkpoint.monitor
-        ):  # the metric that chose hf_model/
-            monitor, mode = checkpoint.monitor, checkpoint.mode
+        monitor, mode = monitored_metric(trainer, pl_module) or (None, "min")  # the metric that chose hf_model/
         best_step = getattr(checkpoint, "validated", {}).get(getattr(checkpoint, "best_model_path", ""), {}).get("step")
         scored = [h for h in self.history if monitor in h]
         best = next((h for h in scored if h["step"] == best_step), None)

@@ -21,6 +21,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from transformers.utils import logging as transformers_logging
 
+from hftrain.core.runs import run_folder
+
 # logger name -> full texts of the messages dropped from it (regular expressions matched against all of it)
 QUIET_LOGS: dict[str, tuple[str, ...]] = {
     "lightning.fabric.utilities.seed": (r"(\[rank: \d+\] )?Seed set to \d+",),
@@ -118,6 +120,22 @@ def datasets_bars_hidden() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
+@contextlib.contextmanager
+def library_progress_bars_off() -> Iterator[None]:
+    """Turn the tqdm bars of transformers and datasets off for a while: a few inputs to predict on, or the
+    export's "Writing model shards", would each leave a bar among the run's own output."""
+    enabled = (transformers_logging.is_progress_bar_enabled(), not datasets.are_progress_bars_disabled())
+    transformers_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if enabled[0]:
+            transformers_logging.enable_progress_bar()
+        if enabled[1]:
+            datasets.enable_progress_bars()
+
+
 def _count(n: int) -> str:
     return f"{n / 1e9:.1f} B" if n >= 1e9 else f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n:,}"
 
@@ -133,8 +151,6 @@ class RunHeader(Callback):
     """Print where the run goes, its data, model, device and precision as a run starts (rank 0)."""
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        from hftrain.core.callbacks import run_folder  # here: callbacks imports data, which imports this module
-
         log_dir = run_folder(trainer)  # every rank asks
         if not trainer.is_global_zero:
             return

@@ -32,7 +32,6 @@ from hftrain.core import console, internals
 from hftrain.core.errors import HFTrainError
 from hftrain.core.length_split import LengthSplit
 from hftrain.core.pretrained import load_tokenizer
-from hftrain.core.progress import library_progress_bars_off
 from hftrain.core.sampling import EpochShuffleSampler, LengthGroupedSampler, LongestFirstSampler, sequence_lengths
 
 SPLITS = ("train", "validation", "test", "predict")
@@ -665,7 +664,7 @@ class TaskDataModule(LightningDataModule):
         files, self.raw, self._predicting_inputs = self.raw, raw, True
         try:
             self.check_data(raw)
-            with library_progress_bars_off():
+            with console.library_progress_bars_off():
                 encoded = self.preprocess(raw)["predict"]
         finally:
             self.raw, self._predicting_inputs = files, False

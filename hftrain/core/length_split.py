@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 # positions a part must save to pay for itself: of the costs tried (0-256), 64 trained fastest or within 2% of
 # the fastest on CPU on MRPC, CoNLL-2003, SQuAD and Multi30k (docs/benchmarks/2026-11-30-cpu-journal.md, "Changes" 10)
 PART_COST = 64
@@ -63,3 +65,12 @@ class LengthSplit:
 def batch_parts(batch: Any) -> list:
     """The parts a training batch is served in: `[batch]` unless `LengthSplit` cut it."""
     return batch[PARTS] if isinstance(batch, Mapping) and PARTS in batch else [batch]
+
+
+def batch_size(batch: Any) -> int:
+    """Examples in a batch (a dict or a tokenizer's `BatchEncoding`, or its parts when split by length): the
+    first dimension of its first tensor."""
+    if len(parts := batch_parts(batch)) > 1:
+        return sum(map(batch_size, parts))
+    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, list | tuple) else [batch]
+    return next((len(v) for v in values if torch.is_tensor(v) and v.dim() > 0), 0)

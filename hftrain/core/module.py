@@ -6,7 +6,7 @@ A task module is a dataclass that adds its own fields to the ones here, builds `
 warmup schedule and the `save_pretrained` export are shared. Being dataclasses, the constructor signature
 *is* the config schema that LightningCLI reads.
 
-What the callbacks need of a task (the contract, read through `task_monitor` and `TaskModule.export`):
+What the callbacks need of a task (the contract, read through `monitor.monitored_metric` and `TaskModule.export`):
 `monitor` and `monitor_mode`, the validation metric that picks the best checkpoint and whether higher is
 better, set in `__post_init__`; and `export`, which writes the `save_pretrained` folder. Metrics are kept per
 stage (`eval_stages`: `val`, or `val/<name>` for each of several validation sets, and `test`), and each
@@ -29,13 +29,13 @@ from torchmetrics import Metric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from hftrain.core import internals
+from hftrain.core.console import library_progress_bars_off
 from hftrain.core.data import TaskDataModule
 from hftrain.core.errors import HFTrainError
 from hftrain.core.generation import log_text_table
-from hftrain.core.length_split import batch_parts
+from hftrain.core.length_split import batch_parts, batch_size
 from hftrain.core.losses import TokenWeighting
 from hftrain.core.pretrained import load_model, load_tokenizer
-from hftrain.core.progress import batch_size, library_progress_bars_off
 from hftrain.metrics.custom import CustomMetricSpec, build_custom_metric
 
 # "val" (or "val/<name>" for each of several validation sets) and "test"; metric keys start with it
@@ -539,16 +539,3 @@ def _as_text(value: Any) -> str:
     if isinstance(value, str):
         return value
     return f"{value:.4g}" if isinstance(value, float) else json.dumps(value, ensure_ascii=False)
-
-
-def task_monitor(module: LightningModule, needed_for: str) -> tuple[str, Literal["min", "max"]]:
-    """The metric a task module is judged by and whether higher is better; only `TaskModule`s know theirs."""
-    if not isinstance(module, TaskModule):
-        raise HFTrainError(
-            f"{type(module).__name__} is not an hftrain task module, so it names no metric for {needed_for}. "
-            "Set the monitor (and mode) explicitly, or train a TaskModule subclass."
-        )
-    monitor = module.monitor
-    if module.validation_sets and monitor.startswith("val/"):  # the first of several validation sets
-        monitor = f"{module.val_stages[0]}/{monitor.removeprefix('val/')}"
-    return monitor, module.monitor_mode

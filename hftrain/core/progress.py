@@ -14,34 +14,15 @@ import math
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
-import datasets
-import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks.progress import ProgressBar
 from lightning.pytorch.trainer.states import TrainerFn
-from transformers.utils import logging as hf_logging
 
-from hftrain.core.length_split import batch_parts
-
-
-@contextmanager
-def library_progress_bars_off() -> Iterator[None]:
-    """Turn the tqdm bars of transformers and datasets off for a while: a few inputs to predict on, or the
-    export's "Writing model shards", would each leave a bar among the run's own output."""
-    enabled = (hf_logging.is_progress_bar_enabled(), not datasets.are_progress_bars_disabled())
-    hf_logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if enabled[0]:
-            hf_logging.enable_progress_bar()
-        if enabled[1]:
-            datasets.enable_progress_bars()
+from hftrain.core.length_split import batch_size
+from hftrain.core.monitor import monitored_metric
 
 
 def in_notebook() -> bool:
@@ -56,15 +37,6 @@ def duration(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-def batch_size(batch: Any) -> int:
-    """Examples in a batch (a dict or a tokenizer's `BatchEncoding`, or its parts when split by length): the
-    first dimension of its first tensor."""
-    if len(parts := batch_parts(batch)) > 1:
-        return sum(map(batch_size, parts))
-    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, list | tuple) else [batch]
-    return next((len(v) for v in values if torch.is_tensor(v) and v.dim() > 0), 0)
 
 
 class LineOutput:
@@ -155,7 +127,6 @@ class TrainingProgress(ProgressBar):
         epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
         steps = f"/{self._total_steps}" if math.isfinite(self._total_steps) else ""
         parts = [f"epoch {trainer.current_epoch + 1}{epochs}", f"step {trainer.global_step}{steps}"]
-        metrics = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num"}
         loss = trainer.callback_metrics.get("train/loss")  # as of the last logging step (not on the bar: no sync)
         if loss is not None:
             parts.append(f"loss {float(loss):.4g}")
@@ -170,8 +141,22 @@ class TrainingProgress(ProgressBar):
             parts.append(f"{duration(time.monotonic() - self._start)}{eta}")
         if self._evaluating:  # ahead of the metrics: a terminal line cut to its width keeps it
             parts.append(self._evaluating)
-        parts += [f"{k} {float(v):.4g}" for k, v in metrics.items() if isinstance(v, int | float)]
+        parts += [f"{k} {v:.4g}" for k, v in self._validation_metrics(trainer, pl_module).items()]
         return " · ".join(parts)
+
+    def _validation_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
+        """The last validation's metrics on the line: the monitored one (`monitored_metric`, the one the best
+        checkpoint and `results.json` go by) first, also when it is not a progress-bar metric (a custom
+        `checkpoint.monitor`), then the task's progress-bar metrics."""
+        shown = {
+            k: float(v)
+            for k, v in self.get_metrics(trainer, pl_module).items()
+            if k != "v_num" and isinstance(v, int | float)
+        }
+        monitor, _ = monitored_metric(trainer, pl_module) or (None, None)
+        if monitor in trainer.callback_metrics:
+            shown = {monitor: float(trainer.callback_metrics[monitor]), **shown}
+        return shown
 
     def _show(self, text: Callable[[], str], final: bool = False) -> None:
         """Show `text()` if it is time to. The text is made only then: reading the loss as a number waits for

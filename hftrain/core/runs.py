@@ -3,7 +3,7 @@
 A run lives in `runs/<name>/version_N/` (`config.yaml`, TensorBoard events, `checkpoints/`, `hf_model/`,
 `results.json`, `predictions.jsonl`). These are plain functions of paths and values, in the spirit of the
 HF Trainer's `get_last_checkpoint(output_dir)`: the CLI and the callbacks call them, tests call them
-directly, and nothing here depends on a Trainer.
+directly. The one question asked of a Trainer is `run_folder`, where its run writes.
 """
 
 import json
@@ -11,6 +11,8 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from lightning.pytorch import Trainer
 
 from hftrain.core.errors import HFTrainError
 from hftrain.core.internals import best_model_path_in
@@ -21,6 +23,12 @@ EXPORT_DIR = "hf_model"
 CHECKPOINTS_DIR = "checkpoints"  # Lightning's own choice for `ModelCheckpoint` inside the log folder
 LAST_CHECKPOINT = "last.ckpt"
 DEFAULT_LOGGER_NAME = "lightning_logs"  # what TensorBoard's and CSV's loggers call a run without a name
+
+
+def run_folder(trainer: Trainer) -> str:
+    """Where a run's files go: Lightning's log folder (a broadcast under DDP, so every rank must ask), else the
+    trainer's root folder, for a logger that keeps none (the CLI sets it to `runs/<name>/version_N`)."""
+    return trainer.log_dir or trainer.default_root_dir
 
 
 def run_name(config_files: Sequence[tuple[str, Mapping | None]], task_class_path: str) -> str:

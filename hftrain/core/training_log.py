@@ -2,8 +2,9 @@
 
 TensorBoard then shows, for every run however short: `train/loss`, `train/lr`, `train/grad_norm`,
 `train/samples_per_sec` and `train/tokens_per_sec` (`TrainingLog`), `val/<metric>` per validation and
-`val/best_<metric>` (the best so far of the metric that picks the checkpoint), which the HPARAMS tab shows
-beside each run's hyperparameters.
+`val/best_<metric>` (the best so far of the metric that picks the checkpoint, `monitored_metric`: also on the
+first of several validation sets, `val/<set>/best_<metric>`, or a custom `checkpoint.monitor`), which the
+HPARAMS tab shows beside each run's hyperparameters.
 
 Nothing here reads a number from the device between logging steps: the gradient norm and token count
 stay device tensors, read in one transfer at logging steps, when Lightning converts the logged loss anyway.
@@ -21,7 +22,7 @@ from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
 from hftrain.core import internals
 from hftrain.core.length_split import batch_parts
-from hftrain.core.module import TaskModule
+from hftrain.core.monitor import monitored_metric
 
 # Lightning's default interval, kept for runs long enough to get this many points from it
 DEFAULT_LOG_EVERY_N_STEPS = 50
@@ -128,13 +129,14 @@ class TrainingLog(Callback):
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
         self._restart_window()
-        if not isinstance(pl_module, TaskModule) or pl_module.monitor not in trainer.callback_metrics:
+        monitor, mode = monitored_metric(trainer, pl_module) or (None, None)
+        if monitor not in trainer.callback_metrics:
             return
-        value = float(trainer.callback_metrics[pl_module.monitor])
-        better = max if pl_module.monitor_mode == "max" else min
+        value = float(trainer.callback_metrics[monitor])
+        better = max if mode == "max" else min
         self.best = value if self.best is None or math.isnan(self.best) else better(self.best, value)
         if trainer.is_global_zero:
-            self._log_best(trainer, best_tag(pl_module.monitor))
+            self._log_best(trainer, best_tag(monitor))
 
     def _log_best(self, trainer: Trainer, tag: str) -> None:
         """The best score so far, at the step of the validation's metrics; the first time in a process, with
