@@ -135,8 +135,10 @@ def test_every_part_of_a_fit_goes_by_the_same_monitored_metric(
     states = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["callbacks"]
     watching = {key.split("{")[0] for key in states if f"{{'monitor': '{monitor}', 'mode': '{mode}'" in key}
     assert watching == {"TaskCheckpoint", "TaskEarlyStopping"}, list(states)
-    # the progress line at each epoch's end shows the monitored metric first
-    lines = capsys.readouterr().out.splitlines()
+    # the progress line at each epoch's end shows the monitored metric first; the fit's last line, its best
+    out = capsys.readouterr().out
+    assert f"(best {monitor} = {results['best'][monitor]:.4f} at epoch" in out
+    lines = out.splitlines()
     for epoch, score in enumerate(scores, start=1):
         line = next(line for line in reversed(lines) if line.startswith(f"epoch {epoch}/2 "))
         shown = [part for part in line.split(" · ") if part.startswith("val/")]
