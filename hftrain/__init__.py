@@ -7,11 +7,15 @@ Everything is imported lazily so that ``import hftrain`` (and ``hftrain --help``
 import warnings
 from importlib import import_module
 
+from hftrain.core import notices
+
 __version__ = "0.1.0"
 
 # In a Jupyter kernel without ipywidgets, tqdm.auto (imported by datasets and transformers) warns to install
 # them; hftrain's progress display needs none, so the advice only misleads.
 warnings.filterwarnings("ignore", message="IProgress not found")
+# other libraries' notices no user acts on, dropped before the first of them (see hftrain/core/notices.py)
+notices.drop_notices()
 
 _EXPORTS = {
     "fit": "hftrain.api",

@@ -14,7 +14,6 @@ written there are the command line's. User errors raise `HFTrainError` instead o
 import json
 import signal
 import threading
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,7 +33,7 @@ from hftrain.cli import (
     use_hftrain_parts,
     with_progress_bar,
 )
-from hftrain.core import internals, runs
+from hftrain.core import console, internals, runs
 from hftrain.core.callbacks import PredictionWriter, TaskCheckpoint, best_weights
 from hftrain.core.errors import HFTrainError
 from hftrain.core.signals import RunInterrupted
@@ -74,9 +73,7 @@ class Run:
         if seed_everything is not None:
             arguments.append(f"--seed_everything={seed_everything}")
         arguments += [str(a) for a in args]
-        with user_errors(), warnings.catch_warnings():
-            # LightningCLI warns that the kernel's own command line (`-f kernel.json`) is left unparsed: as it should be
-            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        with user_errors():
             check_yaml_files(arguments)
             cli = HFTrainCLI(args=arguments, run=False)
         self.module, self.data, self.trainer = cli.model, cli.datamodule, cli.trainer
@@ -221,7 +218,9 @@ def fit(*configs: str | Path, **overrides: Any) -> Run:
     return Run(*configs, **overrides).fit()
 
 
-def trainer(name: str = "notebook", save_dir: str | Path = runs.RUNS_DIR, **trainer_kwargs: Any) -> Trainer:
+def trainer(
+    name: str = "notebook", save_dir: str | Path = runs.RUNS_DIR, verbose: bool = False, **trainer_kwargs: Any
+) -> Trainer:
     """A `lightning.Trainer` with what `hftrain fit` adds, for modules built by hand: the run folder
     `<save_dir>/<name>/version_N/` with TensorBoard logs, the best and last checkpoints by the task's metric,
     `results.json`, the `hf_model/` export, the training log (learning rate, gradient norm, throughput, every
@@ -231,11 +230,16 @@ def trainer(name: str = "notebook", save_dir: str | Path = runs.RUNS_DIR, **trai
     `trainer_kwargs` are `lightning.Trainer` arguments and win over these defaults; `callbacks` are added to
     hftrain's (a checkpoint callback or progress bar given replaces hftrain's own). Seed first, as the CLI
     does: `lightning.seed_everything(42)` before building the modules.
+
+    As quiet as the command line: `import hftrain` already dropped the notices no user acts on; `verbose=True`
+    (the CLI's `--verbose`) lets them through again, with Lightning's model summary.
     """
+    console.configure(verbose)
     callbacks = with_progress_bar(trainer_kwargs.pop("callbacks", None), trainer_kwargs.get("enable_progress_bar"))
     if not any(isinstance(c, Checkpoint) for c in callbacks):
         callbacks.append(TaskCheckpoint(**CHECKPOINT_DEFAULTS))
-    options = {"logger": TensorBoardLogger(save_dir, name=name), **TRAINER_DEFAULTS, **trainer_kwargs}
+    defaults = {**TRAINER_DEFAULTS, "enable_model_summary": verbose}
+    options = {"logger": TensorBoardLogger(save_dir, name=name), **defaults, **trainer_kwargs}
     trainer = use_hftrain_parts(Trainer(**options, callbacks=callbacks + default_callbacks()))
     if "log_every_n_steps" not in trainer_kwargs:
         scale_log_interval(trainer)

@@ -13,6 +13,7 @@ and continue in it (resume for `fit`; metrics and predictions written beside the
 import importlib
 import os
 import sys
+import warnings
 import zipfile
 from argparse import ArgumentError
 from importlib import import_module
@@ -219,7 +220,11 @@ class HFTrainCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         try:
-            super().parse_arguments(parser, args)
+            with warnings.catch_warnings():
+                # from Python, LightningCLI warns that a kernel's own command line (`-f kernel.json`) is left
+                # unparsed: as it should be. Only here: `console.configure` below sets filters that must last
+                warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+                super().parse_arguments(parser, args)
         except ArgumentError as err:
             argv = [str(a) for a in args] if isinstance(args, list) else sys.argv[1:]
             raise parser_error(str(err), argv, argv[0] if argv and argv[0] in self.subcommands() else None) from None

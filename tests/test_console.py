@@ -1,6 +1,11 @@
 """What a run prints, as a user's terminal or log file gets it: the lines to act on, none of the notices
 other libraries print on every run, and all of them again with --verbose."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 from helpers import classification_config, hftrain_ok
 
 # the notices a default run must not print (each would appear without the filters or fixes)
@@ -46,3 +51,51 @@ def test_verbose_shows_every_notice(tiny_bert, sentiment_files, tmp_path):
     out = hftrain_ok("fit", "--config", config, "--verbose")
     for notice in ("Seed set to 42", "LOAD REPORT", "Trainable params", "`Trainer.fit` stopped: `max_steps=2`"):
         assert notice in out, notice
+
+
+def api_session(model: str, files: dict[str, str], config: Path) -> list[str]:
+    """Python code a notebook user runs, cell by cell: a hand-built module on `hftrain.trainer()`, then a `Run`
+    fitted, validated, tested and fitted again. (`import lightning` before hftrain would show tqdm's IProgress
+    advice in a kernel without ipywidgets: tqdm's, not hftrain's.)"""
+    trainer = {"max_epochs": 1, "limit_train_batches": 2, "enable_progress_bar": True}
+    return [
+        f"""import hftrain
+import lightning
+lightning.seed_everything(42)
+data = hftrain.TextClassificationData(
+    tokenizer_name={model!r}, train_file={files["train"]!r}, validation_file={files["validation"]!r}, batch_size=16
+)
+model = hftrain.TextClassification(model_name_or_path={model!r}, label_names=data.label_names)""",
+        'trainer = hftrain.trainer(name="plain", max_epochs=1, limit_train_batches=2)',
+        "trainer.fit(model, datamodule=data)",
+        f"run = hftrain.fit({str(config)!r}, trainer={trainer!r})",
+        "run.validate()\nrun.test()\nrun.fit(epochs=1)\nprint('done')",
+    ]
+
+
+def fake_srun(folder: Path) -> str:
+    """A PATH with an `srun` on it, as on a Slurm login node (Lightning then hints at srun on every trainer)."""
+    (folder / "bin").mkdir()
+    (folder / "bin" / "srun").write_text("#!/bin/sh\n")
+    (folder / "bin" / "srun").chmod(0o755)
+    return f"{folder / 'bin'}{os.pathsep}{os.environ['PATH']}"
+
+
+def assert_quiet_with_one_header_per_run(out: str) -> None:
+    lines = [line for line in out.split("\n") if line.strip()]
+    assert not [(n, line) for line in lines for n in NOISE + ["srun", "Warning", "warn"] if n in line], out
+    headers = [i for i, line in enumerate(lines) if line.startswith("Run folder: ")]
+    # once per run, not again for validate, test and the second fit (whose head is trained by then)
+    assert [lines[i].split()[2] for i in headers] == ["runs/plain/version_0", "runs/api/version_0"], out
+    assert all("newly initialized: classifier.bias" in lines[i + 2] for i in headers), out
+
+
+def test_the_python_api_is_as_quiet_as_the_cli(tiny_bert, sentiment_files, tmp_path):
+    config = classification_config(tmp_path / "api.yaml", tiny_bert, sentiment_files)
+    script = "\n".join(api_session(tiny_bert, sentiment_files, config))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": fake_srun(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert done.returncode == 0, done.stdout
+    assert_quiet_with_one_header_per_run(done.stdout)

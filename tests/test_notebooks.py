@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, minilm_path
+from helpers import classification_config
+from test_console import api_session, assert_quiet_with_one_header_per_run, fake_srun
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -57,12 +59,13 @@ def assert_progress_shown_in_place(cells, epochs: int, metric: str) -> None:
     assert not any('install "ipywidgets"' in text or "IProgress" in text or "RecursionError" in text for text in shown)
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def needs_minilm():
     if minilm_path() is None:
         pytest.skip("the all-MiniLM-L6-v2 weights of the `demo` extra are not installed")
 
 
+@pytest.mark.usefixtures("needs_minilm")
 def test_quickstart_notebook_trains_predicts_and_exports(tmp_path, capsys):
     report = {
         "best": "run.best",
@@ -91,6 +94,7 @@ except hftrain.HFTrainError as error:
     rerun = str(error)"""
 
 
+@pytest.mark.usefixtures("needs_minilm")
 def test_ner_notebook_trains_with_a_plain_trainer_and_a_second_fit_says_why_it_does_nothing(tmp_path, capsys):
     report = {
         "results": "results",
@@ -107,6 +111,22 @@ def test_ner_notebook_trains_with_a_plain_trainer_and_a_second_fit_says_why_it_d
     assert_progress_shown_in_place(cells, epochs=2, metric="val/f1")
     with capsys.disabled():
         print(f"\nnotebooks/ner.ipynb ran in {seconds:.0f} s")
+
+
+def test_the_python_api_is_as_quiet_in_a_kernel_as_the_cli(tiny_bert, sentiment_files, tmp_path, monkeypatch):
+    """Every cell's outputs (streams and displays, as Jupyter shows them) hold no notice the CLI drops, and
+    each run's header once, however many calls its trainer serves."""
+    config = classification_config(tmp_path / "api.yaml", tiny_bert, sentiment_files)
+    monkeypatch.setenv("PATH", fake_srun(tmp_path))  # the kernel inherits it
+    notebook = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell(code) for code in api_session(tiny_bert, sentiment_files, config)]
+    )
+    nbclient.NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    outputs = [output for cell in notebook.cells for output in cell.outputs]
+    shown = [o.get("text") or o.get("data", {}).get("text/plain", "") for o in outputs]
+    assert_quiet_with_one_header_per_run("\n".join(shown))
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
