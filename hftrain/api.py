@@ -114,7 +114,11 @@ class Run:
 
     def __repr__(self) -> str:
         best, monitor = self.best, self.results.get("monitor")
-        score = f"best {monitor} {best[monitor]:.4f} at epoch {best['epoch']}" if best and monitor else "not scored"
+        score = (
+            f"best {monitor} {best[monitor]:.4f} at epoch {runs.epoch_number(best)}"
+            if best and monitor
+            else "not scored"
+        )
         return f"Run({self.folder}: {score}, step {self.trainer.global_step})"
 
     # ------------------------------------------------------------------ what the run does

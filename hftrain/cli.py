@@ -357,7 +357,9 @@ class HFTrainCLI(LightningCLI):
             return
         results = runs.read_results(log_dir)
         best, monitor = results.get("best"), results.get("monitor")
-        summary = f"best {monitor} = {best[monitor]:.4f} at epoch {best['epoch']}" if best else "no validation"
+        summary = (
+            f"best {monitor} = {best[monitor]:.4f} at epoch {runs.epoch_number(best)}" if best else "no validation"
+        )
         print(f"Run folder: {log_dir}  ({summary})", flush=True)
 
     @staticmethod

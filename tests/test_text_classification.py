@@ -1,6 +1,8 @@
 """Text classification end to end: the CLI round trip, the run folder, export parity, input shapes."""
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -307,3 +309,43 @@ def test_predictions_come_back_in_input_order(fitted_run, tmp_path):
     for text, row in zip(texts, rows, strict=True):
         expected = {r["label"]: r["score"] for r in classify([text])[0]}
         assert row["scores"] == pytest.approx(expected, abs=1e-5), text
+
+
+def test_the_run_says_what_ran_first_screen_card_and_files(tiny_bert, sentiment_files, tmp_path, capsys, caplog):
+    """`--optimizer` said on the first screen and recorded in the card instead of AdamW's settings; the card's
+    base model, trained rows and test metrics; the export readable as its siblings; epochs counted from 1."""
+    from huggingface_hub import ModelCard
+
+    config = classification_config(tmp_path / "sgd.yaml", tiny_bert, sentiment_files, trainer__max_epochs=1)
+    sgd = ["--optimizer", "torch.optim.SGD", "--optimizer.lr", "0.1", "--trainer.limit_train_batches", "2"]
+    assert run_cli("fit", "--config", config, *sgd) == 0
+    out = capsys.readouterr().out  # Lightning's info lines go to the log, the final line is printed
+    assert (
+        "Optimizer: torch.optim.SGD (lr 0.1, " in caplog.text
+        and "replaces hftrain's AdamW and linear warmup" in caplog.text
+    )
+    assert "(best val/accuracy = " in out and out.rstrip().endswith("at epoch 1)"), out
+    run = tmp_path / "runs" / "sgd" / "version_0"
+    export = run / "hf_model"
+    card = ModelCard.load(export / "README.md")
+    assert "| optimizer | torch.optim.SGD |" in card.text and "| optimizer.lr | 0.1 |" in card.text
+    assert "model.learning_rate" not in card.text and "adam_beta1" not in card.text
+    assert card.data.base_model is None  # a local folder is no Hub model
+    assert f"fine-tuned from `{Path(tiny_bert).parent.name}/{Path(tiny_bert).name}`" in card.text
+    assert str(tiny_bert) not in card.text  # nor a path on this machine
+    assert "train.csv (96 rows, of which at most 32 trained per epoch" in card.text
+    assert "Best (epoch 1, step 2)" in card.text and "Test (" not in card.text
+    modes = {path.name: path.stat().st_mode & 0o777 for path in export.iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"] == 0o666 & ~current_umask(), modes
+    assert run_cli("test", "--config", config, "--ckpt_path", "best") == 0
+    card = ModelCard.load(export / "README.md")
+    test = read_results(run)["test"]
+    assert "Test (the weights of this folder):" in card.text and f"| test/loss | {test['test/loss']:.6g} |" in card.text
+    assert run_cli("test", "--config", config, "--ckpt_path", "best") == 0  # again: the section replaced
+    assert ModelCard.load(export / "README.md").text.count("Test (") == 1
+
+
+def current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask

@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from hftrain.core import internals
 from hftrain.core.data import TaskDataModule
 from hftrain.core.errors import HFTrainError
-from hftrain.core.model_card import framework_versions, model_card
+from hftrain.core.model_card import framework_versions, model_card, with_test_results
 from hftrain.core.module import TaskModule
 from hftrain.core.monitor import monitored_metric, required_monitored_metric
 from hftrain.core.runs import EXPORT_DIR, LAST_CHECKPOINT, free_path, read_results, run_folder, update_results
@@ -275,6 +275,23 @@ class WriteModelCard(pl_callbacks.Callback):
     # data settings that say where data lives or how it is served, not how the model was trained
     SKIPPED = ("tokenizer_", "trust_remote_code", "cache_dir", "num_workers", "overwrite_cache", "reader_options")
 
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """A test of the exported weights (`hftrain test --ckpt_path best`: the checkpoint `hf_model/` holds)
+        adds its metrics to the card; a test of other weights does not describe the card's model."""
+        log_dir = run_folder(trainer)  # every rank asks, once
+        card = Path(log_dir) / EXPORT_DIR / "README.md"
+        if not trainer.is_global_zero or not card.is_file():
+            return
+        results = read_results(log_dir)
+        exported = results.get("best_checkpoint") or results.get("last_checkpoint")
+        tested = trainer.ckpt_path
+        if tested and exported and Path(tested).resolve() == Path(exported).resolve():
+            where = "the weights of this folder"
+            text = with_test_results(
+                card.read_text(encoding="utf-8"), where, _numbers(trainer.callback_metrics, "test/")
+            )
+            _write_text_atomic(card, text)
+
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         log_dir = run_folder(trainer)  # every rank asks, once
         if not trainer.is_global_zero or not isinstance(pl_module, TaskModule):
@@ -288,7 +305,7 @@ class WriteModelCard(pl_callbacks.Callback):
             pipeline_tag=pl_module.pipeline_tag,
             base_model=pl_module.model_name_or_path,
             data={
-                split: f"{datamodule.source(split)} ({len(rows)} rows)"
+                split: f"{datamodule.source(split)} ({self.rows_used(trainer, datamodule, split, len(rows))})"
                 for split, rows in datamodule.raw.items()
                 if split != "predict"
             },
@@ -297,9 +314,17 @@ class WriteModelCard(pl_callbacks.Callback):
             results=read_results(log_dir),
             versions=framework_versions(),
         )
-        partial = folder / "README.md.partial"
-        partial.write_text(text, encoding="utf-8")
-        partial.replace(folder / "README.md")
+        _write_text_atomic(folder / "README.md", text)
+
+    @staticmethod
+    def rows_used(trainer: Trainer, datamodule: TaskDataModule, split: str, rows: int) -> str:
+        """A split's size, and for the training data cut by `trainer.limit_train_batches` how many of its rows
+        an epoch trained on (at most: the batches it took, full)."""
+        batches = trainer.num_training_batches if split == "train" else math.inf
+        used = batches * datamodule.batch_size * trainer.world_size
+        if used >= rows:
+            return f"{rows} rows"
+        return f"{rows} rows, of which at most {used} trained per epoch: trainer.limit_train_batches"
 
     def hyperparameters(self, trainer: Trainer, module: TaskModule, data: TaskDataModule) -> dict[str, Any]:
         def shown(values: dict[str, Any], prefix: str) -> dict[str, Any]:
@@ -309,7 +334,9 @@ class WriteModelCard(pl_callbacks.Callback):
                 if value is not None and not key.startswith("_")
             }
 
-        hparams = {k: v for k, v in module.hparams.items() if k not in ("model_name_or_path", "label_names")}
+        replaced = module.replaced_optimizer()  # its settings are the card's, not AdamW's, which did not run
+        unused = {"model_name_or_path", "label_names", *(module.optimizer_settings if replaced else ())}
+        hparams = {k: v for k, v in module.hparams.items() if k not in unused}
         settings = {
             k: v
             for k, v in data.settings().items()
@@ -324,7 +351,14 @@ class WriteModelCard(pl_callbacks.Callback):
             "world_size": trainer.world_size,
             "seed": internals.global_seed(),
         }
-        return {**shown(hparams, "model"), **shown(settings, "data"), **shown(run, "trainer")}
+        optimizer = {k: "none" if v is None else v for k, v in (replaced or {}).items()}
+        return {**shown(hparams, "model"), **optimizer, **shown(settings, "data"), **shown(run, "trainer")}
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(path)
 
 
 def best_weights(trainer: Trainer) -> dict[str, torch.Tensor] | None:

@@ -16,7 +16,9 @@ task feeds the user's `custom_metrics` with `update_custom_metrics`.
 import inspect
 import json
 import math
+import os
 import shutil
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from functools import cached_property
@@ -25,6 +27,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import Metric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
@@ -254,6 +257,15 @@ class TaskModule(LightningModule):
             )
             if value is not None and value >= 0 and done >= value
         ]
+        replaced = self.replaced_optimizer()
+        if replaced:
+            settings = ", ".join(f"{k.split('.', 1)[1]} {v}" for k, v in replaced.items() if k.startswith("optimizer."))
+            schedule = f"schedule {replaced['lr_scheduler']}" if replaced["lr_scheduler"] else "no schedule"
+            rank_zero_info(
+                f"Optimizer: {replaced['optimizer']} ({settings}), {schedule}: --optimizer replaces hftrain's AdamW "
+                f"and {self.lr_scheduler_type} warmup schedule, so model.{', '.join(sorted(self.optimizer_settings))} "
+                "are not used."
+            )
         if reached and trainer.ckpt_path is None:
             limit, value = reached[0]
             raise HFTrainError(
@@ -485,6 +497,30 @@ class TaskModule(LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def replaced_optimizer(self) -> dict[str, Any] | None:
+        """The optimizer (with its settings) and schedule a fit runs instead of `configure_optimizers`' AdamW and
+        warmup schedule, read from the trainer once it set them up; None when this module's own run.
+
+        LightningCLI's `--optimizer` (optionally with `--lr_scheduler`) replaces `configure_optimizers` on the
+        module object with its own; the first screen and the model card say so, rather than list AdamW's
+        settings for a run that never used them."""
+        if getattr(self.configure_optimizers, "__func__", None) is type(self).configure_optimizers:
+            return None
+        optimizers, schedules = self.trainer.optimizers, self.trainer.lr_scheduler_configs
+        if not optimizers:
+            return None
+        optimizer = optimizers[0]
+        settings = {
+            f"optimizer.{key}": value
+            for key, value in optimizer.defaults.items()
+            if isinstance(value, int | float | str) and value is not False  # not the implementation switches
+        }
+        return {
+            "optimizer": _class_path(type(optimizer)),
+            **settings,
+            "lr_scheduler": _class_path(type(schedules[0].scheduler)) if schedules else None,
+        }
+
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Clip as Lightning does, but under bf16-mixed clip the fused AdamW's gradients directly: Lightning's
         mixed-precision plugin refuses to clip for any fused optimizer, a guard against the gradient scaler of
@@ -522,6 +558,7 @@ class TaskModule(LightningModule):
             model.save_pretrained(partial, state_dict=weights)
         if (tokenizer or self.tokenizer) is not None:
             (tokenizer or self.tokenizer).save_pretrained(partial)
+        _modes_as_umask(partial)
         previous = folder.with_name(folder.name + ".previous")
         if folder.exists():
             shutil.rmtree(previous, ignore_errors=True)
@@ -533,6 +570,27 @@ class TaskModule(LightningModule):
     def exported_model(self, weights: dict[str, torch.Tensor] | None) -> tuple[PreTrainedModel, dict | None]:
         """The model `export` saves and the weights to save with it (None: the model's own)."""
         return self.model, weights
+
+
+def _class_path(cls: type) -> str:
+    """A class's shortest import path, as a user writes it (`torch.optim.SGD`, not `torch.optim.sgd.SGD`)."""
+    parts = cls.__module__.split(".")
+    for end in range(1, len(parts) + 1):
+        module = sys.modules.get(".".join(parts[:end]))
+        if getattr(module, cls.__qualname__, None) is cls:
+            return f"{'.'.join(parts[:end])}.{cls.__qualname__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _modes_as_umask(folder: Path) -> None:
+    """Give every file in `folder` the mode a plain `open` gives it (644 under the usual umask 022).
+    safetensors 0.8 writes `model.safetensors` through a temporary file of mode 600, which made a run folder
+    shared with a team unreadable to it while the export's other files were not."""
+    umask = os.umask(0)  # the only way to read it; set straight back
+    os.umask(umask)
+    for path in folder.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
 
 
 def _as_text(value: Any) -> str:

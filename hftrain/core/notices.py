@@ -46,6 +46,8 @@ QUIET_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
         r"may lead to large memory footprint\.",
         UserWarning,
     ),
+    # LightningCLI's `--optimizer`, in its words; TaskModule.on_fit_start says what replaced what, in the user's
+    (r"`\w+\.configure_optimizers` will be overridden by `\w+\.configure_optimizers`\.", UserWarning),
     # Lightning 2.6's batch transfer builds a `LeafSpec`, which torch has deprecated
     (
         r"`isinstance\(treespec, LeafSpec\)` is deprecated, use `isinstance\(treespec, TreeSpec\) and "

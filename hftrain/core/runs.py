@@ -120,6 +120,13 @@ def read_results(run_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def epoch_number(entry: Mapping[str, Any]) -> int:
+    """The epoch of a `results.json` entry as a user reads it everywhere, counted from 1 like the progress line
+    (`epoch 1/3`). The file's `epoch` keeps Lightning's count from 0 (`trainer.current_epoch`, the `epoch=N`
+    of checkpoint names), so files written before and after read alike."""
+    return int(entry["epoch"]) + 1
+
+
 def update_results(run_dir: str | Path, update: Mapping[str, Any]) -> None:
     """Merge `update` into the run's `results.json` (top-level keys replace), creating the folder if needed."""
     folder = Path(run_dir)
