@@ -48,11 +48,15 @@ def configure(verbose: bool = False) -> None:
 _hide_bars(notices.is_verbose())  # as `import hftrain` set it (quiet) or a verbose run changed it
 
 
+def is_verbose() -> bool:
+    return notices.is_verbose()
+
+
 @contextlib.contextmanager
 def datasets_bars_hidden() -> Iterator[None]:
     """Hide `datasets`' progress bars for a step that takes a second on local files (reading a csv, saving the
     tokenized cache), unless verbose; the tokenization bars, which can run for minutes, stay."""
-    hide = not notices.is_verbose() and not datasets.are_progress_bars_disabled()
+    hide = not is_verbose() and not datasets.are_progress_bars_disabled()
     if hide:
         datasets.disable_progress_bars()
     try:
