@@ -14,6 +14,7 @@ written there are the command line's. User errors raise `HFTrainError` instead o
 import json
 import signal
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -134,7 +135,9 @@ class Run:
         if epochs:
             internals.set_fit_limits(self.trainer, max_epochs=self.trainer.current_epoch + epochs, max_steps=-1)
         self._fitted = True
-        with self._lightning_call():
+        with self._lightning_call(), warnings.catch_warnings():
+            if ckpt_path:  # the run goes on in its own folder, whose checkpoints/ Lightning would warn about
+                warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty\.")
             self.trainer.fit(self.module, datamodule=self.data, ckpt_path=ckpt_path)
         weights = best_weights(self.trainer)
         if weights is not None:
