@@ -264,6 +264,12 @@ def test_bad_inputs_to_predict_are_named(config):
         run.predict([])
     with pytest.raises(hftrain.HFTrainError, match="the inputs given to predict.* at row 2"):
         run.predict(["fine", None])
+    with pytest.raises(
+        hftrain.HFTrainError,
+        match=r"Input 2 to predict is a pair of texts \('Great value.', 'Really.'\), but this model was trained on "
+        r"single texts \(column 'text'\)\. Give one string per input",
+    ):
+        run.predict(["fine", ("Great value.", "Really.")])
     assert run.predict("a good film")[0]["label"] in ("neg", "pos")  # one input is a list of one
 
 
@@ -275,7 +281,10 @@ def test_pairs_need_both_texts(tiny_bert, tmp_path):
         data={"class_path": TEXT_CLASSIFICATION_DATA, "init_args": data},
         trainer=quiet(),
     )
-    with pytest.raises(hftrain.HFTrainError, match=r"Input 1 to predict is 'just one'.* 2 texts per example \(a, b\)"):
+    with pytest.raises(
+        hftrain.HFTrainError,
+        match=r"Input 1 to predict is a single text 'just one', but this model was trained on pairs of texts \(a, b\)",
+    ):
         run.predict(["just one"])
     assert len(run.predict([("one", "two"), {"a": "three", "b": "four"}])) == 2
 

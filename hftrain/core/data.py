@@ -635,23 +635,41 @@ class TaskDataModule(LightningDataModule):
 
     def predict_rows(self, inputs: list[Any]) -> list[dict[str, Any]]:
         """Raw inputs as rows of a predict file. A dict is a row as it would stand in the file (keys are column
-        names); otherwise an input fills `input_columns`: a string (or a task's list value, such as a
-        sentence's words) the only one, a tuple or list of strings several in order (a text pair)."""
+        names); otherwise an input fills `input_columns`: a string the only one, a tuple or list of strings
+        several in order (a text pair). An input that fits neither (a pair for a model of single texts) is an
+        error saying so; a task whose one value is a list (NER's words) makes its rows itself."""
         columns = self.input_columns()
         rows = []
         for number, item in enumerate(inputs, 1):
+            several = isinstance(item, list | tuple)
             if isinstance(item, Mapping):
                 rows.append(dict(item))
-            elif len(columns) == 1:
-                rows.append({columns[0]: item})
-            elif isinstance(item, list | tuple) and len(item) == len(columns):
+            elif several and len(item) == len(columns) > 1:
                 rows.append(dict(zip(columns, item, strict=True)))
+            elif len(columns) == 1 and not several:
+                rows.append({columns[0]: item})
             else:
-                raise HFTrainError(
-                    f"Input {number} to predict is {item!r}, but this data takes {len(columns)} texts per example "
-                    f"({', '.join(columns)}). Give a tuple of {len(columns)} strings or a dict with those keys."
-                )
+                raise HFTrainError(self._input_shape_error(number, item, columns))
         return rows
+
+    @staticmethod
+    def _input_shape_error(number: int, item: Any, columns: list[str]) -> str:
+        """Why input `number` to predict does not fit a model trained on `columns`: a pair given to a model of
+        single texts, a single text to a model of pairs, or a wrong number of texts."""
+        if isinstance(item, list | tuple):
+            given = f"a pair of texts {tuple(item)!r}" if len(item) == 2 else f"{len(item)} texts {tuple(item)!r}"
+        else:
+            given = f"a single text {item!r}"
+        if len(columns) == 1:
+            return (
+                f"Input {number} to predict is {given}, but this model was trained on single texts (column "
+                f"'{columns[0]}'). Give one string per input; a list of strings predicts each on its own."
+            )
+        kind = "pairs of texts" if len(columns) == 2 else f"{len(columns)} texts per example"
+        return (
+            f"Input {number} to predict is {given}, but this model was trained on {kind} ({', '.join(columns)}). "
+            f"Give a tuple of {len(columns)} strings per input, or a dict with those keys."
+        )
 
     def predict_loader(self, inputs: Any, batch_size: int | None = None) -> DataLoader:
         """Batches of raw inputs (see `predict_rows`; one input or a list) made exactly as a predict file's are:

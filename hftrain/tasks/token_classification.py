@@ -7,6 +7,7 @@ written in a span scheme (IOB2, IOBES, …) are scored on whole entities with `S
 other tag sets (POS) on token accuracy alone.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -419,8 +420,15 @@ class TokenClassificationData(TaskDataModule):
         return [self.tokens_column]
 
     def predict_rows(self, inputs: list[Any]) -> list[dict[str, Any]]:
-        """A string input is a sentence split into words on whitespace; a list is its words."""
-        return super().predict_rows([text.split() if isinstance(text, str) else text for text in inputs])
+        """A string input is a sentence split into words on whitespace; a list (or tuple) is its words."""
+        return super().predict_rows(
+            [
+                text
+                if isinstance(text, Mapping)
+                else {self.tokens_column: text.split() if isinstance(text, str) else text}
+                for text in inputs
+            ]
+        )
 
     def preprocess(self, raw: datasets.DatasetDict) -> datasets.DatasetDict:
         if not self.tokenizer.is_fast:
