@@ -180,7 +180,7 @@ CASES = {
     empty_split: ["validation split", "empty.csv", "has no rows"],
     missing_file: ["nowhere/train.csv", "does not exist"],
     unsupported_file_type: ["unsupported file type '.xlsx'", ".csv"],
-    non_utf8_file: ["Could not read", "latin1.csv", "UTF-8"],
+    non_utf8_file: ["Could not read", "latin1.csv", "not UTF-8 text", "--data.reader_options '{encoding: latin-1}'"],
     row_without_text: ["no text in column 'text'", "row 2", "holes.csv"],
     empty_label_cell: ["unlabelled.csv", "no label at row 2", "column 'label' is empty"],
     unknown_config_key: ["learning_rat"],

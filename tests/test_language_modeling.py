@@ -175,6 +175,34 @@ def test_perplexity_is_exp_of_token_weighted_mean_nll(devices, eval_batch_size, 
     assert metrics["val/perplexity"] == pytest.approx(math.exp(nll / count), rel=1e-5)
 
 
+def test_documents_and_prompts_cut_at_max_length_are_counted(tiny_gpt2, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("1 2 3 4 5 6 7 8 9 10 11 12\n7 8\n")
+    data = LanguageModelingData(
+        tokenizer_name=tiny_gpt2,
+        train_file=write_paragraphs(tmp_path / "train.txt", UNEVEN),
+        predict_file=str(prompts),
+        validation_split_percentage=0,
+        packing=False,
+        max_length=6,
+    )
+    lengths = [len(data.tokenizer(doc).input_ids) + 1 for doc in UNEVEN]  # each document ends in EOS
+    longest = len(data.tokenizer("1 2 3 4 5 6 7 8 9 10 11 12").input_ids)
+    with pytest.warns(UserWarning) as said:
+        data.setup("fit")
+    messages = [str(w.message) for w in said]
+    cut = [n for n in lengths if n > 6]
+    assert (
+        f"{len(cut)} of {len(UNEVEN)} rows in the train split ({tmp_path / 'train.txt'}) are longer than "
+        f"data.max_length=6 tokens (the longest has {max(cut)}): only their first 6 tokens are trained on or scored. "
+        "Raise data.max_length to keep them."
+    ) in messages
+    assert (
+        f"1 of 2 rows in the predict split ({prompts}) are longer than data.max_length=6 tokens (the longest has "
+        f"{longest}): only their last 6 tokens are continued. Raise data.max_length to keep them."
+    ) in messages
+
+
 def test_validation_examples_are_continued_in_one_batch_as_each_alone(tiny_gpt2, tmp_path):
     data = LanguageModelingData(
         tokenizer_name=tiny_gpt2,

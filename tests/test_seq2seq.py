@@ -120,6 +120,31 @@ def test_targets_end_in_eos_also_when_the_tokenizer_does_not_add_it(t5_without_p
         assert row == [*tokenizer(target).input_ids[:3], tokenizer.eos_token_id]
 
 
+def test_sources_and_targets_cut_at_their_lengths_are_counted(tiny_t5, cipher_files):
+    data = Seq2SeqData(
+        tokenizer_name=tiny_t5, validation_file=cipher_files["validation"], max_length=4, max_target_length=5
+    )
+    sources, targets = texts(data, "validation")
+    source_lengths = [len(data.tokenizer(s).input_ids) for s in sources]
+    target_lengths = [len(data.tokenizer(text_target=t).input_ids) for t in targets]
+    with pytest.warns(UserWarning) as said:
+        data.setup("validate")
+    messages = [str(w.message) for w in said]
+    for rows, setting, limit, lengths, effect in (
+        ("sources", "max_length", 4, source_lengths, "the model reads only their first 4 tokens"),
+        ("targets", "max_target_length", 5, target_lengths, "the model learns to write only their first 5 tokens"),
+    ):
+        cut = [n for n in lengths if n > limit]
+        assert 0 < len(cut) < len(lengths)
+        expected = (
+            f"{len(cut)} of {len(lengths)} {rows} in the validation split ({cipher_files['validation']}) are longer "
+            f"than data.{setting}={limit} tokens (the longest has {max(cut)}): {effect}. Raise data.{setting} to "
+            "keep them."
+        )
+        assert expected in messages
+    assert max(len(ids) for ids in data.datasets["validation"]["labels"]) == 5
+
+
 def test_a_tokenizer_without_eos_is_refused_for_targets(t5_without_post_processor, cipher_files):
     from transformers import AutoTokenizer
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, SHARED_DATA, minilm_path, sentiment_rows, write_csv
+from conftest import FILLER, REPO, SHARED_DATA, minilm_path, sentiment_rows, write_csv
 from helpers import classification_config, run_cli
 from lightning.pytorch import Trainer
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
@@ -228,6 +228,39 @@ def test_tokenized_data_is_cached_and_reused(tiny_bert, sentiment_files, monkeyp
     assert len(second.datasets["train"]) == len(first.raw["train"])
     changed = TextClassificationData(tokenizer_name=tiny_bert, train_file=sentiment_files["train"], max_length=8)
     assert changed.cache_path() != first.cache_path()
+
+
+def test_rows_cut_at_max_length_are_counted_in_every_run(tiny_bert, tmp_path):
+    long = " ".join(FILLER)  # 12 words: longer than 8 tokens
+    pairs = [{"text": r["text"], "other": r["text"], "label": r["label"]} for r in sentiment_rows(10)]
+    pairs.append({"text": long, "other": "a film", "label": "pos"})
+    settings = {
+        "tokenizer_name": tiny_bert,
+        "train_file": str(write_csv(tmp_path / "train.csv", pairs)),
+        "validation_split_percentage": 0,
+        "max_length": 8,
+    }
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    longest = len(tokenizer(long)["input_ids"])
+    said = (
+        rf"^1 of 11 rows in the train split \(.*train.csv\) are longer than data.max_length=8 tokens \(the longest "
+        rf"has {longest}\): the model reads only their first 8 tokens\. Raise data.max_length to keep them\.$"
+    )
+    data = TextClassificationData(**settings, text_column="text")
+    with pytest.warns(UserWarning, match=said):
+        data.setup("fit")
+    assert data.datasets["train"][10]["input_ids"] == tokenizer(long, truncation=True, max_length=8)["input_ids"]
+    assert [len(ids) for ids in data.datasets["train"]["input_ids"][:10]] == [
+        len(tokenizer(r["text"])["input_ids"]) for r in pairs[:10]
+    ]
+    again = TextClassificationData(**settings, text_column="text")  # reuses the tokenized cache, and says it again
+    with pytest.warns(UserWarning, match=said):
+        again.setup("fit")
+    pair = TextClassificationData(**settings, text_column="text", text_pair_column="other")
+    with pytest.warns(UserWarning, match=r"1 of 11 rows .* \(a pair's longer text is cut first\)"):
+        pair.setup("fit")
+    cut = tokenizer(long, "a film", truncation=True, max_length=8)["input_ids"]
+    assert pair.datasets["train"][10]["input_ids"] == cut and len(cut) == 8
 
 
 def test_glue_tsv_with_quotes_and_byte_order_mark(tiny_bert, tmp_path):

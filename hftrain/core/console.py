@@ -12,6 +12,7 @@ interval to the run).
 """
 
 import contextlib
+import logging
 from collections.abc import Iterator
 
 import datasets
@@ -50,6 +51,21 @@ _hide_bars(notices.is_verbose())  # as `import hftrain` set it (quiet) or a verb
 
 def is_verbose() -> bool:
     return notices.is_verbose()
+
+
+@contextlib.contextmanager
+def datasets_read_errors_hidden() -> Iterator[None]:
+    """Drop the line `datasets`' file builders log as a read fails (`Failed to read file '…' with error …`),
+    unless verbose: the reader raises right after, and hftrain reports that error in its own message, with
+    the fix, so the line only repeated it ahead of the message."""
+    builders = logging.getLogger("datasets.packaged_modules")
+    level = builders.level
+    if not is_verbose():
+        builders.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        builders.setLevel(level)
 
 
 @contextlib.contextmanager

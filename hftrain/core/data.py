@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import datasets
+import pyarrow as pa
 import torch
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerBase
@@ -35,8 +36,11 @@ from hftrain.core.pretrained import load_tokenizer
 from hftrain.core.sampling import EpochShuffleSampler, LengthGroupedSampler, LongestFirstSampler, sequence_lengths
 
 SPLITS = ("train", "validation", "test", "predict")
-# bumped whenever the columns of the tokenized cache change, so that no run reads an older layout
-CACHE_FORMAT = 2
+# bumped whenever the columns of the tokenized cache, or what is kept with it, change, so that no run reads an
+# older layout
+CACHE_FORMAT = 3
+# what tokenizing found worth saying (rows cut at max_length), kept with the cache and said by every run reusing it
+NOTES_FILE = "hftrain_notes.json"
 
 # file suffix -> (datasets builder, its default reader options)
 READERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -98,9 +102,10 @@ class TaskDataModule(LightningDataModule):
             predict uses the test split.
         reader_options: Extra options for the file reader, e.g. `{quoting: 3}` to read GLUE TSVs that
             contain quote characters, or `{header: null, names: [...]}` for a file without a header row.
+            `{encoding: latin-1}` reads files that are not UTF-8, of every type (CoNLL and text files too).
         validation_split_percentage: Percent of the training data held out for validation when no
             validation split is given (0 disables validation).
-        max_length: Longest input in tokens; longer inputs are truncated.
+        max_length: Longest input in tokens; longer inputs are cut, and every run warns how many were.
         batch_size: Training examples per batch (per device).
         eval_batch_size: Examples per batch for validation, test and predict; defaults to twice `batch_size`
             (evaluation keeps no activations for a backward pass). Evaluation batches are formed longest
@@ -185,6 +190,7 @@ class TaskDataModule(LightningDataModule):
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._cache_path: Path | None = None
         self._predicting_inputs = False
+        self._notes: list[str] = []
         self.datasets: datasets.DatasetDict | None = None
         self.raw = self.load_raw()
         self.check_data(self.raw)
@@ -220,6 +226,62 @@ class TaskDataModule(LightningDataModule):
     def preprocess(self, raw: datasets.DatasetDict) -> datasets.DatasetDict:
         """Turn raw splits into model inputs with `encode`; called once, then cached on disk."""
         return self.map_splits(raw, self.encode)
+
+    def tokenize_truncated(
+        self, texts: list[list[str]], max_length: int, as_target: bool = False
+    ) -> tuple[dict[str, list], list[int]]:
+        """`texts` (one column, or two for pairs; targets with `as_target`) tokenized and cut to `max_length`,
+        and each row's length before the cut, for `report_truncation`. Rows are tokenized whole first; the few
+        longer than `max_length` again with the tokenizer's own truncation, which keeps the special tokens and
+        cuts a pair's longer text first."""
+
+        def tokenize(columns: list[list[str]], **options: Any) -> dict[str, list]:
+            return dict(
+                self.tokenizer(text_target=columns[0], **options) if as_target else self.tokenizer(*columns, **options)
+            )
+
+        encoded = tokenize(texts, verbose=False)  # not verbose: rows longer than the model takes are cut below
+        lengths = [len(ids) for ids in encoded["input_ids"]]
+        long = [i for i, length in enumerate(lengths) if length > max_length]
+        if long:
+            cut = tokenize([[values[i] for i in long] for values in texts], truncation=True, max_length=max_length)
+            for key, values in cut.items():
+                for i, value in zip(long, values, strict=True):
+                    encoded[key][i] = value
+        return encoded, lengths
+
+    def report_truncation(
+        self,
+        processed: datasets.DatasetDict,
+        lengths: str,
+        setting: str,
+        effect: str | Callable[[str, datasets.Dataset], str],
+        rows: str = "rows",
+        unit: str = "tokens",
+    ) -> datasets.DatasetDict:
+        """Say once per split how many of its rows `encode` cut at `data.<setting>`, of how many, and the longest
+        length cut from, then drop the column `lengths` (each row's length before the cut) that told it.
+        `effect` says what the cut costs (a function of the split and its rows where that depends on them). The
+        note is kept with the tokenized cache and said as a warning when the cache is loaded (`setup`), so by
+        every run, whether it tokenized or reused the cache."""
+        limit = getattr(self, setting)
+        for split, encoded in processed.items():
+            if lengths not in encoded.column_names:
+                continue
+            cut = [n for n in column(encoded, lengths) if n > limit]
+            if cut:
+                self._notes.append(
+                    f"{len(cut)} of {len(encoded)} {rows} in the {split} split ({self.source(split)}) are longer than "
+                    f"data.{setting}={limit} {unit} (the longest has {max(cut)}): "
+                    f"{effect(split, encoded) if callable(effect) else effect}. Raise data.{setting} to keep them."
+                )
+            processed[split] = encoded.remove_columns(lengths)
+        return processed
+
+    @staticmethod
+    def _say_notes(notes: list[str]) -> None:
+        for note in notes:
+            rank_zero_warn(note)
 
     def map_splits(
         self, raw: datasets.DatasetDict, function: Callable, desc: str = "Tokenizing", **options: Any
@@ -267,22 +329,66 @@ class TaskDataModule(LightningDataModule):
         builder, options = READERS[path.suffix.lower()]
         options = {**options, **(self.reader_options or {})}
         try:
-            with console.datasets_bars_hidden():
+            with console.datasets_bars_hidden(), console.datasets_read_errors_hidden():
                 dataset = datasets.load_dataset(builder, data_files={"data": str(path)}, split="data", **options)
         except Exception as err:  # noqa: BLE001 - datasets wraps reader errors in many types
             if "corresponds to no data" in str(err):  # a header without rows: report it as an empty split
                 return datasets.Dataset.from_dict({})
             cause = err.__cause__ or err
+            if isinstance(cause, UnicodeDecodeError):
+                raise self.encoding_error(path, str(cause)) from err
             raise HFTrainError(
                 f"Could not read {path}: {type(cause).__name__}: {cause}. Check that the file is valid "
-                f"{path.suffix} in UTF-8; reader options can be passed with data.reader_options."
+                f"{path.suffix}; reader options can be passed with data.reader_options."
             ) from err
+        if builder == "json":  # pyarrow's JSON reader takes bytes that are not UTF-8 into text columns unchecked
+            try:
+                dataset.data.table.validate(full=True)
+            except pa.ArrowInvalid as err:
+                found = re.match(r"Column (\d+)", str(err))
+                where = f"column '{dataset.column_names[int(found[1])]}'" if found else "a text column"
+                raise self.encoding_error(path, f"{where} holds bytes that are not UTF-8") from err
         # a UTF-8 byte-order mark sticks to the first column name of some files (the GLUE MRPC TSVs)
         renames = {c: c.lstrip("\ufeff") for c in dataset.column_names if c.startswith("\ufeff")}
         return dataset.rename_columns(renames) if renames else dataset
 
     def supported_suffixes(self) -> list[str]:
         return sorted(READERS)
+
+    @property
+    def file_encoding(self) -> str:
+        """The encoding of local files: data.reader_options' `encoding`, else UTF-8. The csv and json readers
+        take the option themselves; the plain-text readers (`read_text`) and SQuAD JSON read it here, so the one
+        option reads every file type."""
+        return (self.reader_options or {}).get("encoding") or "utf-8"
+
+    def read_text(self, path: Path) -> str:
+        """The text of a plain-text file (CoNLL, .txt, parallel lines) in `file_encoding`."""
+        encoding = self.file_encoding
+        try:
+            return path.read_text(encoding=encoding)
+        except UnicodeDecodeError as err:
+            line = err.object[: err.start].count(b"\n") + 1
+            raise self.encoding_error(path, f"line {line}: {err}") from err
+        except LookupError as err:
+            raise HFTrainError(
+                f"data.reader_options has encoding '{encoding}', which Python does not know ({err}). Use a codec "
+                "name such as utf-8, latin-1 or cp1252."
+            ) from err
+
+    def encoding_error(self, path: Path, detail: str) -> HFTrainError:
+        """The error for a file that is not text in the expected encoding, with the option that reads it."""
+        encoding = "UTF-8" if self.file_encoding == "utf-8" else self.file_encoding
+        options = {**(self.reader_options or {}), "encoding": "latin-1"}
+        plain = {
+            k: v if isinstance(v, str) and re.fullmatch(r"[\w.-]+", v) else json.dumps(v) for k, v in options.items()
+        }
+        flow = "{" + ", ".join(f"{k}: {v}" for k, v in plain.items()) + "}"
+        return HFTrainError(
+            f"Could not read {path}: it is not {encoding} text ({detail}). If it was saved in another encoding, "
+            f"such as Latin-1 (ISO-8859-1), name it: --data.reader_options '{flow}' on the command line, or "
+            f"reader_options: {flow} under data's init_args in a config. Or convert the file to UTF-8."
+        )
 
     # ------------------------------------------------------------------ loading
 
@@ -513,11 +619,13 @@ class TaskDataModule(LightningDataModule):
         if path.is_dir():
             rank_zero_info(f"Reusing tokenized data from {path}")
             return
+        self._notes = []
         processed = self.preprocess(self.raw)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
         with console.datasets_bars_hidden():
             processed.save_to_disk(str(partial))
+        (partial / NOTES_FILE).write_text(json.dumps(self._notes))
         try:
             partial.rename(path)
         except OSError:  # another process finished the same cache first
@@ -529,6 +637,7 @@ class TaskDataModule(LightningDataModule):
             if not self.cache_path().is_dir():
                 self.prepare_data()
             self.datasets = datasets.load_from_disk(str(self.cache_path()))
+            self._say_notes(json.loads((self.cache_path() / NOTES_FILE).read_text()))
 
     # ------------------------------------------------------------------ dataloaders
 
@@ -682,8 +791,10 @@ class TaskDataModule(LightningDataModule):
         files, self.raw, self._predicting_inputs = self.raw, raw, True
         try:
             self.check_data(raw)
+            self._notes = []
             with console.library_progress_bars_off():
                 encoded = self.preprocess(raw)["predict"]
+            self._say_notes(self._notes)
         finally:
             self.raw, self._predicting_inputs = files, False
         return DataLoader(

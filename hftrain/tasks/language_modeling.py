@@ -301,7 +301,7 @@ class LanguageModelingData(TaskDataModule):
             return super().read_file(path)
         is_prompts = self.predict_file is not None and path == Path(self.predict_file).expanduser()
         split_by = "line" if is_prompts else self.text_file_documents
-        text = path.read_text(encoding="utf-8")
+        text = self.read_text(path)
         if split_by == "paragraph":
             pieces = re.split(r"\n(?:[ \t]*\n)+", text)  # WikiText's blank lines hold a space
         else:
@@ -342,7 +342,16 @@ class LanguageModelingData(TaskDataModule):
         return self.block_size
 
     def preprocess(self, raw: datasets.DatasetDict) -> datasets.DatasetDict:
-        processed = self.map_splits(raw, self._encode, with_indices=True)
+        processed = self.report_truncation(
+            self.map_splits(raw, self._encode, with_indices=True),
+            "length",
+            "max_length",
+            lambda split, _: (
+                f"only their last {self.max_length} tokens are continued"
+                if split == "predict"
+                else f"only their first {self.max_length} tokens are trained on or scored"
+            ),
+        )
         for split, examples in processed.items():
             if self.packing and split != "predict":
                 processed[split] = examples.map(
@@ -388,6 +397,7 @@ class LanguageModelingData(TaskDataModule):
             indices = [i for i, _ in kept]
             input_ids = [ended(ids) for ids in self.tokenizer([text for _, text in kept], verbose=False)["input_ids"]]
             labels = [list(ids) for ids in input_ids]
+        lengths = [len(ids) for ids in input_ids]
         if not self.packing:
             input_ids = [ids[: self.max_length] for ids in input_ids]
             labels = [row[: self.max_length] for row in labels]
@@ -402,6 +412,7 @@ class LanguageModelingData(TaskDataModule):
             "input_ids": input_ids,
             "attention_mask": [[1] * len(ids) for ids in input_ids],
             "labels": labels,
+            **({} if self.packing else {"length": lengths}),  # packing cuts no text: nothing to report
         }
 
     @staticmethod
@@ -423,4 +434,5 @@ class LanguageModelingData(TaskDataModule):
     def _encode_prompts(self, batch: dict[str, list]) -> dict[str, list]:
         """Prompts to continue, keeping each one's last `max_length` tokens (nearest what comes next)."""
         encoded = self.tokenizer(batch[self.prompt_column or self.text_column], verbose=False)
-        return {key: [row[-self.max_length :] for row in encoded[key]] for key in ("input_ids", "attention_mask")}
+        kept = {key: [row[-self.max_length :] for row in encoded[key]] for key in ("input_ids", "attention_mask")}
+        return {**kept, "length": [len(ids) for ids in encoded["input_ids"]]}

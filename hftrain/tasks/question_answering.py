@@ -177,7 +177,7 @@ class QuestionAnsweringData(TaskDataModule):
         """SQuAD JSON, nested or flat (`read_squad_json`), is read without options; other files go to the
         base readers."""
         if path.suffix.lower() == ".json":
-            rows = read_squad_json(path)
+            rows = read_squad_json(path, self.file_encoding)
             if rows is not None:
                 return datasets.Dataset.from_list(rows)
         return super().read_file(path)

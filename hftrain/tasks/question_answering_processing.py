@@ -30,8 +30,9 @@ from transformers import PreTrainedTokenizerBase
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions")
 
 
-def read_squad_json(path: Path) -> list[dict[str, Any]] | None:
-    """One row per question if `path` is a SQuAD JSON file, else None (JSON lines, other shapes).
+def read_squad_json(path: Path, encoding: str = "utf-8") -> list[dict[str, Any]] | None:
+    """One row per question if `path` is a SQuAD JSON file, else None (JSON lines, other shapes, or not text
+    in `encoding`).
 
     Two shapes are SQuAD's: the official nested one (`{"data": [{"paragraphs": [{"context", "qas"}]}]}`),
     flattened here, and the flat one the HF `run_qa.py` example reads with `field="data"` (`{"version": …,
@@ -39,7 +40,7 @@ def read_squad_json(path: Path) -> list[dict[str, Any]] | None:
     `SQUAD/sample.json`), whose rows are taken as they are.
     """
     try:
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding=encoding) as f:
             parsed = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None

@@ -200,11 +200,11 @@ class Seq2SeqData(TaskDataModule):
             self._find_columns(dataset, str(path))
             self._check_texts(dataset, lambda role: f"{path}, row")
             return dataset
-        sources = _read_lines(path)
+        sources = _lines(self.read_text(path))
         target_path = self.target_file(path)
         if not target_path.is_file():
             return datasets.Dataset.from_dict({TRANSLATION_COLUMN: [{self.source_lang: s} for s in sources]})
-        targets = _read_lines(target_path)
+        targets = _lines(self.read_text(target_path))
         if len(sources) != len(targets):
             raise HFTrainError(
                 f"The parallel files {path} ({len(sources)} lines) and {target_path} ({len(targets)} lines) "
@@ -348,16 +348,37 @@ class Seq2SeqData(TaskDataModule):
         tokenizer does not add it (a tokenizer without a post-processor): a model that never sees it as a
         target never learns to stop, and every generation runs to max_new_tokens."""
         sources = [self.source_prefix + text for text in self.texts(batch, "source")]
-        encoded = self.tokenizer(sources, max_length=self.max_length, truncation=True)
+        encoded, lengths = self.tokenize_truncated([sources], self.max_length)
+        encoded["source_length"] = lengths
         if self.has_texts(self.raw[split], "target"):
-            targets = self.tokenizer(
-                text_target=self.texts(batch, "target"), max_length=self.max_target_length, truncation=True
+            targets, lengths = self.tokenize_truncated(
+                [self.texts(batch, "target")], self.max_target_length, as_target=True
             )
             eos = require_eos(self.tokenizer, self.tokenizer_name, "seq2seq training, so generation stops").eos_token_id
+            ended = [ids[-1:] == [eos] for ids in targets["input_ids"]]
             encoded["labels"] = [
-                ids if ids[-1:] == [eos] else [*ids[: self.max_target_length - 1], eos] for ids in targets["input_ids"]
+                ids if end else [*ids[: self.max_target_length - 1], eos]
+                for ids, end in zip(targets["input_ids"], ended, strict=True)
             ]
+            encoded["target_length"] = [n + (not end) for n, end in zip(lengths, ended, strict=True)]
         return encoded
+
+    def preprocess(self, raw: datasets.DatasetDict) -> datasets.DatasetDict:
+        """`encode` over every split, saying how many sources and targets were cut at their longest length."""
+        processed = self.report_truncation(
+            super().preprocess(raw),
+            "source_length",
+            "max_length",
+            f"the model reads only their first {self.max_length} tokens",
+            rows="sources",
+        )
+        return self.report_truncation(
+            processed,
+            "target_length",
+            "max_target_length",
+            f"the model learns to write only their first {self.max_target_length} tokens",
+            rows="targets",
+        )
 
     @property
     def collator(self) -> DataCollatorForSeq2Seq:
@@ -366,13 +387,13 @@ class Seq2SeqData(TaskDataModule):
         return DataCollatorForSeq2Seq(self.tokenizer, label_pad_token_id=-100)
 
 
-def _read_lines(path: Path) -> list[str]:
+def _lines(text: str) -> list[str]:
     """One example per line; blank lines at the end of the file are dropped (Multi30k ends with one).
 
     Only `\\n` ends a line: `str.splitlines` would also split at characters such as U+2028 inside a
     sentence and shift one side of a parallel corpus against the other.
     """
-    lines = [line.removesuffix("\r") for line in path.read_text(encoding="utf-8").split("\n")]
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
     while lines and not lines[-1].strip():
         lines.pop()
     return lines

@@ -359,10 +359,18 @@ class TextClassificationData(TaskDataModule):
         texts = [batch[self.text_column]]
         if self.text_pair_column:
             texts.append(batch[self.text_pair_column])
-        encoded = self.tokenizer(*texts, truncation=True, max_length=self.max_length)
+        encoded, lengths = self.tokenize_truncated(texts, self.max_length)
+        encoded["length"] = lengths
         if self.label_column in batch:
             encoded["labels"] = self._encode_labels(batch[self.label_column], split)
         return encoded
+
+    def preprocess(self, raw: datasets.DatasetDict) -> datasets.DatasetDict:
+        """`encode` over every split, saying how many rows were cut at max_length."""
+        cut = f"the model reads only their first {self.max_length} tokens"
+        if self.text_pair_column:
+            cut += " (a pair's longer text is cut first)"
+        return self.report_truncation(super().preprocess(raw), "length", "max_length", cut)
 
     @property
     def collator(self) -> DataCollatorWithPadding:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import datasets
 import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 from transformers import (
@@ -176,9 +176,10 @@ class TokenClassificationCollator:
         return batch
 
 
-def read_conll(path: Path, tag_index: int, tokens_column: str, tag_column: str) -> datasets.Dataset:
-    """Read a CoNLL column file: a token per line, its fields split on whitespace, a blank line between
-    sentences, `-DOCSTART-` lines skipped. A file with one column holds tokens only (for predict).
+def read_conll(path: Path, text: str, tag_index: int, tokens_column: str, tag_column: str) -> datasets.Dataset:
+    """Read the `text` of a CoNLL column file (`path`, for messages): a token per line, its fields split on
+    whitespace, a blank line between sentences, `-DOCSTART-` lines skipped. A file with one column holds
+    tokens only (for predict).
 
     datasets' own `conll` builder pads or cuts lines with a wrong number of columns without a word, and
     keeps no line numbers; here a wrong line is an error naming it, and each row keeps the `line` its
@@ -197,11 +198,7 @@ def read_conll(path: Path, tag_index: int, tokens_column: str, tag_column: str) 
             tokens.clear()
             tags.clear()
 
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as err:
-        raise HFTrainError(f"Could not read {path}: it is not UTF-8 text ({err}). Convert it to UTF-8.") from err
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(text.splitlines(), 1):
         fields = line.split()
         if not fields or fields[0] == "-DOCSTART-":
             end_sentence()
@@ -256,7 +253,13 @@ class TokenClassificationData(TaskDataModule):
 
     def read_file(self, path: Path) -> datasets.Dataset:
         if path.suffix.lower() in CONLL_SUFFIXES:
-            return read_conll(path, self.conll_tag_index, self.tokens_column or "tokens", self.tag_column or "ner_tags")
+            return read_conll(
+                path,
+                self.read_text(path),
+                self.conll_tag_index,
+                self.tokens_column or "tokens",
+                self.tag_column or "ner_tags",
+            )
         return super().read_file(path)
 
     def supported_suffixes(self) -> list[str]:
@@ -406,6 +409,8 @@ class TokenClassificationData(TaskDataModule):
         if with_tags:
             encoded["labels"] = labels
         encoded["words_cut"] = [len(s) - k for s, k in zip(sentences, kept, strict=True)]
+        specials = self.tokenizer.num_special_tokens_to_add()
+        encoded["subwords"] = [len(ids) + specials for ids in pieces["input_ids"]]
         return encoded
 
     def row_fields(self, batch: dict[str, list], split: str) -> dict[str, list]:
@@ -436,16 +441,18 @@ class TokenClassificationData(TaskDataModule):
                 f"The tokenizer '{self.tokenizer_name}' is not a fast (Rust) tokenizer, which token "
                 "classification needs to map subwords to words. Use a model that ships a tokenizer.json."
             )
-        processed = self.map_splits(raw, self._encode, with_indices=True)
+        processed = self.report_truncation(
+            self.map_splits(raw, self._encode, with_indices=True),
+            "subwords",
+            "max_length",
+            lambda split, encoded: (
+                f"their last {sum(column(encoded, 'words_cut'))} words in all are dropped (not trained on, not "
+                "scored, tagged null in predictions)"
+            ),
+            rows="sentences",
+            unit="subwords",
+        )
         for split, encoded in processed.items():
-            cut = [n for n in encoded["words_cut"] if n]
-            if cut:
-                rank_zero_warn(
-                    f"{len(cut)} of {len(encoded)} sentences in the {split} split ({self.source(split)}) are "
-                    f"longer than data.max_length={self.max_length} subwords: their last {sum(cut)} words in "
-                    "all are dropped (not trained on, not scored, tagged null in predictions). Raise "
-                    "data.max_length to keep them."
-                )
             drop = ["words_cut"] + (["word_ids"] if split == "train" else [])
             processed[split] = encoded.remove_columns(drop)
         return processed
