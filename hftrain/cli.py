@@ -231,6 +231,13 @@ class HFTrainCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
         console.configure(verbose=config.verbose)
+        if config.get("lr_scheduler") and not config.get("optimizer"):  # LightningCLI would ignore it
+            raise HFTrainError(
+                "--lr_scheduler takes effect only with --optimizer (LightningCLI builds the two together, in place "
+                "of hftrain's AdamW and warmup schedule); alone it would be ignored. Add --optimizer (e.g. "
+                "`--optimizer torch.optim.AdamW --optimizer.lr 5e-5`), or choose hftrain's schedule with "
+                "--model.lr_scheduler_type (linear, cosine or constant)."
+            )
         if config.verbose:
             config.trainer.enable_model_summary = True
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None

@@ -173,6 +173,11 @@ def tokenizer_bigger_than_model(tmp_path, model):
     return ["--config", classification_config(tmp_path / "bad.yaml", str(small), _files(tmp_path))]
 
 
+def schedule_without_optimizer(tmp_path, model):
+    config = classification_config(tmp_path / "bad.yaml", model, _files(tmp_path))
+    return ["--config", config, "--lr_scheduler", "torch.optim.lr_scheduler.StepLR", "--lr_scheduler.step_size", "1"]
+
+
 CASES = {
     missing_column: ["no column 'review'", "data.text_column", "train.csv"],
     label_outside_the_set: ["'meh'", "row 6", "not in the label set", "dev_meh.csv"],
@@ -197,6 +202,7 @@ CASES = {
     checkpoint_path_missing: ["gone.ckpt", "does not exist"],
     checkpoint_of_another_task: ["qa.ckpt", "written by QuestionAnswering", "trains TextClassification"],
     tokenizer_bigger_than_model: ["embeddings", "do not belong together", "small-vocab-model"],
+    schedule_without_optimizer: ["--lr_scheduler", "only with --optimizer", "--model.lr_scheduler_type"],
 }
 
 
