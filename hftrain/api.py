@@ -25,9 +25,9 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from hftrain import preflight
 from hftrain.cli import (
     HFTrainCLI,
-    check_yaml_files,
     default_callbacks,
     find_user_error,
     scale_log_interval,
@@ -75,7 +75,7 @@ class Run:
             arguments.append(f"--seed_everything={seed_everything}")
         arguments += [str(a) for a in args]
         with user_errors():
-            check_yaml_files(arguments)
+            preflight.check(arguments)
             cli = HFTrainCLI(args=arguments, run=False)
         self.module, self.data, self.trainer = cli.model, cli.datamodule, cli.trainer
         self._fitted = False
@@ -231,8 +231,8 @@ def trainer(
     """A `lightning.Trainer` with what `hftrain fit` adds, for modules built by hand: the run folder
     `<save_dir>/<name>/version_N/` with TensorBoard logs, the best and last checkpoints by the task's metric,
     `results.json`, the `hf_model/` export, the training log (learning rate, gradient norm, throughput, every
-    `log_every_n_steps`, sized to the run unless given), the NaN-loss stop, gradient clipping at 1.0 and
-    hftrain's progress display.
+    `log_every_n_steps`, sized to the run unless given), the NaN-loss stop, gradient clipping at 1.0, 3 epochs
+    (the HF Trainer's default; unlimited when only `max_steps` is given) and hftrain's progress display.
 
     `trainer_kwargs` are `lightning.Trainer` arguments and win over these defaults; `callbacks` are added to
     hftrain's (a checkpoint callback or progress bar given replaces hftrain's own). Seed first, as the CLI
@@ -247,6 +247,8 @@ def trainer(
         callbacks.append(TaskCheckpoint(**CHECKPOINT_DEFAULTS))
     defaults = {**TRAINER_DEFAULTS, "enable_model_summary": verbose}
     options = {"logger": TensorBoardLogger(save_dir, name=name), **defaults, **trainer_kwargs}
+    if options.get("max_steps", -1) > 0 and "max_epochs" not in trainer_kwargs:
+        options["max_epochs"] = -1  # hftrain's default of 3 epochs does not cut a run of max_steps short
     trainer = use_hftrain_parts(Trainer(**options, callbacks=callbacks + default_callbacks()))
     if "log_every_n_steps" not in trainer_kwargs:
         scale_log_interval(trainer)

@@ -11,11 +11,15 @@ and continue in it (resume for `fit`; metrics and predictions written beside the
 """
 
 import importlib
+import logging
+import math
 import os
+import re
 import sys
 import warnings
 import zipfile
 from argparse import ArgumentError
+from contextlib import contextmanager
 from importlib import import_module
 from pathlib import Path
 
@@ -24,6 +28,7 @@ import transformers
 import yaml
 from jsonargparse import get_loader, set_loader
 from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -32,7 +37,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-from hftrain import _EXPORTS, options
+from hftrain import _EXPORTS, options, preflight
 from hftrain.core import console, internals, runs
 from hftrain.core.callbacks import (
     ExportHFModel,
@@ -243,23 +248,10 @@ class HFTrainCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path not in (None, "best", "last", "hpc", "registry"):
             self._check_checkpoint(Path(ckpt_path), self.config[subcommand].model.class_path)
-        if subcommand == "predict":
-            self._check_predict_data(config.data.get("init_args") or {})
-
-    @staticmethod
-    def _check_predict_data(data) -> None:
-        """`predict` needs data to predict on: said before any model or checkpoint loads."""
-        predict_file = data.get("predict_file")
-        if not (predict_file or data.get("test_file") or data.get("dataset_name")):
-            raise HFTrainError(
-                "hftrain predict has nothing to predict on: set data.predict_file (a file like the training data; "
-                "labels are not needed), e.g. `--data.predict_file new.csv`."
-            )
-        if predict_file and not Path(predict_file).expanduser().is_file():
-            raise HFTrainError(
-                f"data.predict_file '{predict_file}' does not exist (looked in {Path(predict_file).resolve()}). "
-                "Check the path; relative paths are read from the folder you run hftrain in."
-            )
+        check_trainer_options(config.trainer.as_dict())
+        if subcommand:
+            init_args = config.data.get("init_args")
+            preflight.check_stage_data(subcommand, init_args.as_dict() if init_args else {})
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer_config = (self.config_init[self.subcommand] if self.subcommand else self.config_init).trainer
@@ -272,7 +264,12 @@ class HFTrainCLI(LightningCLI):
 
     def after_instantiate_classes(self) -> None:
         """Refuse a tokenizer with more tokens than the model has embeddings (ids past the table crash
-        mid-run with an index error instead)."""
+        mid-run with an index error instead), and data that the subcommand or trainer cannot work with."""
+        if isinstance(self.datamodule, TaskDataModule):
+            if self.subcommand:
+                check_split_loaded(self.subcommand, self.datamodule)
+            if self.subcommand in (None, "fit"):  # None: built from Python, to fit
+                check_batches_per_epoch(self.trainer, self.datamodule)
         tokenizer = getattr(self.datamodule, "tokenizer", None)
         embeddings = self.model.model.get_input_embeddings() if hasattr(self.model, "model") else None
         if tokenizer is not None and embeddings is not None and len(tokenizer) > embeddings.num_embeddings:
@@ -384,6 +381,108 @@ class HFTrainCLI(LightningCLI):
         return fits[-1]
 
 
+# trainer options that attach objects (or a folder) rather than settle how training runs: left out of the
+# trainer `check_trainer_options` builds, so that it writes nothing
+ATTACHED = ("logger", "callbacks", "plugins", "default_root_dir", "enable_checkpointing")
+PLAIN = (str, int, float, bool, type(None))
+# the options that choose the hardware, with Lightning's defaults: what a refusal without an option's name is about
+MACHINE_DEFAULTS = {"accelerator": "auto", "devices": "auto", "strategy": "auto", "precision": None, "num_nodes": 1}
+
+
+def check_trainer_options(trainer: dict) -> None:
+    """Name a trainer option Lightning refuses before anything loads or is written.
+
+    Lightning checks most options (`precision`, `accelerator` / `devices` / `strategy` against the machine,
+    `limit_*_batches`, `gradient_clip_algorithm`, …) in `Trainer.__init__`, which the CLI reaches after the model
+    has loaded and the run folder is chosen, and it answers with a traceback. A trainer built from the plain
+    options alone, with no logger, callback or checkpointing, runs exactly those checks and writes nothing.
+    Options set to objects (a strategy's `class_path`) are left to the real trainer.
+    """
+    preflight.check_trainer_values(trainer)
+    plain = {
+        name: value
+        for name, value in trainer.items()
+        if name not in ATTACHED and all(isinstance(v, PLAIN) for v in (value if isinstance(value, list) else [value]))
+    }
+    try:
+        with _quiet():
+            Trainer(**plain, logger=False, enable_checkpointing=False)
+    except (MisconfigurationException, ValueError, TypeError, RuntimeError) as err:
+        text = " ".join(str(err).split())
+        named = [name for name in plain if re.search(rf"\b{name}\b", text)]
+        machine = [name for name, default in MACHINE_DEFAULTS.items() if plain.get(name, default) != default]
+        named = named or machine or list(MACHINE_DEFAULTS)
+        settings = ", ".join(f"trainer.{name}={plain.get(name, MACHINE_DEFAULTS.get(name))!r}" for name in named)
+        hint = " (`configs/trainer/cpu.yaml` runs on any machine)" if set(named) <= set(MACHINE_DEFAULTS) else ""
+        raise HFTrainError(
+            f"Lightning refuses the trainer setting{'s' if len(named) > 1 else ''} {settings}: {text} Change "
+            f"{'them' if len(named) > 1 else 'it'} in the config's `trainer:` section or with --trainer.<option>"
+            f"{hint}."
+        ) from None
+
+
+@contextmanager
+def _quiet():
+    """Lightning's notices while building a trainer only to check its options (the real one prints them)."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def check_split_loaded(subcommand: str, data: TaskDataModule) -> None:
+    """The split a subcommand needs, once a Hub dataset is loaded (`preflight.check_stage_data` checks files
+    before anything loads): said before a checkpoint loads or the run folder is written."""
+    needed = {"validate": "validation", "test": "test", "predict": "predict"}.get(subcommand)
+    if needed is None:
+        return
+    have = any(split in data.raw for split in data.validation_splits) if needed == "validation" else needed in data.raw
+    if not have:
+        source = f"The dataset '{data.dataset_name}'" if data.dataset_name else "The data"
+        raise HFTrainError(
+            f"hftrain {subcommand} has no {needed} data: {source} has no {needed} split (it has "
+            f"{', '.join(data.raw) or 'none'}). Set data.{needed}_file to a file like the training data."
+        )
+
+
+def check_batches_per_epoch(trainer: Trainer, data: TaskDataModule) -> None:
+    """An interval counted in training batches must fit in an epoch, known now that the data is read: Lightning
+    refuses a larger `val_check_interval` only when fit starts, after writing the run folder, and takes
+    an `accumulate_grad_batches` larger than the epoch silently, as a step at each epoch's end on fewer batches."""
+    if "train" not in data.raw:
+        return
+    rows, world = len(data.raw["train"]), trainer.world_size
+    all_batches = math.ceil(math.ceil(rows / world) / data.batch_size)
+    limit = trainer.limit_train_batches
+    batches = min(all_batches, limit) if isinstance(limit, int) else int(all_batches * limit)
+    limited = " after trainer.limit_train_batches" if batches < all_batches else ""
+    epoch = (
+        f"an epoch has {batches} training batches ({rows} rows in batches of {data.batch_size}"
+        f"{f' over {world} processes' if world > 1 else ''}{limited})"
+    )
+    interval = trainer.val_check_interval
+    validates = trainer.check_val_every_n_epoch is not None and trainer.limit_val_batches > 0
+    if isinstance(interval, int) and interval > batches and validates:
+        raise HFTrainError(
+            f"trainer.val_check_interval is {interval} training batches, but {epoch}. Set at most {batches}, a "
+            "fraction of an epoch (0.5 validates twice an epoch), or trainer.check_val_every_n_epoch: null to "
+            "count batches across epochs."
+        )
+    if trainer.accumulate_grad_batches > batches > 0:
+        raise HFTrainError(
+            f"trainer.accumulate_grad_batches is {trainer.accumulate_grad_batches}, but {epoch}: every optimizer "
+            f"step would end with the epoch after {batches} batches. Set at most {batches}, or a smaller "
+            "data.batch_size."
+        )
+
+
 def main(args: list[str] | None = None) -> None:
     """Run the CLI; user errors print one paragraph and exit 2 (`HFTRAIN_DEBUG=1` shows the traceback)."""
     if rank_zero_only.rank > 0:  # a rank started by a launcher loads what rank 0 loads; rank 0 reports it
@@ -391,7 +490,7 @@ def main(args: list[str] | None = None) -> None:
         transformers.logging.disable_progress_bar()
         datasets.disable_progress_bars()
     try:
-        check_yaml_files(sys.argv[1:] if args is None else args)
+        preflight.check(sys.argv[1:] if args is None else args)
         HFTrainCLI(args=args)
     except Exception as err:
         user_error = find_user_error(err)
@@ -408,16 +507,6 @@ def main(args: list[str] | None = None) -> None:
 def _import(class_path: str) -> type:
     module, _, name = class_path.rpartition(".")
     return getattr(importlib.import_module(module), name)
-
-
-def check_yaml_files(args: list) -> None:
-    """Name a config file that is not valid YAML (jsonargparse's message does not say which file)."""
-    for flag, value in zip(args, args[1:], strict=False):
-        if str(flag) in ("--config", "-c") and Path(value).is_file():
-            try:
-                yaml.safe_load(Path(value).read_text())
-            except yaml.YAMLError as err:
-                raise HFTrainError(f"The config file {value} is not valid YAML: {err}") from err
 
 
 def find_user_error(err: BaseException | None) -> HFTrainError | None:

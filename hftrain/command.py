@@ -3,22 +3,20 @@
 Building the full command line means importing torch, Lightning, transformers and datasets (several
 seconds on a laptop, more on a busy login node) to read every class signature. Asking what the command
 does should not cost that, so the help pages are written here, from the option list `options` reads out
-of the source files, and the heavy imports start only once a subcommand runs. `hftrain fit --help` lists
-the options of the config's task (or of every task's base, and the tasks to choose from).
+of the source files, and the heavy imports start only once a subcommand runs; mistakes the config shows by
+itself (`preflight`) are named before them. `hftrain fit --help` lists the options of the config's task (or
+of every task's base, and the tasks to choose from).
 """
 
 import ast
+import os
 import sys
 import textwrap
 
-from hftrain import __version__, options
+from hftrain import __version__, options, preflight
+from hftrain.core.errors import HFTrainError
 
-SUBCOMMANDS = {
-    "fit": "Fine-tune a model; resume with --ckpt_path last.",
-    "validate": "Compute validation metrics of a checkpoint (--ckpt_path best|last|<file>).",
-    "test": "Compute test metrics of a checkpoint on data.test_file.",
-    "predict": "Write predictions of a checkpoint on data.predict_file to predictions.jsonl.",
-}
+SUBCOMMANDS = options.SUBCOMMANDS
 
 HELP = f"""usage: hftrain [-h] [--version] {{{",".join(SUBCOMMANDS)}}} ...
 
@@ -56,6 +54,13 @@ def main(args: list[str] | None = None) -> None:
     elif argv[0] in SUBCOMMANDS and any(a in ("-h", "--help") or a.endswith(".help") for a in argv[1:]):
         print(subcommand_help(argv[0], argv[1:]), end="")
     else:
+        try:
+            preflight.check(argv)
+        except HFTrainError as err:
+            if os.environ.get("HFTRAIN_DEBUG") == "1":
+                raise
+            print(f"hftrain: error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
         from hftrain.cli import main as run
 
         run(args)

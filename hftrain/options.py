@@ -20,8 +20,17 @@ from pathlib import Path
 
 from hftrain import _EXPORTS
 
+SUBCOMMANDS = {
+    "fit": "Fine-tune a model; resume with --ckpt_path last.",
+    "validate": "Compute validation metrics of a checkpoint (--ckpt_path best|last|<file>).",
+    "test": "Compute test metrics of a checkpoint on data.test_file.",
+    "predict": "Write predictions of a checkpoint on data.predict_file to predictions.jsonl.",
+}
+
 # LightningCLI defaults set by hftrain, as --help shows them (trainer.callbacks and the logger are set in cli.py)
 TRAINER_DEFAULTS = {
+    # the HF Trainer's num_train_epochs: Lightning's own default, None, trains for 1000 epochs
+    "max_epochs": 3,
     "gradient_clip_val": 1.0,  # the HF Trainer's max_grad_norm default
     "enable_model_summary": False,  # the run's first lines give the model's size; --verbose shows the summary
 }

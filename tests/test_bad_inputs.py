@@ -1,7 +1,9 @@
 """A catalogue of bad inputs: each gets one clear message, exit status 2, no traceback, and leaves an
-existing run folder byte-for-byte as it was."""
+existing run folder byte-for-byte as it was, with no new run folder beside it."""
 
 import pytest
+import torch
+import yaml
 from conftest import sentiment_rows, write_csv
 from helpers import classification_config, run_cli, tree_digest
 
@@ -178,6 +180,64 @@ def schedule_without_optimizer(tmp_path, model):
     return ["--config", config, "--lr_scheduler", "torch.optim.lr_scheduler.StepLR", "--lr_scheduler.step_size", "1"]
 
 
+def _trainer(name, value):
+    """A config that sets one trainer option, as configs/ and docs/ set them."""
+
+    def case(tmp_path, model):
+        overrides = {f"trainer__{name}": value}
+        return ["--config", classification_config(tmp_path / "bad.yaml", model, _files(tmp_path), **overrides)]
+
+    case.__name__ = f"trainer_{name}_{value}"
+    return case
+
+
+def _without_class_path(kind):
+    def case(tmp_path, model):
+        config = classification_config(tmp_path / "bad.yaml", model, _files(tmp_path))
+        content = yaml.safe_load(config.read_text())
+        del content[kind]["class_path"]
+        config.write_text(yaml.safe_dump(content))
+        return ["--config", config]
+
+    case.__name__ = f"{kind}_without_class_path"
+    return case
+
+
+def empty_model_name(tmp_path, model):
+    return ["--config", classification_config(tmp_path / "bad.yaml", "", _files(tmp_path))]
+
+
+# every trainer option that configs/ and docs/ set, with a value Lightning (or torch) refuses or cannot use:
+# answered before the model loads and before a run folder exists; the last ones once the data's size is known
+TRAINER_CASES = {
+    _trainer("max_epochs", -3): ["trainer.max_epochs must be", "-1 for no limit", "got -3"],
+    _trainer("max_steps", -5): ["trainer.max_steps must be", "got -5"],
+    _trainer("check_val_every_n_epoch", 0): ["trainer.check_val_every_n_epoch must be", "got 0"],
+    _trainer("val_check_interval", 0.0): ["trainer.val_check_interval must be", "got 0.0"],
+    _trainer("accumulate_grad_batches", 0): ["trainer.accumulate_grad_batches must be", "got 0"],
+    _trainer("log_every_n_steps", -1): ["trainer.log_every_n_steps must be", "got -1"],
+    _trainer("limit_train_batches", 1.5): ["trainer.limit_train_batches must be", "got 1.5"],
+    _trainer("limit_val_batches", -1): ["trainer.limit_val_batches must be", "got -1"],
+    _trainer("limit_test_batches", -0.5): ["trainer.limit_test_batches must be", "got -0.5"],
+    _trainer("num_sanity_val_steps", -2): ["trainer.num_sanity_val_steps must be", "got -2"],
+    _trainer("gradient_clip_val", -1.0): ["trainer.gradient_clip_val must be", "got -1.0"],
+    _trainer("num_nodes", 0): ["trainer.num_nodes must be", "got 0"],
+    _trainer("devices", 0): ["trainer.devices must be", "got 0"],
+    _trainer("max_epoch", 3): ["--trainer.max_epoch is not an option", "Did you mean --trainer.max_epochs?"],
+    _trainer("enable_progress_bar", "sometimes"): ["trainer.enable_progress_bar", "sometimes"],
+    _trainer("precision", "17"): ["trainer.precision must be one of", "'17'"],
+    _trainer("gradient_clip_algorithm", "nrom"): ["Lightning refuses", "trainer.gradient_clip_algorithm='nrom'"],
+    _trainer("strategy", "fastest"): ["Lightning refuses", "trainer.strategy='fastest'"],
+    _trainer("profiler", "detailed"): ["Lightning refuses", "trainer.profiler='detailed'"],
+    _trainer("val_check_interval", 50): ["trainer.val_check_interval is 50", "an epoch has 3 training batches"],
+    _trainer("accumulate_grad_batches", 8): ["trainer.accumulate_grad_batches is 8", "at most 3"],
+    _without_class_path("model"): ["bad.yaml sets no model class", "class_path: hftrain.tasks."],
+    _without_class_path("data"): ["bad.yaml sets no data class", "TextClassificationData"],
+    empty_model_name: ["model.model_name_or_path is empty"],
+}
+if not torch.cuda.is_available():
+    TRAINER_CASES[_trainer("accelerator", "gpu")] = ["Lightning refuses", "trainer.accelerator='gpu'"]
+
 CASES = {
     missing_column: ["no column 'review'", "data.text_column", "train.csv"],
     label_outside_the_set: ["'meh'", "row 6", "not in the label set", "dev_meh.csv"],
@@ -204,6 +264,7 @@ CASES = {
     tokenizer_bigger_than_model: ["embeddings", "do not belong together", "small-vocab-model"],
     schedule_without_optimizer: ["--lr_scheduler", "only with --optimizer", "--model.lr_scheduler_type"],
 }
+CASES.update(TRAINER_CASES)
 
 
 @pytest.mark.parametrize("case", list(CASES), ids=[c.__name__ for c in CASES])
@@ -214,6 +275,7 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(case, tiny_bert, tmp_p
     (earlier_run / "results.json").write_text('{"best": {"val/accuracy": 0.9}}\n')
     (earlier_run / "config.yaml").write_text("earlier: config\n")
     before = tree_digest(tmp_path / "runs")
+    folders = sorted((tmp_path / "runs").rglob("*"))
 
     status = run_cli("fit", *case(tmp_path, tiny_bert))
 
@@ -223,3 +285,4 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(case, tiny_bert, tmp_p
     for expected in CASES[case]:
         assert expected in err, f"{expected!r} not in: {err}"
     assert tree_digest(tmp_path / "runs") == before
+    assert sorted((tmp_path / "runs").rglob("*")) == folders

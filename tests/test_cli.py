@@ -2,6 +2,7 @@
 from environment variables only under `HFTRAIN_<SUBCOMMAND>__…`, and `predict` refusing early."""
 
 import pytest
+import yaml
 from conftest import sentiment_rows, write_csv
 from helpers import TEXT_CLASSIFICATION, classification_config, run_cli, tree_digest
 
@@ -87,3 +88,36 @@ def test_a_failed_predict_leaves_no_predictions_and_no_config(config, tmp_path, 
     assert {k: v for k, v in after.items() if k in before} == before
     # only Lightning's TensorBoard writer, which it opens for every run, adds a file
     assert all(name.startswith("events.out.tfevents.") for name in set(after) - set(before))
+
+
+def test_a_config_without_a_trainer_section_trains_three_epochs(config, tmp_path, capsys):
+    content = yaml.safe_load(config.read_text())
+    del content["trainer"]
+    config.write_text(yaml.safe_dump(content))
+    with pytest.raises(SystemExit):
+        HFTrainCLI(args=["fit", "--config", str(config), "--print_config"])
+    assert "  max_epochs: 3\n" in capsys.readouterr().out  # the HF Trainer's default, not Lightning's 1000
+
+
+@pytest.mark.parametrize(
+    ("subcommand", "setting", "expected"),
+    [
+        ("test", {}, "hftrain test has no test data: set data.test_file"),
+        ("validate", {"data__validation_split_percentage": 0}, "hftrain validate has no validation data"),
+    ],
+)
+def test_an_evaluation_without_its_split_fails_before_loading_or_writing(
+    subcommand, setting, expected, tiny_bert, tmp_path, monkeypatch, capsys
+):
+    files = {"train": str(write_csv(tmp_path / "train.csv", sentiment_rows(16, 1)))}
+    config = classification_config(tmp_path / "cli.yaml", tiny_bert, files, **setting)
+    assert run_cli("fit", "--config", config, "--trainer.max_epochs", "1") == 0
+    before = tree_digest(tmp_path / "runs")
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(pretrained, "load_model", no_loading)
+    capsys.readouterr()
+    assert expected in error_of(capsys, subcommand, "--config", config, "--ckpt_path", "last")
+    assert tree_digest(tmp_path / "runs") == before  # no config-N.yaml, no events file

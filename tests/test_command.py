@@ -61,3 +61,33 @@ def test_class_help_takes_short_names(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["fit", "--data.help", "Tokens"])
     assert exit_.value.code == 2 and "TokenClassificationData" in capsys.readouterr().err
+
+
+def test_mistakes_the_config_shows_are_named_before_any_framework_is_imported(tmp_path):
+    no_class = tmp_path / "no_class.yaml"
+    no_class.write_text("model:\n  init_args:\n    model_name_or_path: some/model\n")
+    probe = (
+        "import sys\nfrom hftrain.command import main\n"
+        "for args in sys.argv[1:]:\n"
+        "    try:\n        main(args.split())\n    except SystemExit as exit_:\n        print('exit', exit_.code)\n"
+        "print(sorted(m for m in ('torch', 'lightning', 'transformers', 'datasets') if m in sys.modules))"
+    )
+    cases = [
+        "fitt",
+        f"fit --config {no_class}",
+        "fit --model TextClassification --model.learning_rat 1",
+        "fit --model TextClassification --data TextClassificationData --trainer.max_epochs -3",
+    ]
+    done = subprocess.run([sys.executable, "-c", probe, *cases], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines() == ["exit 2"] * 4 + ["[]"]
+    errors = done.stderr.splitlines()
+    assert len(errors) == 4 and all(line.startswith("hftrain: error: ") for line in errors), errors
+    assert "'fitt' is not a subcommand. Did you mean fit?" in errors[0]
+    assert "no_class.yaml sets no model class" in errors[1]
+    assert "Did you mean --model.learning_rate?" in errors[2]
+    assert "trainer.max_epochs must be a number of epochs, 0 or more, or -1 for no limit; got -3" in errors[3]
+
+
+def test_the_trainer_defaults_to_the_hf_trainers_three_epochs(capsys):
+    main(["fit", "--help"])
+    assert "--trainer.max_epochs Optional[int] = 3\n" in capsys.readouterr().out
