@@ -48,7 +48,7 @@ def check(argv: list[str]) -> None:
         if unknown:
             raise not_an_option(unknown, [f"{section}.{name}" for name in known], command)
     check_trainer_values(config["trainer"])
-    if subcommand:
+    if subcommand and "print_config" not in dict(_arguments(argv)):  # printing the config needs no data
         check_stage_data(subcommand, config["data"]["init_args"])
 
 

@@ -112,7 +112,8 @@ def parse():
     it takes most of the ~0.5 s a command costs, and the parse, hftrain's checks of the parsed config
     (`HFTrainCLI.parse_arguments`) and the printed config are those of a fresh parser
     (test_a_reused_parser_prints_what_the_command_prints)."""
-    from hftrain.cli import HFTrainCLI, check_yaml_files
+    from hftrain import preflight
+    from hftrain.cli import HFTrainCLI
     from hftrain.core import console
 
     class ParserOnly(HFTrainCLI):
@@ -125,7 +126,7 @@ def parse():
 
     def run(argv: list[str]) -> str:
         out, was_verbose = io.StringIO(), console.is_verbose()
-        check_yaml_files(argv)
+        preflight.check([*argv, "--print_config"])
         try:
             with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_:
                 HFTrainCLI.parse_arguments(cli, cli.parser, [*argv, "--print_config"])
