@@ -41,7 +41,7 @@ def test_subcommand_help_lists_the_configs_task_without_importing_a_framework():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO).stdout
     assert out.splitlines()[-1] == "[]"
     assert "model: TextClassification (from configs/glue/mrpc.yaml)" in out
-    assert "--data.text_pair_column str | None = 'sentence2' (config; default None)" in out
+    assert "--data.dataset_config_name str | None = 'mrpc' (config; default None)" in out
     assert "--model.multi_label_threshold float = 0.5" in out and "--trainer.max_epochs" in out
     assert "--data.doc_stride" not in out  # another task's option
 
