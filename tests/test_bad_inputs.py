@@ -187,7 +187,7 @@ def _trainer(name, value):
         overrides = {f"trainer__{name}": value}
         return ["--config", classification_config(tmp_path / "bad.yaml", model, _files(tmp_path), **overrides)]
 
-    case.__name__ = f"trainer_{name}_{value}"
+    case.__name__ = f"trainer_{name}_{value if isinstance(value, str | int | float) else 'bad'}"
     return case
 
 
@@ -225,6 +225,9 @@ TRAINER_CASES = {
     _trainer("devices", 0): ["trainer.devices must be", "got 0"],
     _trainer("max_epoch", 3): ["--trainer.max_epoch is not an option", "Did you mean --trainer.max_epochs?"],
     _trainer("enable_progress_bar", "sometimes"): ["trainer.enable_progress_bar", "sometimes"],
+    _trainer("enable_model_summary", "often"): ["trainer.enable_model_summary", "often"],
+    _trainer("logger", "nonsense.Logger"): ["trainer.logger", "nonsense.Logger"],
+    _trainer("callbacks", [{"class_path": "nonsense.Callback"}]): ["trainer.callbacks", "nonsense.Callback"],
     _trainer("precision", "17"): ["trainer.precision must be one of", "'17'"],
     _trainer("gradient_clip_algorithm", "nrom"): ["Lightning refuses", "trainer.gradient_clip_algorithm='nrom'"],
     _trainer("strategy", "fastest"): ["Lightning refuses", "trainer.strategy='fastest'"],
