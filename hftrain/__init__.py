@@ -34,6 +34,8 @@ _EXPORTS = {
     "Seq2SeqData": "hftrain.tasks.seq2seq",
     "LanguageModeling": "hftrain.tasks.language_modeling",
     "LanguageModelingData": "hftrain.tasks.language_modeling",
+    "MultipleChoice": "hftrain.tasks.multiple_choice",
+    "MultipleChoiceData": "hftrain.tasks.multiple_choice",
 }
 
 

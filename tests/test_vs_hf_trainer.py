@@ -17,6 +17,7 @@ import torch
 from conftest import FILLER, counting, sentiment_rows, write_csv
 from helpers import quiet_trainer, write_jsonl
 from test_language_modeling import write_paragraphs
+from test_multiple_choice import swag_rows
 from test_seq2seq import cipher_rows
 from test_token_classification import ner_rows
 from torch.utils.data import DataLoader
@@ -25,6 +26,7 @@ from hftrain.core import length_split
 from hftrain.core.module import TaskModule
 from hftrain.core.sampling import EpochShuffleSampler
 from hftrain.tasks.language_modeling import LanguageModeling, LanguageModelingData
+from hftrain.tasks.multiple_choice import MultipleChoice, MultipleChoiceData
 from hftrain.tasks.seq2seq import Seq2Seq, Seq2SeqData
 from hftrain.tasks.text_classification import TextClassification, TextClassificationData
 from hftrain.tasks.token_classification import TokenClassification, TokenClassificationData
@@ -54,9 +56,13 @@ def without_dropout(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def assert_same_steps(module: TaskModule, data, collator, tmp_path: Path, steps: int, accumulate: int, clip, epochs):
+def assert_same_steps(
+    module: TaskModule, data, collator, tmp_path: Path, steps: int, accumulate: int, clip, epochs, no_gradient=()
+):
     """Fit `module` for `steps` optimizer steps with Lightning, and a copy of its model with the HF Trainer on
-    the batches hftrain's sampler drew (`epochs` of them, in order); the weights must agree."""
+    the batches hftrain's sampler drew (`epochs` of them, in order); the weights must agree, except those named
+    in `no_gradient`, whose gradient is zero but for rounding, which AdamW's normalized steps turn into moves
+    of up to the learning rate on either side."""
     from transformers import Trainer as HFTrainer
     from transformers import TrainingArguments
 
@@ -99,6 +105,8 @@ def assert_same_steps(module: TaskModule, data, collator, tmp_path: Path, steps:
     hf_weights = dict(hf_model.named_parameters())
     for name, weight in module.model.named_parameters():
         message = lambda m, name=name: f"{name}: {m}"  # noqa: E731
+        if name in no_gradient:
+            continue
         torch.testing.assert_close(weight, hf_weights[name], rtol=1e-5, atol=2e-5, msg=message)
         assert not torch.equal(weight, before[name]), f"{name} did not train"
 
@@ -149,6 +157,31 @@ def test_text_classification_takes_the_hf_trainers_steps(tiny_bert, tmp_path, sc
     without_dropout(module.model)
     collator = DataCollatorWithPadding(data.tokenizer)
     assert_same_steps(module, data, collator, tmp_path, steps=18, accumulate=1, clip=clip, epochs=2)
+
+
+def test_multiple_choice_takes_the_hf_trainers_steps(tiny_bert, tmp_path):
+    """SWAG-shaped rows whose contexts have 0-9 filler words added; the HF side batches them with transformers'
+    own `DataCollatorForMultipleChoice`, as run_swag does."""
+    from transformers import DataCollatorForMultipleChoice
+
+    rng = random.Random(0)
+    rows = [
+        {**row, "sent1": " ".join([row["sent1"], *rng.sample(FILLER, rng.randint(0, 9))])} for row in swag_rows(48, 1)
+    ]
+    data = MultipleChoiceData(
+        tokenizer_name=tiny_bert,
+        train_file=write_jsonl(tmp_path / "train.json", rows),
+        validation_split_percentage=0,
+        batch_size=8,
+    )
+    module = MultipleChoice(model_name_or_path=tiny_bert, learning_rate=5e-4, weight_decay=0.01, warmup_steps=2)
+    without_dropout(module.model)
+    collator = DataCollatorForMultipleChoice(data.tokenizer)
+    # the classifier's bias adds the same to every choice's score, which the softmax over choices cancels
+    no_gradient = ("classifier.bias",)
+    assert_same_steps(
+        module, data, collator, tmp_path, steps=12, accumulate=1, clip=1.0, epochs=2, no_gradient=no_gradient
+    )
 
 
 def test_language_modeling_averages_accumulated_micro_batches_over_their_tokens(tiny_gpt2, tmp_path):

@@ -55,11 +55,20 @@ class LengthSplit:
     length_key: str
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        order = sorted(range(len(features)), key=lambda i: -len(features[i][self.length_key]))
-        ranges = split_points([len(features[i][self.length_key]) for i in order], PART_COST)
+        lengths = [row_length(f[self.length_key]) for f in features]
+        order = sorted(range(len(features)), key=lambda i: -lengths[i])
+        ranges = split_points([lengths[i] for i in order], PART_COST)
         if len(ranges) == 1:
             return self.collate(features)
         return {PARTS: [self.collate([features[i] for i in order[start:stop]]) for start, stop in ranges]}
+
+
+def row_length(ids: list) -> int:
+    """The positions a row takes in a padded batch: its tokens, or for a row of several sequences (a
+    multiple-choice row's choices, each padded to the longest) their count times the longest one's."""
+    if ids and isinstance(ids[0], list):
+        return len(ids) * max(map(len, ids))
+    return len(ids)
 
 
 def batch_parts(batch: Any) -> list:
