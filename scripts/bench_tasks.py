@@ -114,6 +114,13 @@ def wikitext_prompts(work: Path, count: int = 256, words: int = 24) -> None:
         path.write_text("".join(" ".join(p.split()[:words]) + "\n" for p in paragraphs), encoding="utf-8")
 
 
+def squad_choice(work: Path) -> None:
+    """configs/multiple_choice/squad_choice_minilm_local.yaml's set, made by its documented command."""
+    if not (work / "squad-choice" / "validation.jsonl").is_file():
+        squad = DATA / "squad" / "dev-v2.0-first5.json"
+        run_script(str(SCRIPTS / "make_choice_data.py"), str(squad), str(work / "squad-choice"))
+
+
 TASKS = {
     "mrpc": Task(
         config="configs/glue/mrpc_minilm_local.yaml",
@@ -205,6 +212,27 @@ TASKS = {
         metrics=("bleu", "chrf"),
         prediction="prediction",
         generates=True,
+    ),
+    "choice": Task(
+        config="configs/multiple_choice/squad_choice_minilm_local.yaml",
+        data_class="hftrain.tasks.multiple_choice.MultipleChoiceData",
+        module_class="hftrain.tasks.multiple_choice.MultipleChoice",
+        auto_class="AutoModelForMultipleChoice",
+        data_args={
+            "train_file": "{work}/squad-choice/train.jsonl",
+            "validation_file": "{work}/squad-choice/validation.jsonl",
+            "predict_file": "{work}/squad-choice/validation.jsonl",
+            "max_length": 128,
+        },
+        model=minilm,
+        files=squad_choice,
+        batch_size=16,
+        learning_rate=1e-4,
+        warmup=0.1,
+        weight_decay=0.01,
+        epochs=2,
+        metrics=("accuracy", "loss"),
+        prediction="label",
     ),
     "wikitext2": Task(
         # the config trains on valid.txt and holds 5% of it out; here test.txt is the validation split
@@ -462,6 +490,29 @@ def hf_question_answering(model, tokenizer, splits) -> HFRun:
     )
 
 
+def hf_multiple_choice(model, tokenizer, splits) -> HFRun:
+    """`run_swag.py`'s collator and metric: accuracy of the highest-scored choice."""
+    import numpy as np
+    from transformers import DataCollatorForMultipleChoice
+
+    def compute_metrics(prediction) -> dict:
+        return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
+
+    def predict(trainer) -> list:
+        return np.argmax(trainer.predict(splits["predict"]).predictions, -1).tolist()
+
+    return HFRun(
+        model=model,
+        tokenizer=tokenizer,
+        train=splits["train"],
+        validation=splits["validation"],
+        collator=DataCollatorForMultipleChoice(tokenizer),
+        compute_metrics=compute_metrics,
+        evaluate=lambda trainer: strip_prefix(trainer.evaluate()),
+        predict=predict,
+    )
+
+
 def decode(tokenizer, ids) -> list[str]:
     import numpy as np
 
@@ -547,4 +598,5 @@ HF_BUILDERS = {
     "squad": hf_question_answering,
     "multi30k": hf_seq2seq,
     "wikitext2": hf_language_modeling,
+    "choice": hf_multiple_choice,
 }

@@ -145,7 +145,7 @@ class Meter:
             self.real = self.real + target.sum()
         if self.steps > 0:
             self.rows_after_first += mask.shape[0]
-            self.lengths.append(mask.sum(-1))
+            self.lengths.append(mask.sum(-1).flatten())  # a multiple-choice row: each choice is a sequence
             if self.targets:
                 self.target_lengths.append(target)
 

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from conftest import NEGATIVE, POSITIVE, REPO, SHARED_DATA, sentiment_rows, write_csv
 from helpers import run_cli, write_jsonl
+from test_multiple_choice import swag_rows
 
 from hftrain.cli import HFTrainCLI
 from hftrain.core.callbacks import TaskEarlyStopping
@@ -53,6 +54,11 @@ GLUE_TEXTS = {
     "qnli": ["question", "sentence"],
     "rte": ["sentence1", "sentence2"],
     "wnli": ["sentence1", "sentence2"],
+}
+SWAG_COLUMNS = {
+    "context_column": "sent1",
+    "question_column": "sent2",
+    "ending_columns": ["ending0", "ending1", "ending2", "ending3"],
 }
 NER_TAGS = {**dict.fromkeys(POSITIVE, "B-ORG"), **dict.fromkeys(NEGATIVE, "B-PER")}
 
@@ -106,6 +112,8 @@ def hf_example_file(config: Path, folder: Path) -> tuple[Path, dict]:
             "source_column": "document",
             "target_column": "summary",
         }
+    if task == "multiple_choice":  # run_swag: swag/sample.json, sent1, sent2, ending0..3, label
+        return Path(write_jsonl(folder / "sample.json", swag_rows(8, 0))), SWAG_COLUMNS
     (folder / "sample_text.txt").write_text("\n\n".join(texts()) + "\n")  # run_clm: sample_text.txt
     return folder / "sample_text.txt", {"text_column": "text"}
 
@@ -163,6 +171,27 @@ def target_file(config: Path, folder: Path) -> tuple[Path, dict]:
         (folder / "train.de").write_text("\n".join(t.title() for t in texts()) + "\n")
         (folder / "train.en").write_text("\n".join(texts()) + "\n")
         return folder / "train.en", {"target_lang": "de"}
+    if stem == "swag":  # the Hub's swag (regular) columns
+        rows = [
+            {"video-id": "v", "fold-ind": "1", "startphrase": "s", "gold-source": "gold", **r} for r in swag_rows(8, 0)
+        ]
+        return Path(write_jsonl(folder / "hub.jsonl", rows)), SWAG_COLUMNS
+    if task == "multiple_choice":  # scripts/make_choice_data.py's rows: context, question, choices, label
+        rows = [
+            {
+                "id": str(i),
+                "context": r["sent1"],
+                "question": r["sent2"],
+                "choices": [r[f"ending{j}"] for j in range(4)],
+            }
+            | {"label": r["label"]}
+            for i, r in enumerate(swag_rows(8, 0))
+        ]
+        return Path(write_jsonl(folder / "train.jsonl", rows)), {
+            "context_column": "context",
+            "question_column": "question",
+            "choices_column": "choices",
+        }
     if task == "seq2seq":  # the Hub's columns: xsum's are those of run_summarization's fixture, wmt16's its own
         return hf_example_file(config, folder)
     (folder / "valid.txt").write_text(" = A = \n\n" + "\n\n".join(texts()) + "\n")  # WikiText-2's raw text

@@ -23,8 +23,8 @@ from conftest import (
     write_csv,
 )
 from helpers import run_cli, translate_hf_flags, write_jsonl
-from test_multiple_choice import swag_rows
 from huggingface_hub import ModelCard
+from test_multiple_choice import swag_rows
 
 from hftrain.core.errors import HFTrainError
 from hftrain.core.runs import read_results

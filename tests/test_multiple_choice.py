@@ -119,7 +119,9 @@ def test_general_form_takes_any_number_of_choices(tiny_bert, tmp_path):
     probs = outputs.logits.softmax(-1)
     assert (probs[~batch[CHOICE_MASK]] == 0).all()
     real = [logits[:n] for logits, n in zip(outputs.logits, counts, strict=True)]
-    expected = torch.stack([torch.nn.functional.cross_entropy(r, label) for r, label in zip(real, batch["labels"])])
+    expected = torch.stack(
+        [torch.nn.functional.cross_entropy(r, label) for r, label in zip(real, batch["labels"], strict=True)]
+    )
     torch.testing.assert_close(outputs.loss, expected.mean())
 
     predictions = module.predict(

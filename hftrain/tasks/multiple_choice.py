@@ -129,7 +129,8 @@ class MultipleChoiceData(TaskDataModule):
     Two forms are read. SWAG's (the `swag` Hub dataset and the files of the HF `run_swag.py` example):
     `sent1` is the context and each choice is `sent2` followed by one of `ending0`, `ending1`, … . The
     general form: a context column and a column holding the list of choices. Unset, the columns are found:
-    SWAG's when the data has `sent1` and `ending0`, else `context` and `choices`.
+    SWAG's when the data has `sent1` and `ending0`, else `context` and `choices` (and `question`, if the data
+    has one, read before each choice).
 
     Args:
         context_column: Column with the context (SWAG's `sent1`), read as the first text of every pair.
@@ -184,11 +185,16 @@ class MultipleChoiceData(TaskDataModule):
         names = raw["train" if "train" in raw else next(iter(raw))].column_names
         endings = sorted((n for n in names if re.fullmatch(r"ending\d+", n)), key=lambda n: int(n[6:]))
         if "sent1" in names and endings:
-            self.context_column, self.ending_columns = "sent1", endings
-            self.question_column = "sent2" if "sent2" in names else None
-            rank_zero_info(f"Reading SWAG's columns: sent1, {'sent2 + ' if self.question_column else ''}ending0..")
+            self.context_column, self.ending_columns, question = "sent1", endings, "sent2"
         else:
-            self.context_column, self.choices_column = "context", "choices"
+            self.context_column, self.choices_column, question = "context", "choices", "question"
+        if self.question_column is None and question in names:
+            self.question_column = question
+        choices = f"{self.ending_columns[0]}..{self.ending_columns[-1]}" if self.ending_columns else "choices"
+        rank_zero_info(
+            f"Reading the columns {self.context_column}, {f'{self.question_column} + ' if self.question_column else ''}"
+            f"{choices} (data.context_column unset)."
+        )
 
     def _choices(self, rows: dict[str, list], split: str) -> list[list[str]]:
         """Each row's choices as the texts read after the context (`question_column` first, as SWAG's `sent2`)."""
