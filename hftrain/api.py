@@ -30,6 +30,7 @@ from hftrain.cli import (
     HFTrainCLI,
     default_callbacks,
     find_user_error,
+    new_run_folder,
     scale_log_interval,
     use_hftrain_parts,
     with_progress_bar,
@@ -232,7 +233,8 @@ def trainer(
     `<save_dir>/<name>/version_N/` with TensorBoard logs, the best and last checkpoints by the task's metric,
     `results.json`, the `hf_model/` export, the training log (learning rate, gradient norm, throughput, every
     `log_every_n_steps`, sized to the run unless given), the NaN-loss stop, gradient clipping at 1.0, 3 epochs
-    (the HF Trainer's default; unlimited when only `max_steps` is given) and hftrain's progress display.
+    (the HF Trainer's default; unlimited when only `max_steps` is given) and hftrain's progress display. The
+    folder is claimed when the trainer is built, so that runs started together never share one.
 
     `trainer_kwargs` are `lightning.Trainer` arguments and win over these defaults; `callbacks` are added to
     hftrain's (a checkpoint callback or progress bar given replaces hftrain's own). Seed first, as the CLI
@@ -245,8 +247,10 @@ def trainer(
     callbacks = with_progress_bar(trainer_kwargs.pop("callbacks", None), trainer_kwargs.get("enable_progress_bar"))
     if not any(isinstance(c, Checkpoint) for c in callbacks):
         callbacks.append(TaskCheckpoint(**CHECKPOINT_DEFAULTS))
-    defaults = {**TRAINER_DEFAULTS, "enable_model_summary": verbose}
-    options = {"logger": TensorBoardLogger(save_dir, name=name), **defaults, **trainer_kwargs}
+    if "logger" not in trainer_kwargs:
+        folder = new_run_folder(Path(save_dir) / name)
+        trainer_kwargs["logger"] = TensorBoardLogger(save_dir, name=name, version=folder.name if folder else None)
+    options = {**TRAINER_DEFAULTS, "enable_model_summary": verbose, **trainer_kwargs}
     if options.get("max_steps", -1) > 0 and "max_epochs" not in trainer_kwargs:
         options["max_epochs"] = -1  # hftrain's default of 3 epochs does not cut a run of max_steps short
     trainer = use_hftrain_parts(Trainer(**options, callbacks=callbacks + default_callbacks()))

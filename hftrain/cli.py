@@ -6,8 +6,9 @@ the training log (learning rate, gradient norm, throughput), a fixed seed, the r
 `results.json`, the exported `hf_model/`, and predictions as JSONL. The model name reaches the tokenizer
 and the data's label set reaches the model through argument links, so nothing is typed twice.
 
-`--ckpt_path best|last` work across processes: they find the newest run folder of the config's name
-and continue in it (resume for `fit`; metrics and predictions written beside the run's own).
+`--ckpt_path best|last` work across processes: they find the run folder (the one whose saved config is
+given, else the newest of the config's name) and continue in it (resume for `fit`; metrics and predictions
+written beside the run's own), as does a checkpoint path inside a run folder.
 """
 
 import importlib
@@ -50,7 +51,7 @@ from hftrain.core.callbacks import (
 from hftrain.core.checkpoint_io import AtomicCheckpointIO
 from hftrain.core.data import TaskDataModule
 from hftrain.core.errors import HFTrainError, parser_error
-from hftrain.core.internals import task_class_of
+from hftrain.core.internals import checkpoint_hyperparameters, task_class_of
 from hftrain.core.module import TaskModule
 from hftrain.core.profiler import NoProfiler
 from hftrain.core.progress import TrainingProgress
@@ -140,6 +141,24 @@ def default_callbacks() -> list[Callback]:
     ]
 
 
+def new_run_folder(root: Path) -> Path | None:
+    """The folder of a new run under `root` (`runs/<name>`), decided here for the command line and
+    `hftrain.trainer()` alike. Under SLURM, `version_<job id>`: a requeued job keeps its id and comes back to its
+    folder, and each task of a job array has an id of its own. Else the next `version_N`, claimed by creating it
+    (`runs.claim_version`), so that runs started together never share a folder.
+
+    None in a process that will not be global rank 0 (a DDP rank that a launcher started, which knows its rank
+    from the launcher's variables before any process group exists): it must not claim a folder of its own, and
+    Lightning hands it rank 0's (`trainer.log_dir` and the checkpoint folder are broadcast from rank 0).
+    """
+    job_id = SLURMEnvironment.job_id() if SLURMEnvironment.detect() else None
+    if job_id is not None:
+        return runs.version_dir(root, f"version_{job_id}")
+    if rank_zero_only.rank > 0 or os.environ.get("NODE_RANK", "0") != "0":
+        return None
+    return runs.claim_version(root)
+
+
 def scale_log_interval(trainer: Trainer) -> None:
     """Size `log_every_n_steps` to the run, for a trainer not given one: as many points as a curve needs
     (Lightning's 50 would log nothing in a run of 30 steps)."""
@@ -172,26 +191,38 @@ class HFTrainCLI(LightningCLI):
     Python (`hftrain.fit` is built on it): a bad option then raises an `ArgumentError` instead of exiting."""
 
     def __init__(self, args: list[str] | dict | None = None, run: bool = True) -> None:
-        super().__init__(
-            TaskModule,
-            TaskDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_callback=SaveRunConfig,
-            seed_everything_default=options.SEED,
-            trainer_defaults={
-                **options.TRAINER_DEFAULTS,
-                "logger": {
-                    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                    # the hyperparameters are written with the best score by TrainingLog, not with hp_metric=-1
-                    "init_args": {"save_dir": runs.RUNS_DIR, "name": None, "default_hp_metric": False},
+        self._claimed: Path | None = None  # the new run folder this process claimed (before_instantiate_classes)
+        self._asked: tuple | None = None  # the run-folder settings as given, put back after instantiation
+        try:
+            super().__init__(
+                TaskModule,
+                TaskDataModule,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                save_config_callback=SaveRunConfig,
+                seed_everything_default=options.SEED,
+                trainer_defaults={
+                    **options.TRAINER_DEFAULTS,
+                    "logger": {
+                        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                        # the hyperparameters are written with the best score by TrainingLog, not with hp_metric=-1
+                        "init_args": {"save_dir": runs.RUNS_DIR, "name": None, "default_hp_metric": False},
+                    },
+                    "callbacks": default_callbacks(),
                 },
-                "callbacks": default_callbacks(),
-            },
-            parser_kwargs=parser_kwargs(run),
-            args=args,
-            run=run,
-        )
+                parser_kwargs=parser_kwargs(run),
+                args=args,
+                run=run,
+            )
+        except BaseException:
+            self._release_claim()  # a command that failed before it wrote anything leaves no empty run folder
+            raise
+        if run:  # the subcommand ran: a folder still empty was claimed by a process that wrote nothing into it
+            self._release_claim()
+
+    def _release_claim(self) -> None:
+        if self._claimed is not None:
+            runs.release_version(self._claimed)
 
     def init_parser(self, **kwargs) -> LightningArgumentParser:
         parser = super().init_parser(**kwargs)
@@ -263,13 +294,21 @@ class HFTrainCLI(LightningCLI):
         return trainer
 
     def after_instantiate_classes(self) -> None:
-        """Refuse a tokenizer with more tokens than the model has embeddings (ids past the table crash
-        mid-run with an index error instead), and data that the subcommand or trainer cannot work with."""
+        """Put back the run-folder settings as given (see `before_instantiate_classes`); refuse a tokenizer with
+        more tokens than the model has embeddings (ids past the table crash mid-run with an index error instead),
+        data that the subcommand or trainer cannot work with, and a checkpoint of another label set."""
+        if self._asked is not None:
+            args, given, trainer, root_dir = self._asked
+            vars(args).update(given)
+            trainer.default_root_dir = root_dir
         if isinstance(self.datamodule, TaskDataModule):
             if self.subcommand:
                 check_split_loaded(self.subcommand, self.datamodule)
             if self.subcommand in (None, "fit"):  # None: built from Python, to fit
                 check_batches_per_epoch(self.trainer, self.datamodule)
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.get("ckpt_path") not in (None, "hpc", "registry"):
+            self._check_labels(Path(config.ckpt_path))
         tokenizer = getattr(self.datamodule, "tokenizer", None)
         embeddings = self.model.model.get_input_embeddings() if hasattr(self.model, "model") else None
         if tokenizer is not None and embeddings is not None and len(tokenizer) > embeddings.num_embeddings:
@@ -282,8 +321,10 @@ class HFTrainCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         """Choose the run folder, `runs/<config name>/version_N`, whatever the logger: TensorBoard's and CSV's
         loggers are named after the config, any other logger gets the folder as the trainer's root and
-        checkpoint folder. `--ckpt_path best|last` continue the newest fit of the config; a SLURM job's folder
-        is named after the job id, so a requeued job comes back to it."""
+        checkpoint folder. A checkpoint is continued or scored in its own run (`_run_to_continue`); a new run
+        gets `new_run_folder`'s, and a SLURM job's comes back to it when requeued. The logger settings as given
+        are put back once the classes are built, so the saved config names no folder: running it again starts a
+        new run."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         self._max_steps_wins(config.trainer)
         args = getattr(config.trainer.logger, "init_args", None)  # None: no logger, or a logger object
@@ -293,28 +334,29 @@ class HFTrainCLI(LightningCLI):
         if folder_logger and args.name in (None, runs.DEFAULT_LOGGER_NAME):
             files = [(str(f), yaml.safe_load(f.get_content())) for f in config.get("config") or []]
             args.name = runs.run_name(files, config.model.class_path)
+        if folder_logger:
+            given = {key: vars(args)[key] for key in ("save_dir", "name", "version")}
+            self._asked = (args, given, config.trainer, config.trainer.default_root_dir)
         name = args.name if folder_logger else runs.run_name([], config.model.class_path)
         root = Path((args.save_dir if folder_logger else None) or runs.RUNS_DIR) / name
         version = args.version if folder_logger else None
-        job_id = SLURMEnvironment.job_id() if SLURMEnvironment.detect() else None
-        if config.get("ckpt_path") in ("best", "last"):
-            run_dir = self._existing_run(config.ckpt_path, root, version)
-            version = run_dir.name
-            config.ckpt_path = str(runs.find_checkpoint(run_dir, config.ckpt_path))
-        elif job_id is not None and version is None and config.trainer.default_root_dir is None:
-            # a requeued job keeps its id: it continues from the newest checkpoint in its folder (a requeue
-            # checkpoint hpc_ckpt_N.ckpt, which Lightning saves in default_root_dir, or last.ckpt)
-            version = f"version_{job_id}"
-            resume = runs.newest_resume_point(root / version)
+        run_dir = self._run_to_continue(config, root, version)
+        if run_dir is not None:
+            if config.ckpt_path in ("best", "last"):
+                config.ckpt_path = str(runs.find_checkpoint(run_dir, config.ckpt_path))
+        elif version is not None:
+            run_dir = runs.version_dir(root, version)
+        else:
+            run_dir = self._claimed = new_run_folder(root)
+            if run_dir is None:  # a rank started by a launcher: Lightning hands it rank 0's folder
+                return
+            # a requeued SLURM job continues from the newest checkpoint in its folder (a requeue checkpoint
+            # hpc_ckpt_N.ckpt, which Lightning saves in default_root_dir, or last.ckpt)
+            resume = runs.newest_resume_point(run_dir)
             if self.subcommand == "fit" and config.ckpt_path is None and resume is not None:
                 config.ckpt_path = str(resume)
-        elif not folder_logger:
-            version = f"version_{runs.next_version(root)}"
-        if version is None:  # a new run of TensorBoard's or CSV's logger, numbered by the logger
-            return
         if folder_logger:
-            args.version = version
-        run_dir = runs.version_dir(root, version)
+            args.save_dir, args.name, args.version = str(run_dir.parent.parent), run_dir.parent.name, run_dir.name
         config.trainer.default_root_dir = config.trainer.default_root_dir or str(run_dir)
         if not folder_logger:  # Lightning's run folder (trainer.log_dir) is such a logger's save_dir
             if "save_dir" in vars(args) and args.save_dir is None:
@@ -354,6 +396,18 @@ class HFTrainCLI(LightningCLI):
                 f"{model_class.rsplit('.', 1)[-1]}. Use a checkpoint of this task, or the config it was made with."
             )
 
+    def _check_labels(self, path: Path) -> None:
+        """A checkpoint trained on another label set is refused before its weights load: with as many labels it
+        would score its classes under this data's names, with another number it fails on the classifier's shape."""
+        labels = getattr(self.model, "label_names", None)
+        trained = checkpoint_hyperparameters(path).get("label_names")
+        if labels and trained and list(labels) != list(trained):
+            raise HFTrainError(
+                f"--ckpt_path {path} was trained on the labels {list(trained)}, but this config's data has the "
+                f"labels {list(labels)}. Use a checkpoint trained on these labels, or set data.label_names to the "
+                "checkpoint's (in its order) if the data uses the same classes."
+            )
+
     def after_fit(self) -> None:
         """End a fit with the two things a user looks for: where the run is and how good it got."""
         log_dir = runs.run_folder(self.trainer)  # every rank asks, once
@@ -367,18 +421,35 @@ class HFTrainCLI(LightningCLI):
         print(f"Run folder: {log_dir}  ({summary})", flush=True)
 
     @staticmethod
-    def _existing_run(which: str, root: Path, version: int | str | None) -> Path:
-        """The run folder `--ckpt_path best|last` continues: the one given as logger version, else the newest
-        fit of the config (also one interrupted before its first checkpoint, which `find_checkpoint` names)."""
-        if version is not None:
+    def _run_to_continue(config, root: Path, version: int | str | None) -> Path | None:
+        """The run folder a checkpoint is continued or scored in, None for a new run: the run a checkpoint path
+        lies in; for `--ckpt_path best|last`, the one given as logger version, else the run whose saved config
+        was given, else the newest fit of the config. When the choice is not the only one, it is said."""
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path in (None, "hpc", "registry"):
+            return None
+        which = ckpt_path if ckpt_path in ("best", "last") else None
+        if which and version is not None:
             return runs.version_dir(root, version)
-        fits = runs.fit_runs(root)
-        if not fits:
-            raise HFTrainError(
-                f"--ckpt_path {which}: there is no earlier run of this config under {root}/. Run "
-                "`hftrain fit` with this config first, or pass the path of a .ckpt file."
-            )
-        return fits[-1]
+        files = [str(f) for f in config.get("config") or []]
+        run_dir, note = runs.run_named(files, None if which else ckpt_path)
+        if which and run_dir is None:
+            fits = runs.fit_runs(root)
+            if not fits:
+                raise HFTrainError(
+                    f"--ckpt_path {which}: there is no earlier run of this config under {root}/. Run "
+                    "`hftrain fit` with this config first, or pass the path of a .ckpt file."
+                )
+            run_dir = fits[-1]
+            if len(fits) > 1:
+                note = (
+                    f"--ckpt_path {which}: {root}/ holds {len(fits)} runs of this config; using the newest, "
+                    f"{run_dir.name}. For another, give its saved config (--config {fits[0]}/config.yaml) or "
+                    "the path of its checkpoint."
+                )
+        if note:
+            rank_zero_info(note)
+        return run_dir
 
 
 # trainer options that attach objects (or a folder) rather than settle how training runs: left out of the

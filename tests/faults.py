@@ -85,3 +85,15 @@ class SignalAt(Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         self._send(trainer, "checkpoint_save")
+
+
+class StartTogether(Callback):
+    """Hold this process when the trainer's callbacks are built (after the config is read and the model loaded)
+    until `go` exists, after writing its pid to `ready_dir`: processes started one after another then go on
+    at one moment, as the tasks of a job array or a sweep's workers do."""
+
+    def __init__(self, ready_dir: str, go: str, timeout: float = 300) -> None:
+        (Path(ready_dir) / str(os.getpid())).write_text("ready")
+        deadline = time.monotonic() + timeout
+        while not Path(go).exists() and time.monotonic() < deadline:
+            time.sleep(0.01)

@@ -1,5 +1,6 @@
 """What the command line answers to mistakes: one paragraph with a did-you-mean, no abbreviations, options
-from environment variables only under `HFTRAIN_<SUBCOMMAND>__…`, and `predict` refusing early."""
+from environment variables only under `HFTRAIN_<SUBCOMMAND>__…`, and `predict` and a checkpoint of another label set
+refused early."""
 
 import pytest
 import yaml
@@ -9,6 +10,7 @@ from helpers import TEXT_CLASSIFICATION, classification_config, run_cli, tree_di
 from hftrain.cli import HFTrainCLI
 from hftrain.core import pretrained
 from hftrain.core.errors import HFTrainError
+from hftrain.tasks.text_classification import TextClassification
 
 
 @pytest.fixture
@@ -121,3 +123,29 @@ def test_an_evaluation_without_its_split_fails_before_loading_or_writing(
     capsys.readouterr()
     assert expected in error_of(capsys, subcommand, "--config", config, "--ckpt_path", "last")
     assert tree_digest(tmp_path / "runs") == before  # no config-N.yaml, no events file
+
+
+def test_a_checkpoint_of_another_label_set_is_refused_before_its_weights_load(
+    tiny_bert, sentiment_files, tmp_path, monkeypatch, capsys
+):
+    files = {split: sentiment_files[split] for split in ("train", "validation")}
+    config = classification_config(tmp_path / "labels.yaml", tiny_bert, files, trainer__max_epochs=1)
+    assert run_cli("fit", "--config", config, "--trainer.limit_train_batches", "2") == 0
+    last = tmp_path / "runs" / "labels" / "version_0" / "checkpoints" / "last.ckpt"
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the checkpoint's weights were loaded")
+
+    monkeypatch.setattr(TextClassification, "load_state_dict", no_weights)
+    # the same number of labels under other names (it would score), and another number (a size mismatch)
+    for relabel, named in (
+        ({"neg": "bad", "pos": "good"}, ["bad", "good"]),
+        ({"neg": "bad", "pos": "meh"}, ["bad", "good", "meh"]),
+    ):
+        rows = [{**row, "label": relabel[row["label"]]} for row in sentiment_rows(24, 5)]
+        rows[0]["label"] = "good"
+        data = str(write_csv(tmp_path / f"{relabel['pos']}.csv", rows))
+        other_data = ["--data.train_file", data, "--data.validation_file", data]
+        err = error_of(capsys, "validate", "--config", config, *other_data, "--ckpt_path", last)
+        assert f"--ckpt_path {last} was trained on the labels ['neg', 'pos']" in err
+        assert f"this config's data has the labels {named}" in err

@@ -1,10 +1,18 @@
-"""The run-folder functions on hand-made folders: naming, finding runs and checkpoints, never overwriting."""
+"""The run folder: the functions on hand-made folders (naming, finding runs and checkpoints, never overwriting),
+then through the command line: runs started together each get their own, and a command acts on the run its
+files name."""
 
 import json
+import logging
 import os
+import re
+import time
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from helpers import classification_config, hftrain, run_cli
 
 from hftrain.core import runs
 from hftrain.core.errors import HFTrainError
@@ -89,3 +97,58 @@ def test_update_results_merges_and_leaves_no_partial_file(tmp_path):
     assert runs.read_results(run) == {"best": {"val/accuracy": 0.5}, "test": {"test/accuracy": 0.75}}
     assert [p.name for p in run.iterdir()] == ["results.json"]
     assert json.loads((run / "results.json").read_text())["test"] == {"test/accuracy": 0.75}
+
+
+SHORT = {"trainer__max_epochs": 1, "trainer__limit_train_batches": 2}  # a fit of 2 steps, then one validation
+
+
+def test_runs_started_together_each_claim_their_own_folder(tiny_bert, sentiment_files, tmp_path):
+    """Four `hftrain fit` of one config go on at one moment (a barrier after the model loads), as a job array's
+    tasks do: four folders, each complete and holding its own run's seed."""
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    ready.mkdir()
+    barrier = {"class_path": "faults.StartTogether", "init_args": {"ready_dir": str(ready), "go": str(go)}}
+    files = {split: sentiment_files[split] for split in ("train", "validation")}
+    config = classification_config(tmp_path / "sweep.yaml", tiny_bert, files, **SHORT, trainer__callbacks=[barrier])
+    seeds = [11, 12, 13, 14]
+    processes = [hftrain("fit", "--config", config, "--seed_everything", s, wait=False) for s in seeds]
+    while len(list(ready.iterdir())) < len(seeds) and all(p.poll() is None for p in processes):
+        time.sleep(0.05)
+    go.touch()
+    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0] * len(seeds), outputs
+    folders = sorted((tmp_path / "runs" / "sweep").iterdir())
+    assert [f.name for f in folders] == [f"version_{n}" for n in range(len(seeds))], outputs
+    printed = sorted(re.search(r"Run folder: (\S+) ", out).group(1) for out in outputs)
+    assert printed == [str(Path("runs") / "sweep" / f.name) for f in folders]
+    got = []
+    for folder in folders:
+        assert sorted(p.name for p in folder.glob("config*.yaml")) == ["config.yaml"]
+        assert len(list(folder.glob("events.out.tfevents.*"))) == 1
+        assert runs.read_results(folder)["global_step"] == 2
+        assert (folder / "hf_model" / "model.safetensors").is_file()
+        got.append(yaml.safe_load((folder / "config.yaml").read_text())["seed_everything"])
+    assert sorted(got) == seeds
+
+
+def test_a_command_acts_on_the_run_its_config_or_checkpoint_names(tiny_bert, sentiment_files, tmp_path, caplog):
+    config = classification_config(tmp_path / "sst.yaml", tiny_bert, sentiment_files, **SHORT)
+    assert run_cli("fit", "--config", config) == 0
+    assert run_cli("fit", "--config", config) == 0
+    first, newest = (tmp_path / "runs" / "sst" / f"version_{n}" for n in (0, 1))
+    newest_before = runs.read_results(newest)
+
+    # the first run's own config: its best checkpoint is scored, and the metrics go into its results
+    assert run_cli("validate", "--config", first / "config.yaml", "--ckpt_path", "best") == 0
+    assert runs.read_results(first)["validate"]["val/accuracy"] >= 0
+    # a checkpoint of the first run by path, with the config it was made from: scored into that run too
+    assert run_cli("test", "--config", config, "--ckpt_path", first / "checkpoints" / "last.ckpt") == 0
+    assert "test/accuracy" in runs.read_results(first)["test"]
+    assert runs.read_results(newest) == newest_before
+    assert sorted(p.name for p in first.parent.iterdir()) == ["version_0", "version_1"]  # no new folder
+
+    # `best` of the config alone takes the newest run, and says so
+    with caplog.at_level(logging.INFO):
+        assert run_cli("validate", "--config", config, "--ckpt_path", "best") == 0
+    assert "validate" in runs.read_results(newest)
+    assert "holds 2 runs of this config; using the newest, version_1" in caplog.text

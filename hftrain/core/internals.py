@@ -169,10 +169,15 @@ def best_model_path_in(checkpoint: str | Path) -> str | None:
     return next((s.get("best_model_path") for k, s in states.items() if k.startswith("ModelCheckpoint")), None)
 
 
+def checkpoint_hyperparameters(checkpoint: str | Path) -> dict[str, Any]:
+    """A checkpoint's hyperparameters (the task's settings, its label set among them), read without unpickling
+    code or reading the weights into memory."""
+    return torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
+
+
 def task_class_of(checkpoint: str | Path) -> str | None:
     """The task class that wrote a checkpoint: LightningCLI stores it as `_class_path` in the hyperparameters."""
-    hparams = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
-    return hparams.get("_class_path")
+    return checkpoint_hyperparameters(checkpoint).get("_class_path")
 
 
 # ------------------------------------------------------------------------------------ torchmetrics, HF

@@ -8,6 +8,7 @@ directly. The one question asked of a Trainer is `run_folder`, where its run wri
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,80 @@ def next_version(root: str | Path) -> int:
     """The N of the next `version_N` under `root`, as TensorBoard's logger numbers its folders."""
     numbers = [int(d.name[8:]) for d in Path(root).glob("version_*") if d.name[8:].isdigit()]
     return max(numbers, default=-1) + 1
+
+
+def claim_version(root: str | Path) -> Path:
+    """Create the folder of a new run, the next free `version_N` under `root`, and return it.
+
+    TensorBoard's and CSV's loggers choose N by listing the folder and create it later, so runs started together
+    (a job array's tasks, a sweep's workers) all chose the same N and wrote over each other. An exclusive
+    `mkdir` is atomic, on network file systems too: on a clash another run took N first, and the next N is tried.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    number = next_version(root)
+    while True:
+        folder = root / f"version_{number}"
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            number += 1
+
+
+def release_version(folder: str | Path) -> None:
+    """Remove a claimed run folder that nothing was written into (the command failed before it began, or this
+    process was not the rank that writes), so that no empty `version_N` is left behind."""
+    try:
+        Path(folder).rmdir()
+    except OSError:  # not empty (the run wrote into it) or already gone
+        pass
+
+
+def is_run(folder: str | Path) -> bool:
+    """Whether a folder holds what a run writes: `results.json`, TensorBoard events, or a fit's config and
+    checkpoints."""
+    folder = Path(folder)
+    return (
+        (folder / RESULTS_FILE).is_file()
+        or any(folder.glob("events.out.tfevents.*"))
+        or ((folder / "config.yaml").is_file() and (folder / CHECKPOINTS_DIR).is_dir())
+    )
+
+
+def run_of(path: str | Path) -> Path | None:
+    """The run folder a file belongs to, if it is one of the run's own: its saved config (`config.yaml`,
+    `config-N.yaml`) or a checkpoint (`checkpoints/*.ckpt`, a SLURM requeue checkpoint `hpc_ckpt_N.ckpt`).
+    None for a file kept anywhere else."""
+    path = Path(path)
+    if re.fullmatch(r"config(-\d+)?\.yaml|hpc_ckpt_\d+\.ckpt", path.name):
+        folder = path.parent
+    elif path.suffix == ".ckpt" and path.parent.name == CHECKPOINTS_DIR:
+        folder = path.parent.parent
+    else:
+        return None
+    return folder if is_run(folder) else None
+
+
+def run_named(config_files: Sequence[str | Path], checkpoint: str | Path | None) -> tuple[Path | None, str | None]:
+    """The run that a command's own files name, and a sentence saying which was taken when they name several.
+
+    A checkpoint path names the run it lies in (its weights are what is scored or continued; a checkpoint kept
+    outside any run names none); without one (`--ckpt_path best|last`), the run whose saved config is the last
+    one given.
+    """
+    by_config = list(dict.fromkeys(run for run in map(run_of, reversed(config_files)) if run is not None))
+    if checkpoint is not None:
+        taken, why = run_of(checkpoint), "the run its checkpoint lies in"
+    else:
+        taken, why = (by_config[0] if by_config else None), "the run of the last config given"
+    others = [run for run in by_config if run != taken]
+    if taken is None or not others:
+        return taken, None
+    return taken, (
+        f"The command names {len(others) + 1} runs ({', '.join(map(str, [taken, *others]))}); it acts on "
+        f"{taken}, {why}."
+    )
 
 
 def free_path(folder: str | Path, stem: str, suffix: str) -> Path:
