@@ -227,3 +227,52 @@ def test_ranks_exit_promptly_on_sigterm(slurm_cluster, tiny_bert, tmp_path, paus
     assert "Traceback" not in log and "Connection closed" not in log, log
     assert "Stopped by SIGTERM at step" in log and set(re.findall(r"Exited with exit code (\d+)", log)) <= {"143"}, log
     assert (tmp_path / "runs" / "scale" / f"version_{job}" / "hpc_ckpt_1.ckpt").is_file()
+
+
+def array_tasks(job: str) -> list[dict[str, str]]:
+    """`scontrol show job` fields of each task of job array `job`."""
+    shown = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True, timeout=30)
+    return [dict(f.split("=", 1) for f in line.split() if "=" in f) for line in shown.stdout.splitlines() if line]
+
+
+@pytest.mark.parametrize("launch", ["fit.sbatch", "without-srun"])
+def test_array_tasks_started_together_get_a_run_folder_each(slurm_cluster, tiny_bert, tmp_path, launch):
+    """Two tasks of a job array, one config, on two nodes, go on at one moment (a barrier once the model is
+    loaded): two run folders, each complete. Through fit.sbatch (srun) a task's folder is named after its own job
+    id; a task that runs hftrain without srun (one process per task, as a sweep's often do) claims a version_N."""
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    ready.mkdir()
+    barrier = {"class_path": "faults.StartTogether", "init_args": {"ready_dir": str(ready), "go": str(go)}}
+    config = scale_config(tmp_path, tiny_bert, barrier)
+    short = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"]
+    array = ["--array=0-1", "--nodes=1", "--cpus-per-task=1", "--time=00:20:00", "--output=slurm-%j.out"]
+    if launch == "fit.sbatch":
+        (tmp_path / "configs").symlink_to(REPO / "configs")
+        command = ["--ntasks-per-node=1", "--gpus-per-node=0", FIT_SBATCH, config.name, *CPU_DDP, *short]
+    else:
+        command = ["--wrap", f"python -m hftrain fit --config {config.name} {' '.join(short)}"]
+    done = subprocess.run(
+        ["sbatch", "--parsable", *array, *command], cwd=tmp_path, env=job_env(tmp_path), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    job = done.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + 600
+    while len(list(ready.iterdir())) < 2:  # both tasks have loaded the model and wait at the barrier
+        if any(t.get("JobState") in ENDED for t in array_tasks(job)) or time.monotonic() > deadline:
+            subprocess.run(["scancel", job], timeout=30)
+            pytest.fail("\n".join(job_log(tmp_path, t["JobId"]) for t in array_tasks(job)))
+        time.sleep(0.2)
+    go.touch()
+    while not all(t.get("JobState") in ENDED for t in array_tasks(job)):
+        assert time.monotonic() < deadline, f"the tasks of job array {job} did not end in time"
+        time.sleep(1)
+    tasks = array_tasks(job)
+    logs = "\n".join(job_log(tmp_path, t["JobId"]) for t in tasks)
+    assert [t["JobState"] for t in tasks] == ["COMPLETED", "COMPLETED"], logs
+    folders = sorted((tmp_path / "runs" / "scale").iterdir())
+    expected = [f"version_{t['JobId']}" for t in tasks] if launch == "fit.sbatch" else ["version_0", "version_1"]
+    assert sorted(f.name for f in folders) == sorted(expected), logs
+    for folder in folders:
+        assert [p.name for p in folder.glob("config*.yaml")] == ["config.yaml"]
+        assert read_results(folder)["global_step"] == 2
+        assert (folder / "hf_model" / "model.safetensors").is_file()
