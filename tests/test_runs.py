@@ -81,6 +81,37 @@ def test_find_checkpoint_names_the_run_and_the_other_runs_when_nothing_is_there(
         runs.find_checkpoint(interrupted, "best")
 
 
+def test_a_runs_own_config_or_checkpoint_names_it_and_a_choice_between_runs_is_said(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first, second = (tmp_path / "runs" / "sst" / f"version_{n}" for n in (0, 1))
+    for run in (first, second):
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "config.yaml").write_text("{}")
+        (run / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    (tmp_path / "checkpoints").mkdir()  # a folder of the user's own, not a run
+    (tmp_path / "config.yaml").write_text("{}")
+    assert runs.run_of(first / "config.yaml") == first
+    assert runs.run_of(second / "checkpoints" / "last.ckpt") == second
+    assert runs.run_of(tmp_path / "config.yaml") is runs.run_of(tmp_path / "checkpoints" / "x.ckpt") is None
+
+    own = Path("runs/sst/version_0/config.yaml")  # relative, as typed
+    assert runs.run_named([tmp_path / "sst.yaml", own], None) == (own.parent, None)
+    assert runs.run_named([own, first / "config-1.yaml"], first / "checkpoints" / "last.ckpt")[1] is None
+    taken, note = runs.run_named([own], second / "checkpoints" / "last.ckpt")
+    assert taken == second and note.startswith(f"The command names 2 runs ({second}, {own.parent}); it acts on")
+    assert runs.run_named([own], tmp_path / "elsewhere.ckpt") == (None, None)
+
+
+def test_claim_version_never_hands_out_a_folder_twice(tmp_path):
+    (tmp_path / "version_0").mkdir()
+    assert runs.claim_version(tmp_path / "new") == tmp_path / "new" / "version_0"
+    assert [runs.claim_version(tmp_path).name for _ in range(2)] == ["version_1", "version_2"]
+    runs.release_version(tmp_path / "version_2")  # nothing written: given back
+    (tmp_path / "version_1" / "config.yaml").write_text("{}")
+    runs.release_version(tmp_path / "version_1")  # written into: kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "version_0", "version_1"]
+
+
 def test_free_path_never_overwrites(tmp_path):
     first = runs.free_path(tmp_path, "config", ".yaml")
     assert first == tmp_path / "config.yaml"

@@ -128,13 +128,18 @@ def release_version(folder: str | Path) -> None:
 
 
 def is_run(folder: str | Path) -> bool:
-    """Whether a folder holds what a run writes: `results.json`, TensorBoard events, or a fit's config and
-    checkpoints."""
+    """Whether a folder holds what a run writes: `results.json`, TensorBoard events, or (a fit of another logger
+    stopped before its results) a `version_*` folder with a config and checkpoints. A project folder of the
+    user's own with a `config.yaml` and Lightning's `checkpoints/` is not one."""
     folder = Path(folder)
     return (
         (folder / RESULTS_FILE).is_file()
         or any(folder.glob("events.out.tfevents.*"))
-        or ((folder / "config.yaml").is_file() and (folder / CHECKPOINTS_DIR).is_dir())
+        or (
+            folder.name.startswith("version_")
+            and (folder / "config.yaml").is_file()
+            and (folder / CHECKPOINTS_DIR).is_dir()
+        )
     )
 
 
@@ -159,12 +164,12 @@ def run_named(config_files: Sequence[str | Path], checkpoint: str | Path | None)
     outside any run names none); without one (`--ckpt_path best|last`), the run whose saved config is the last
     one given.
     """
-    by_config = list(dict.fromkeys(run for run in map(run_of, reversed(config_files)) if run is not None))
+    by_config = {run.resolve(): run for run in map(run_of, reversed(config_files)) if run is not None}
     if checkpoint is not None:
         taken, why = run_of(checkpoint), "the run its checkpoint lies in"
     else:
-        taken, why = (by_config[0] if by_config else None), "the run of the last config given"
-    others = [run for run in by_config if run != taken]
+        taken, why = next(iter(by_config.values()), None), "the run of the last config given"
+    others = [run for key, run in by_config.items() if taken is None or key != taken.resolve()]
     if taken is None or not others:
         return taken, None
     return taken, (
