@@ -129,15 +129,18 @@ def _yaml_value(text: str | None) -> Any:
 def _merge_file(config: dict[str, Any], file: str | None) -> None:
     import yaml
 
-    if file is None or not Path(file).is_file():
-        raise HFTrainError(
-            f"The config file {file} does not exist (looked in {Path(file or '').resolve()}). Check the path; "
-            "relative paths are read from the folder you run hftrain in."
-        )
-    try:
-        content = yaml.safe_load(Path(file).read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise HFTrainError(f"The config file {file} is not valid YAML: {err}") from err
+    if file is not None and Path(file).is_file():
+        try:
+            content = yaml.safe_load(Path(file).read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise HFTrainError(f"The config file {file} is not valid YAML: {err}") from err
+    else:
+        content = _yaml_value(file)  # jsonargparse also takes the config itself in place of a file
+        if not isinstance(content, Mapping):
+            raise HFTrainError(
+                f"The config file {file} does not exist (looked in {Path(file or '').resolve()}). Check the path; "
+                "relative paths are read from the folder you run hftrain in."
+            )
     if not isinstance(content, Mapping):
         return  # the full parser names a config that is not a mapping
     for kind in TASK_SECTIONS:

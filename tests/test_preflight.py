@@ -60,3 +60,9 @@ def test_arguments_merge_in_order_later_ones_winning(tmp_path):
     }
     assert config["data"] == {"class_path": "TextClassificationData", "init_args": {"x": 1}}
     assert merged_config(["-c", str(first), "--trainer.max_epochs", "-3"])["trainer"]["max_epochs"] == -3
+
+
+def test_a_config_is_a_file_or_the_config_itself(tmp_path):
+    assert merged_config(["--config", "{trainer: {max_epochs: 7}}"])["trainer"]["max_epochs"] == 7
+    with pytest.raises(HFTrainError, match=r"The config file nowhere.yaml does not exist"):
+        merged_config(["--config", "nowhere.yaml"])
