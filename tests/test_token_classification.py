@@ -327,3 +327,24 @@ def test_local_config_reads_the_shared_conll_files(tmp_path, monkeypatch):
     ]
     assert len(cli.datamodule.raw["train"]) == 14041 and len(cli.datamodule.raw["validation"]) == 3250
     assert cli.model.model.config.id2label[8] == "O" and cli.model.scheme == "IOB2"
+
+
+def test_validation_loss_is_a_mean_over_tokens_whatever_the_batches(tiny_bert, tmp_path):
+    """`val/loss` averages over every labelled token of the set, so the same weights score the same with
+    batches of 1, 3 or all 24 sentences, formed longest first: the token mean of one batch of the whole set.
+    A mean of the batches' means (before) gave a short sentence's tokens more weight in small batches."""
+    import torch
+    from lightning.pytorch import Trainer
+
+    rows = write_jsonl(tmp_path / "dev.jsonl", ner_rows(24, seed=5))
+    torch.manual_seed(0)
+    module = TokenClassification(model_name_or_path=tiny_bert, label_names=["O", "B-PER", "I-PER", "B-LOC", "I-LOC"])
+    losses = []
+    for size in (1, 3, 24):
+        data = data_module(tiny_bert, label_names=module.tags, validation_file=rows, eval_batch_size=size)
+        trainer = Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+        losses.append(trainer.validate(module, datamodule=data, verbose=False)[0]["val/loss"])
+    (batch,) = data.val_dataloader()  # the last data module's: one batch of all 24 sentences
+    with torch.no_grad():
+        whole = module.eval()(**batch).loss.item()
+    assert losses == pytest.approx([whole] * 3, abs=1e-6)

@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
-from torchmetrics import Metric
+from torchmetrics import MeanMetric, Metric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from hftrain.core import internals
@@ -152,6 +152,10 @@ class TaskModule(LightningModule):
                 for stage in self.eval_stages
             }
         )
+        # each stage's loss, a mean over what the loss averages (`log_loss`), in float64 sums over a whole set;
+        # nan_strategy "disable" would spare a host sync per batch, but torchmetrics 1.9 then drops the weights
+        # (Lightning-AI/torchmetrics#3434)
+        self.losses = torch.nn.ModuleDict({stage: MeanMetric().set_dtype(torch.float64) for stage in self.eval_stages})
         self.examples: list[tuple[str, str, str]] = []
         self.token_weighting = TokenWeighting()
 
@@ -366,8 +370,16 @@ class TaskModule(LightningModule):
         """At the end of a validation or test: log what `evaluate` accumulated (nothing when the metrics were
         logged as torchmetrics objects, which Lightning computes itself)."""
 
-    def log_loss(self, stage: Stage, loss: torch.Tensor, batch_size: int) -> None:
-        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch_size)
+    def log_loss(self, stage: Stage, loss: torch.Tensor, batch: dict[str, Any]) -> None:
+        """Add `batch`'s mean `loss` to the stage's `<stage>/loss`: the mean over every token (`loss_tokens`),
+        or every example (row) for a loss over examples, of the whole set, across ranks too. Each batch weighs
+        what its mean is over, so the same weights score the same whatever the batches (longest first, any
+        size); a mean of the batches' means would weigh a token of a short batch more than one of a long
+        batch. The HF Trainer's `eval_loss` is that mean of batch means (each weighed by the batch size)."""
+        tokens = self.loss_tokens(batch)
+        weight = (tokens if tokens is not None else loss.new_tensor(float(batch_size(batch)))).double()
+        self.losses[stage].update(torch.where(weight > 0, loss.detach().double(), 0.0), weight)
+        self.log(f"{stage}/loss", self.losses[stage], prog_bar=True)
 
     def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
         """Lightning's `log`, without the `/dataloader_idx_N` suffix it adds under several validation sets

@@ -18,7 +18,6 @@ from typing import ClassVar, Literal
 
 import datasets
 import torch
-from torchmetrics import MeanMetric
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from hftrain.core.data import TaskDataModule
@@ -94,9 +93,6 @@ class LanguageModeling(TaskModule):
             **(sampling if self.do_sample else dict.fromkeys(sampling)),
         )
         self.model = self._add_lora(model) if self.lora_rank else model
-        # token-weighted: each update adds a batch's mean loss times its number of scored tokens, and the
-        # sums (not the batch means) are what DDP adds up across ranks
-        self.metrics = torch.nn.ModuleDict({stage: MeanMetric().set_dtype(torch.float64) for stage in self.eval_stages})
         self.monitor = "val/perplexity"
         self.monitor_mode = "min"
 
@@ -144,7 +140,7 @@ class LanguageModeling(TaskModule):
         tokens = scored.sum()
         if tokens > 0:
             outputs = self(**batch)
-            self.metrics[stage].update(outputs.loss.detach(), weight=tokens)
+            self.log_loss(stage, outputs.loss, batch)
             if self.custom[stage]:
                 predicted = outputs.logits[:, :-1].argmax(-1)
                 self.update_custom_metrics(stage, predicted[scored], batch["labels"][:, 1:][scored])
@@ -171,10 +167,8 @@ class LanguageModeling(TaskModule):
         self.add_examples((decode(s), decode(g), c) for s, g, c in zip(starts, golds, continuations, strict=True))
 
     def log_metrics(self, stage: Stage) -> None:
-        loss = self.metrics[stage].compute().float()
-        self.metrics[stage].reset()
-        self.log(f"{stage}/loss", loss)
-        self.log(f"{stage}/perplexity", loss.exp(), prog_bar=True)
+        # the mean loss over all the stage's scored tokens (`log_loss`), which Lightning logs and resets
+        self.log(f"{stage}/perplexity", self.losses[stage].compute().float().exp(), prog_bar=True)
         if stage == self.val_stages[0] and self.validation_prompts and not self.trainer.sanity_checking:
             with self.generation_rng():
                 completions = self.generate(self.validation_prompts)

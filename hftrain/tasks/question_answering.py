@@ -102,7 +102,7 @@ class QuestionAnswering(TaskModule):
     def evaluate(self, batch: dict[str, Any], stage: Stage) -> None:
         loss, answered = self.answer(batch)
         if loss is not None:
-            self.log_loss(stage, loss, len(answered))
+            self.log_loss(stage, loss, batch)
         for example, answer in answered:
             self._predictions.setdefault(stage, {})[example["id"]] = (answer.text, example["answers"])
         wanted = self.examples_wanted(stage, answered)

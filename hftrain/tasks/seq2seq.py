@@ -107,12 +107,12 @@ class Seq2Seq(TaskModule):
 
     def evaluate(self, batch: dict[str, torch.Tensor], stage: Stage) -> None:
         if not self.predict_with_generate:
-            self.log_loss(stage, self(**batch).loss, len(batch["input_ids"]))
+            self.log_loss(stage, self(**batch).loss, batch)
             return
         # the sources are encoded once, for the loss and for generation (the HF Seq2SeqTrainer encodes them
         # twice): about 7% of Multi30k's validation time with its small T5
         encoded = self.model.get_encoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        self.log_loss(stage, self(**batch, encoder_outputs=encoded).loss, len(batch["input_ids"]))
+        self.log_loss(stage, self(**batch, encoder_outputs=encoded).loss, batch)
         predictions = self.generate(batch, encoded)
         references = self.decode(batch["labels"])
         self.metrics[stage].update(predictions, [[ref] for ref in references])

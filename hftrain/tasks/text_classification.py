@@ -142,7 +142,7 @@ class TextClassification(TaskModule):
             )
         outputs = self(**batch)
         size = len(batch["labels"])
-        self.log_loss(stage, outputs.loss, size)
+        self.log_loss(stage, outputs.loss, batch)
         metrics = self.metrics[stage]
         predictions = self._predictions(outputs.logits.float())
         labels = (

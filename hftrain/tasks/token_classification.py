@@ -104,7 +104,7 @@ class TokenClassification(TaskModule):
     def evaluate(self, batch: dict[str, Any], stage: Stage) -> None:
         word_ids = batch["word_ids"]
         outputs = self(**batch)
-        self.log_loss(stage, outputs.loss, len(word_ids))
+        self.log_loss(stage, outputs.loss, batch)
         predicted, gold = outputs.logits.argmax(-1), batch["labels"].masked_fill(word_ids < 0, IGNORE)
         self.metrics[stage].update(predicted, gold)
         self.update_custom_metrics(stage, predicted[gold != IGNORE], gold[gold != IGNORE])
