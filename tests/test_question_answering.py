@@ -358,3 +358,11 @@ def test_qa_config_instantiates(config, tiny_bert, tmp_path):
     expected = yaml.safe_load(config.read_text())
     assert cli.model.version_2_with_negative == expected["model"]["init_args"].get("version_2_with_negative", False)
     assert (cli.datamodule.max_length, cli.datamodule.doc_stride) == (384, 128)
+
+
+def test_splitting_batches_by_length_is_refused(tiny_bert, tmp_path):
+    """The start and end softmax runs over every position, padding included, so a part padded less has another
+    loss (test_vs_hf_trainer's split run checks that the CPU default leaves the batches whole)."""
+    train = squad_file(tmp_path / "train.json", sentiment_questions(8, seed=1))
+    with pytest.raises(HFTrainError, match="counts the padded positions"):
+        QuestionAnsweringData(tokenizer_name=tiny_bert, train_file=train, split_by_length=True)

@@ -129,6 +129,7 @@ class TaskDataModule(LightningDataModule):
             tokens for token-level losses); only dropout draws other masks. Random batches at nearly grouped
             speed: MRPC 1.3x, CoNLL-2003 1.7x per batch on CPU (docs/performance.md). Unset: on when training
             on CPU, off on GPUs (not measured there, where a few large kernels may beat more small ones).
+            Never for question answering, whose loss counts padded positions.
         max_train_samples: Train on the first N training rows only (the HF scripts' flag, for quick runs).
         max_eval_samples: Validate on the first N rows of each validation set only.
         max_predict_samples: Test and predict on the first N rows only.
@@ -167,6 +168,9 @@ class TaskDataModule(LightningDataModule):
 
     # whether the tokenizer pads with its end-of-sequence token when it has no padding token (causal LMs)
     pad_with_eos: ClassVar[bool] = False
+    # whether the training loss counts a batch's padded positions (question answering's start and end softmax
+    # runs over every position), so that a batch split by length, each part padded less, has another loss
+    loss_reads_padding: ClassVar[bool] = False
     # settings that change how batches are served but not what the tokenized data holds
     loader_settings: ClassVar[frozenset[str]] = frozenset(
         {
@@ -658,6 +662,12 @@ class TaskDataModule(LightningDataModule):
             raise HFTrainError(f"data.eval_batch_size must be a positive integer, got {self.eval_batch_size}.")
         if self.num_workers < 0:
             raise HFTrainError(f"data.num_workers must be 0 or more, got {self.num_workers}.")
+        if self.split_by_length and self.loss_reads_padding:
+            raise HFTrainError(
+                f"data.split_by_length is true, but {type(self).__name__}'s training loss counts the padded "
+                "positions of a batch (the answer's start and end are picked among all of them), so a batch split "
+                "into less padded parts would train on another loss. Leave data.split_by_length unset or false."
+            )
         if not 0 <= self.validation_split_percentage < 100:
             raise HFTrainError(
                 f"data.validation_split_percentage must be in [0, 100), got {self.validation_split_percentage}."
@@ -712,6 +722,8 @@ class TaskDataModule(LightningDataModule):
         return trainer.distributed_sampler_kwargs
 
     def _splits_batches(self) -> bool:
+        if self.loss_reads_padding:
+            return False
         if self.split_by_length is not None:
             return self.split_by_length
         return self.trainer is not None and self.trainer.strategy.root_device.type == "cpu"

@@ -173,6 +173,9 @@ class QuestionAnsweringData(TaskDataModule):
     max_length: int = 384
     doc_stride: int = 128
 
+    # the model's start and end logits cover padded positions too, and its loss a softmax over all of them
+    loss_reads_padding: ClassVar[bool] = True
+
     def read_file(self, path: Path) -> datasets.Dataset:
         """SQuAD JSON, nested or flat (`read_squad_json`), is read without options; other files go to the
         base readers."""
