@@ -298,9 +298,9 @@ def test_validation_encodes_each_batch_once_and_scores_what_plain_generation_giv
     values = scores(expected)
     assert metrics["val/bleu"] == pytest.approx(values["bleu"].item(), abs=1e-6)
     assert metrics["val/chrf"] == pytest.approx(values["chrf"].item(), abs=1e-6)
-    loss = sum(module(**b).loss.item() * len(b["input_ids"]) for b in batches) / sum(
-        len(b["input_ids"]) for b in batches
-    )
+    # a mean over all target tokens: each batch's mean weighs its tokens
+    tokens = [(b["labels"] != -100).sum().item() for b in batches]
+    loss = sum(module(**b).loss.item() * n for b, n in zip(batches, tokens, strict=True)) / sum(tokens)
     assert metrics["val/loss"] == pytest.approx(loss, rel=1e-5)
 
 
