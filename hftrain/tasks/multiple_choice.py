@@ -68,7 +68,7 @@ class MultipleChoice(TaskModule):
             )
         outputs = self(**batch)
         size = len(batch["labels"])
-        self.log_loss(stage, outputs.loss, size)
+        self.log_loss(stage, outputs.loss, batch)
         chosen = outputs.logits.argmax(-1)
         metrics = self.metrics[stage]
         metrics.update((chosen == batch["labels"]).float())
