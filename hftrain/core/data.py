@@ -73,6 +73,7 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
         tokenizer.padding_side,
         tokenizer.truncation_side,
         json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str),
+        str(getattr(tokenizer, "chat_template", None)),  # renders conversations (language modelling)
     ]
     backend = getattr(tokenizer, "backend_tokenizer", None)
     parts.append(backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items())))

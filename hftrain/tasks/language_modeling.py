@@ -20,13 +20,15 @@ import datasets
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from hftrain.core.data import TaskDataModule
+from hftrain.core.data import TaskDataModule, column
 from hftrain.core.errors import HFTrainError
 from hftrain.core.generation import log_text_table, set_generation_config
 from hftrain.core.module import Stage, TaskModule
 from hftrain.core.pretrained import require_eos
+from hftrain.tasks import chat_processing as chat
 
-IGNORE_INDEX = -100  # the label of positions without loss, as HF models expect
+IGNORE_INDEX = chat.IGNORE_INDEX
+SOURCE_ROW = "hftrain_source_row"  # a conversation's row in its file, for the messages that name it
 LM_EOS_USE = "language modelling, to mark where a document ends"
 TEXT_SUFFIXES = (".txt", "")  # plain text files, as run_clm reads them
 
@@ -245,7 +247,8 @@ class CausalLMCollator:
 
 @dataclass(eq=False, repr=False, kw_only=True)
 class LanguageModelingData(TaskDataModule):
-    """Text to learn to continue: whole documents, or prompt/completion pairs whose prompts carry no loss.
+    """Text to learn to continue: whole documents, prompt/completion pairs whose prompts carry no loss, or
+    conversations whose assistant turns alone carry loss (`messages_column`).
 
     Documents come from a Hub dataset's text column (wikitext), JSONL/CSV rows, or .txt files. Every
     document ends with the tokenizer's end-of-sequence token, so the model learns where text stops.
@@ -264,6 +267,14 @@ class LanguageModelingData(TaskDataModule):
         text_file_documents: How a .txt file splits into documents: `paragraph` (blocks separated by blank
             lines), `line`, or `file` (the whole file is one document). A .txt predict file always holds
             one prompt per line.
+        messages_column: Column with conversations to learn: lists of `{role, content}` messages (OpenAI
+            format; roles system, user, assistant) or of ShareGPT's `{from, value}` (human, gpt, system). They are
+            rendered with the chat template; needs `packing: false`.
+        chat_template: Jinja chat template (its text, or a file holding it) for `messages_column`; unset: the
+            tokenizer's own.
+        train_on: Which tokens of a conversation carry loss: every `assistant` turn's content and end-of-turn
+            token (found from the template's own rendering, no `{% generation %}` markers needed), the
+            `last_assistant` turn's only, or `all` tokens.
     """
 
     text_column: str = "text"
@@ -272,6 +283,9 @@ class LanguageModelingData(TaskDataModule):
     packing: bool = True
     block_size: int | None = None
     text_file_documents: Literal["paragraph", "line", "file"] = "paragraph"
+    messages_column: str | None = None
+    chat_template: str | None = None
+    train_on: Literal["assistant", "all", "last_assistant"] = "assistant"
 
     pad_with_eos: ClassVar[bool] = True
 
@@ -304,6 +318,9 @@ class LanguageModelingData(TaskDataModule):
         return datasets.Dataset.from_dict({column: [p.strip("\n") for p in pieces if p.strip()]})
 
     def check_data(self, raw: datasets.DatasetDict) -> None:
+        if self.messages_column:
+            self._check_conversations(raw)
+            return
         if (self.prompt_column is None) != (self.completion_column is None):
             raise HFTrainError(
                 "data.prompt_column and data.completion_column go together: set both to learn completions of "
@@ -318,8 +335,43 @@ class LanguageModelingData(TaskDataModule):
         self.require_columns(raw, columns, optional=("completion_column",))
         self.require_text(raw, list(columns.values()))
 
+    def _check_conversations(self, raw: datasets.DatasetDict) -> None:
+        """Chat settings, then every conversation's messages, roles and turns, naming the first bad row; each row
+        keeps its number in its file for the messages of tokenization (after validation is held out)."""
+        if self.packing:
+            raise HFTrainError(
+                "data.messages_column is set with data.packing=true: packed conversations would attend to each "
+                "other across their boundaries. Set data.packing=false (one example per conversation)."
+            )
+        if self.chat_template is not None:
+            self.chat_template = chat.load_template(self.chat_template)  # the text, so the cache follows edits
+        elif not self.tokenizer.chat_template:
+            raise HFTrainError(
+                f"The tokenizer of '{self.tokenizer_name}' has no chat template to render data.messages_column "
+                "with. Give one as data.chat_template (a Jinja template, or a file holding it), or use the "
+                "tokenizer of a chat model."
+            )
+        self.require_columns(raw, {"messages_column": self.messages_column})
+        for split, dataset in raw.items():
+            for row, conversation in enumerate(column(dataset, self.messages_column)):
+                try:
+                    chat.check_turns(chat.to_messages(conversation), needs_assistant=self._needs_assistant(split))
+                except chat.ConversationError as err:
+                    raise self._conversation_error(split, row, err) from err
+            raw[split] = dataset.add_column(SOURCE_ROW, list(range(len(dataset))))
+
+    def _needs_assistant(self, split: str) -> bool:
+        return split != "predict" and self.train_on != "all"
+
+    def _conversation_error(self, split: str, row: int, err: chat.ConversationError) -> HFTrainError:
+        return HFTrainError(
+            f"The {split} data ({self.source(split)}) has a conversation at row {row + 1} (column "
+            f"'{self.messages_column}') that cannot be trained on: {err}. Fix or drop that row"
+            + (", or give a data.chat_template that renders it as given." if "template" in str(err) else ".")
+        )
+
     def input_columns(self) -> list[str]:
-        return [self.prompt_column or self.text_column]
+        return [self.messages_column or self.prompt_column or self.text_column]
 
     # ------------------------------------------------------------------ tokenization
 
@@ -336,8 +388,11 @@ class LanguageModelingData(TaskDataModule):
         return self.block_size
 
     def preprocess(self, raw: datasets.DatasetDict) -> datasets.DatasetDict:
+        processed = self.map_splits(raw, self._encode, with_indices=True)
+        if self.messages_column:
+            processed = self._drop_long_conversations(processed)
         processed = self.report_truncation(
-            self.map_splits(raw, self._encode, with_indices=True),
+            processed,
             "length",
             "max_length",
             lambda split, _: (
@@ -362,6 +417,12 @@ class LanguageModelingData(TaskDataModule):
         the other splits' rows are packed or dropped when blank, so they carry none."""
         if split != "predict":
             return None
+        if self.messages_column:
+            template, conversations = self.chat_template, batch[self.messages_column]
+            return {
+                "prompt": [chat.prompt_text(self.tokenizer, c, template) for c in conversations],
+                "gold": [chat.final_answer(c) for c in conversations],
+            }
         fields = {"prompt": batch[self.prompt_column or self.text_column]}
         if self.completion_column and self.completion_column in batch:
             fields["gold"] = batch[self.completion_column]
@@ -369,7 +430,58 @@ class LanguageModelingData(TaskDataModule):
 
     def _encode(self, batch: dict[str, list], indices: list[int], split: str) -> dict[str, list]:
         """Prompts to continue for `predict`, labelled examples for the other splits."""
-        return self._encode_prompts(batch) if split == "predict" else self._encode_examples(batch, indices, split)
+        if split == "predict":
+            return self._encode_prompts(batch)
+        if self.messages_column:
+            return self._encode_conversations(batch, split)
+        return self._encode_examples(batch, indices, split)
+
+    def _encode_conversations(self, batch: dict[str, list], split: str) -> dict[str, list]:
+        """Ids and labels per conversation, loss on the turns `train_on` names; each row's length and row in its
+        file go to `_drop_long_conversations`."""
+        end_of_turn = chat.end_of_turn_pattern(self.tokenizer)
+        input_ids, labels = [], []
+        for row, conversation in zip(batch[SOURCE_ROW], batch[self.messages_column], strict=True):
+            try:
+                ids, row_labels = chat.encode_conversation(
+                    self.tokenizer, conversation, self.chat_template, self.train_on, end_of_turn
+                )
+            except chat.ConversationError as err:
+                raise self._conversation_error(split, row, err) from err
+            input_ids.append(ids)
+            labels.append(row_labels)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": [[1] * len(ids) for ids in input_ids],
+            "labels": labels,
+            "length": [len(ids) for ids in input_ids],
+            SOURCE_ROW: batch[SOURCE_ROW],
+        }
+
+    def _drop_long_conversations(self, processed: datasets.DatasetDict) -> datasets.DatasetDict:
+        """Leave out, and name, the conversations longer than `max_length`: cut, they would teach answers
+        without their end. An evaluation split keeps none of them either, so its loss is over whole turns."""
+        for split, encoded in processed.items():
+            if split == "predict":
+                continue
+            lengths, rows = column(encoded, "length"), column(encoded, SOURCE_ROW)
+            long = [i for i, n in enumerate(lengths) if n > self.max_length]
+            if len(long) == len(encoded):
+                raise HFTrainError(
+                    f"Every conversation of the {split} data ({self.source(split)}) is longer than data.max_length="
+                    f"{self.max_length} tokens (the shortest has {min(lengths)}). Raise data.max_length."
+                )
+            if long:
+                named = ", ".join(str(rows[i] + 1) for i in sorted(long, key=rows.__getitem__)[:10])
+                self._notes.append(
+                    f"{len(long)} of {len(encoded)} conversations in the {split} split ({self.source(split)}) are "
+                    f"longer than data.max_length={self.max_length} tokens (the longest has "
+                    f"{max(lengths[i] for i in long)}) and are left out (rows {named}{', …' if len(long) > 10 else ''}"
+                    "): cut, they would teach answers without their end. Raise data.max_length to keep them."
+                )
+                encoded = encoded.select(sorted(set(range(len(encoded))) - set(long)))
+            processed[split] = encoded.remove_columns(["length", SOURCE_ROW])
+        return processed
 
     def _encode_examples(self, batch: dict[str, list], indices: list[int], split: str) -> dict[str, list]:
         """Ids and labels per row, ending in EOS; prompt tokens labelled -100; blank documents skipped."""
@@ -426,7 +538,12 @@ class LanguageModelingData(TaskDataModule):
         }
 
     def _encode_prompts(self, batch: dict[str, list]) -> dict[str, list]:
-        """Prompts to continue, keeping each one's last `max_length` tokens (nearest what comes next)."""
-        encoded = self.tokenizer(batch[self.prompt_column or self.text_column], verbose=False)
+        """Prompts to continue, keeping each one's last `max_length` tokens (nearest what comes next); a
+        conversation's is its text up to its last assistant turn, with the generation prompt."""
+        if self.messages_column:
+            texts = [chat.prompt_text(self.tokenizer, c, self.chat_template) for c in batch[self.messages_column]]
+            encoded = self.tokenizer(texts, add_special_tokens=False, verbose=False)
+        else:
+            encoded = self.tokenizer(batch[self.prompt_column or self.text_column], verbose=False)
         kept = {key: [row[-self.max_length :] for row in encoded[key]] for key in ("input_ids", "attention_mask")}
         return {**kept, "length": [len(ids) for ids in encoded["input_ids"]]}
