@@ -246,3 +246,15 @@ def test_fit_through_the_cli_learns_from_assistant_tokens_only(tiny_chat_lm, tmp
             [answer] = labelled_runs(tokenizer, ids, labels)
             learnt.append(answer)
     assert len(learnt) == 8 and set(learnt) <= answers
+
+
+def test_predict_continues_a_conversation_after_its_last_user_turn(tiny_chat_lm, tmp_path):
+    rows = conversations(3)
+    data = chat_data(
+        tiny_chat_lm, write_jsonl(tmp_path / "train.jsonl", rows), predict_file=write_jsonl(tmp_path / "p.jsonl", rows)
+    )
+    data.setup("predict")
+    prompt = data.tokenizer.apply_chat_template(rows[1]["messages"][:-1], tokenize=False, add_generation_prompt=True)
+    example = data.datasets["predict"][1]
+    assert data.tokenizer.decode(example["input_ids"]) == prompt and prompt.endswith("<|im_start|>assistant\n")
+    assert example["row"] == {"id": 1, "prompt": prompt, "gold": "1 2 3"}

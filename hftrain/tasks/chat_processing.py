@@ -33,6 +33,10 @@ class ConversationError(ValueError):
     """What is wrong with one conversation; the data module adds where it is and what to do."""
 
 
+class TemplateMismatch(ConversationError):
+    """The chat template does not render a conversation so that its assistant turns can be found."""
+
+
 def to_messages(conversation: Any) -> list[dict[str, str]]:
     """A conversation as OpenAI-style messages (`role`, `content`): given so, or in ShareGPT's form (`from`:
     human/gpt/system, `value`), which is mapped. Raises `ConversationError` for anything else, an unknown role
@@ -107,7 +111,7 @@ def assistant_spans(
         before = render(tokenizer, messages[:i], template, prompt=True)
         through = render(tokenizer, messages[: i + 1], template)
         if not (through.startswith(before) and text.startswith(through)):
-            raise ConversationError(
+            raise TemplateMismatch(
                 f"the chat template renders it differently as it grows (the text up to assistant message {i + 1} "
                 "is not the start of the whole conversation's text), so its assistant turns cannot be found"
             )
@@ -115,7 +119,7 @@ def assistant_spans(
         at = turn.rfind(content)
         tail = turn[at + len(content) :] if at >= 0 else ""
         if at < 0 or not end_of_turn.match(tail):
-            raise ConversationError(
+            raise TemplateMismatch(
                 f"the chat template renders assistant message {i + 1} differently from its content (rendered: "
                 f"{turn!r}), so its tokens cannot be told apart from the template's"
             )

@@ -23,11 +23,11 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 from hftrain.core.data import TaskDataModule, column
 from hftrain.core.errors import HFTrainError
 from hftrain.core.generation import log_text_table, set_generation_config
+from hftrain.core.losses import IGNORE_INDEX
 from hftrain.core.module import Stage, TaskModule
 from hftrain.core.pretrained import require_eos
 from hftrain.tasks import chat_processing as chat
 
-IGNORE_INDEX = chat.IGNORE_INDEX
 SOURCE_ROW = "hftrain_source_row"  # a conversation's row in its file, for the messages that name it
 LM_EOS_USE = "language modelling, to mark where a document ends"
 TEXT_SUFFIXES = (".txt", "")  # plain text files, as run_clm reads them
@@ -367,7 +367,11 @@ class LanguageModelingData(TaskDataModule):
         return HFTrainError(
             f"The {split} data ({self.source(split)}) has a conversation at row {row + 1} (column "
             f"'{self.messages_column}') that cannot be trained on: {err}. Fix or drop that row"
-            + (", or give a data.chat_template that renders it as given." if "template" in str(err) else ".")
+            + (
+                ", or give a data.chat_template that renders it as given."
+                if isinstance(err, chat.TemplateMismatch)
+                else "."
+            )
         )
 
     def input_columns(self) -> list[str]:
