@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import write_jsonl
+from helpers import run_cli, tree_digest, write_jsonl
 
 from hftrain.cli import HFTrainCLI
 from hftrain.core.errors import HFTrainError
@@ -215,24 +215,31 @@ def test_conversations_longer_than_max_length_are_left_out_and_named(tiny_chat_l
     assert data.chat_template == GEMMA  # the file's text: the tokenized cache follows edits to it
 
 
-def test_fit_through_the_cli_learns_from_assistant_tokens_only(tiny_chat_lm, tmp_path):
-    files = {
-        "train_file": write_jsonl(tmp_path / "train.jsonl", conversations(24)),
-        "validation_file": write_jsonl(tmp_path / "valid.jsonl", conversations(6)),
-    }
+def chat_config(tmp_path: Path, model: str, **data) -> Path:
+    """A fit config for conversations in `data`'s files: `messages_column: messages`, no packing, batch 8."""
     config = {
         "model": {
             "class_path": "hftrain.tasks.language_modeling.LanguageModeling",
-            "init_args": {"model_name_or_path": tiny_chat_lm, "learning_rate": 3e-3},
+            "init_args": {"model_name_or_path": model, "learning_rate": 3e-3},
         },
         "data": {
             "class_path": "hftrain.tasks.language_modeling.LanguageModelingData",
-            "init_args": {**files, "messages_column": "messages", "packing": False, "batch_size": 8},
+            "init_args": {"messages_column": "messages", "packing": False, "batch_size": 8, **data},
         },
         "trainer": {"max_epochs": 2, "accelerator": "cpu", "enable_progress_bar": False},
     }
     path = tmp_path / "chat.yaml"
     path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_fit_through_the_cli_learns_from_assistant_tokens_only(tiny_chat_lm, tmp_path):
+    path = chat_config(
+        tmp_path,
+        tiny_chat_lm,
+        train_file=write_jsonl(tmp_path / "train.jsonl", conversations(24)),
+        validation_file=write_jsonl(tmp_path / "valid.jsonl", conversations(6)),
+    )
     run = HFTrainCLI(args=["fit", f"--config={path}"])
     results = json.loads((Path(run.trainer.log_dir) / "results.json").read_text())
     history = [epoch["val/loss"] for epoch in results["history"]]
@@ -258,3 +265,19 @@ def test_predict_continues_a_conversation_after_its_last_user_turn(tiny_chat_lm,
     example = data.datasets["predict"][1]
     assert data.tokenizer.decode(example["input_ids"]) == prompt and prompt.endswith("<|im_start|>assistant\n")
     assert example["row"] == {"id": 1, "prompt": prompt, "gold": "1 2 3"}
+
+
+def test_a_bad_conversation_stops_the_cli_with_a_paragraph_and_changes_nothing(tiny_chat_lm, tmp_path, capsys):
+    earlier = tmp_path / "runs" / "chat" / "version_0"
+    earlier.mkdir(parents=True)
+    (earlier / "results.json").write_text('{"best": {"val/loss": 1.0}}\n')
+    before = tree_digest(tmp_path / "runs")
+    rows = conversations(8)
+    rows[6]["messages"][-1]["content"] = "7 8 "  # found only when rendered: Llama 3's template trims it
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    path = chat_config(tmp_path, tiny_chat_lm, train_file=train, chat_template=LLAMA3, validation_split_percentage=0)
+    status = run_cli("fit", "--config", path)
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err, err
+    assert f"The train data ({train}) has a conversation at row 7 (column 'messages')" in err
+    assert tree_digest(tmp_path / "runs") == before

@@ -2,8 +2,9 @@
 
 The model is `AutoModelForCausalLM`; its loss is next-token cross-entropy on the positions whose label is
 not -100. The data module turns documents into labelled token sequences, either packed into fixed-size
-blocks (the HF `run_clm` way) or one example per document, and prompt/completion pairs into sequences
-whose prompt tokens carry no loss. Validation reports the loss and perplexity over all scored tokens,
+blocks (the HF `run_clm` way) or one example per document, prompt/completion pairs into sequences
+whose prompt tokens carry no loss, and conversations into sequences whose assistant turns alone carry loss
+(`chat_processing.py`). Validation reports the loss and perplexity over all scored tokens,
 and continues a few configured prompts so the TensorBoard log shows what the model writes.
 """
 
