@@ -202,6 +202,8 @@ def test_chat_settings_are_checked_before_anything_loads(tiny_gpt2, tiny_chat_lm
         chat_data(tiny_chat_lm, train, chat_template="templates/missing.jinja")
     with pytest.raises(HFTrainError, match=r"no column 'conversations' \(data.messages_column\)"):
         chat_data(tiny_chat_lm, train, messages_column="conversations")
+    with pytest.raises(HFTrainError, match="apply to conversations: set data.messages_column"):
+        chat_data(tiny_chat_lm, train, messages_column=None, train_on="all")
 
 
 def test_conversations_longer_than_max_length_are_left_out_and_named(tiny_chat_lm, tmp_path):
@@ -281,3 +283,22 @@ def test_a_bad_conversation_stops_the_cli_with_a_paragraph_and_changes_nothing(t
     assert status == 2 and "Traceback" not in err, err
     assert f"The train data ({train}) has a conversation at row 7 (column 'messages')" in err
     assert tree_digest(tmp_path / "runs") == before
+
+
+def test_a_sharegpt_file_gives_the_examples_of_the_same_messages_file(tiny_chat_lm, tmp_path):
+    rows = conversations(4)
+    sharegpt = [
+        {
+            "conversations": [
+                {"from": {"user": "human", "assistant": "gpt"}.get(m["role"], m["role"]), "value": m["content"]}
+                for m in row["messages"]
+            ]
+        }
+        for row in rows
+    ]
+    examples = []
+    for name, column, data in (("messages", "messages", rows), ("sharegpt", "conversations", sharegpt)):
+        data = chat_data(tiny_chat_lm, write_jsonl(tmp_path / f"{name}.jsonl", data), messages_column=column)
+        data.setup("fit")
+        examples.append(data.datasets["train"].to_list())
+    assert examples[0] == examples[1] and len(examples[0]) == 4

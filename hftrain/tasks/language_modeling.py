@@ -322,6 +322,11 @@ class LanguageModelingData(TaskDataModule):
         if self.messages_column:
             self._check_conversations(raw)
             return
+        if self.chat_template is not None or self.train_on != "assistant":
+            raise HFTrainError(
+                "data.chat_template and data.train_on apply to conversations: set data.messages_column to the "
+                "column that holds them, or leave both unset for documents and prompt/completion pairs."
+            )
         if (self.prompt_column is None) != (self.completion_column is None):
             raise HFTrainError(
                 "data.prompt_column and data.completion_column go together: set both to learn completions of "
