@@ -6,7 +6,7 @@ Two kinds of input, both JSON, both committed so that a picture can be redrawn a
 - `data/bench/*.json`: `scripts/bench_vs_hf_trainer.py --json` files (`mode: train`); their head says when,
   on which machine and at which commit they ran. The newest file of each task is drawn. Files transcribed
   from an older record carry a `source` saying so, and the caption says which.
-- `data/runs/<run>.json`: a documented run's `results.json` `history` (one entry per validation) with the
+- `data/history/<run>.json`: a documented run's `results.json` `history` (one entry per validation) with the
   command that made it, its date, and the metric it monitors (`monitor`). Copy a run's
   `results.json` there with those keys added, or write them by hand from a run folder that is gone (`source`).
 
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     if records:
         speed_chart(records, args.out / "train_speed.png")
         written.append("train_speed.png")
-    for path in sorted((args.data / "runs").glob("*.json")):
+    for path in sorted((args.data / "history").glob("*.json")):
         run = json.loads(path.read_text())
         curve(run, args.out / f"curve_{path.stem}.png")
         written.append(f"curve_{path.stem}.png")
