@@ -369,10 +369,11 @@ class HFTrainCLI(LightningCLI):
         """HF semantics: `max_steps` overrides the number of epochs (Lightning stops at whichever comes first,
         so a config's `max_epochs: 3` would cut `--trainer.max_steps 1000` short on a small data set)."""
         if trainer.max_steps is not None and trainer.max_steps > 0 and trainer.max_epochs not in (None, -1):
-            rank_zero_info(
-                f"trainer.max_steps={trainer.max_steps} wins over trainer.max_epochs={trainer.max_epochs} (as in the "
-                "HF Trainer): training runs for as many epochs as those steps take."
-            )
+            if trainer.max_epochs != options.TRAINER_DEFAULTS["max_epochs"]:  # a limit the user set, now unused
+                rank_zero_info(
+                    f"trainer.max_steps={trainer.max_steps} wins over trainer.max_epochs={trainer.max_epochs} (as in "
+                    "the HF Trainer): training runs for as many epochs as those steps take."
+                )
             trainer.max_epochs = -1
 
     @staticmethod
