@@ -36,6 +36,8 @@ _EXPORTS = {
     "LanguageModelingData": "hftrain.tasks.language_modeling",
     "MultipleChoice": "hftrain.tasks.multiple_choice",
     "MultipleChoiceData": "hftrain.tasks.multiple_choice",
+    "MaskedLanguageModeling": "hftrain.tasks.masked_language_modeling",
+    "MaskedLanguageModelingData": "hftrain.tasks.masked_language_modeling",
 }
 
 

@@ -5,7 +5,7 @@ The same work on both sides:
 - data: hftrain's data module reads and tokenizes every split once (`prepare`). hftrain loads the result
   from its cache as it always does; the HF side loads the same saved Arrow splits with
   `datasets.load_from_disk`, so the token ids are identical by construction, and batches them with the
-  collator its example script uses (`run_glue`, `run_ner`, `run_qa`, `run_translation`, `run_clm`). The HF
+  collator its example script uses (`run_glue`, `run_ner`, `run_qa`, `run_translation`, `run_clm`, `run_mlm`). The HF
   side therefore neither reads the raw files nor tokenizes: its wall time is, if anything, flattered.
 - weights: `prepare` builds hftrain's task module once, seeded, and saves its model (task head and
   generation config included) to `<workdir>/<task>/init`; both sides load that folder.
@@ -257,6 +257,26 @@ TASKS = {
         metrics=("perplexity", "loss"),
         prediction="completion",
         generates=True,
+    ),
+    "wikitext2-mlm": Task(
+        # masked LM on WikiText-2's valid.txt, scored on the first 400 lines of test.txt (about 200 paragraphs)
+        config="configs/mlm/wikitext2_minilm_local.yaml",
+        data_class="hftrain.tasks.masked_language_modeling.MaskedLanguageModelingData",
+        module_class="hftrain.tasks.masked_language_modeling.MaskedLanguageModeling",
+        auto_class="AutoModelForMaskedLM",
+        data_args={
+            "train_file": "{data}/wikitext2/valid.txt",
+            "validation_file": "{data}/wikitext2/test.txt",
+            "max_eval_samples": 400,
+            "max_length": 128,
+        },
+        model=minilm,
+        batch_size=16,
+        learning_rate=1e-4,
+        warmup=0.05,
+        epochs=1,
+        metrics=("perplexity", "loss"),
+        prediction="fills",
     ),
 }
 
@@ -592,6 +612,47 @@ def hf_language_modeling(model, tokenizer, splits) -> HFRun:
     )
 
 
+def hf_masked_language_modeling(model, tokenizer, splits) -> HFRun:
+    """`run_mlm.py`'s training collator (`DataCollatorForLanguageModeling`, fresh masks per batch); evaluation on
+    the masks hftrain drew once for the validation split (run_mlm draws new ones at every evaluation), padded
+    with labels -100, and its loss averaged over all masked tokens as hftrain's is (the Trainer's `eval_loss`
+    averages the batches' means)."""
+    import math
+
+    import torch
+    from transformers import DataCollatorForLanguageModeling, DataCollatorForSeq2Seq
+
+    masking = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
+    padding = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+
+    def collate(features: list[dict]) -> dict:
+        return padding(features) if "labels" in features[0] else masking(features)
+
+    def loss_per_row(logits, labels):
+        """Each row's summed loss and masked tokens, so that no batch's logits are kept."""
+        losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
+        return torch.stack([losses.sum(-1), (labels != -100).sum(-1).float()], -1)
+
+    def evaluate(trainer) -> dict[str, float]:
+        trainer.preprocess_logits_for_metrics = loss_per_row
+        sums = trainer.predict(splits["validation"]).predictions
+        loss = float(sums[:, 0].sum() / sums[:, 1].sum())
+        return {"loss": loss, "perplexity": math.exp(loss)}
+
+    def predict(trainer) -> list:
+        raise SystemExit("--mode evaluate compares predictions, which wikitext2-mlm has none of: use --mode train.")
+
+    return HFRun(
+        model=model,
+        tokenizer=tokenizer,
+        train=splits["train"],
+        validation=splits["validation"],
+        collator=collate,
+        evaluate=evaluate,
+        predict=predict,
+    )
+
+
 HF_BUILDERS = {
     "mrpc": hf_classification,
     "conll": hf_token_classification,
@@ -599,4 +660,5 @@ HF_BUILDERS = {
     "multi30k": hf_seq2seq,
     "wikitext2": hf_language_modeling,
     "choice": hf_multiple_choice,
+    "wikitext2-mlm": hf_masked_language_modeling,
 }

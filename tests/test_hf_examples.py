@@ -38,6 +38,10 @@ CLASSES = {
     "run_summarization": ("seq2seq.Seq2Seq", "seq2seq.Seq2SeqData"),
     "run_clm": ("language_modeling.LanguageModeling", "language_modeling.LanguageModelingData"),
     "run_swag": ("multiple_choice.MultipleChoice", "multiple_choice.MultipleChoiceData"),
+    "run_mlm": (
+        "masked_language_modeling.MaskedLanguageModeling",
+        "masked_language_modeling.MaskedLanguageModelingData",
+    ),
 }
 
 
@@ -208,6 +212,30 @@ def test_run_clm_plain_text(tiny_gpt2, tmp_path):
     )
     assert results["history"][-1]["epoch"] == 1
     assert {"val/perplexity", "val/loss"} <= set(results["final"])
+
+
+def test_run_mlm_plain_text(tiny_bert, tmp_path):
+    # run_mlm's sample_text.txt: plain text, one sentence per line, blank lines between documents
+    rng = random.Random(0)
+
+    def sentence() -> str:
+        return " ".join(rng.sample(FILLER, 4) + [rng.choice(POSITIVE + NEGATIVE)])
+
+    sample = tmp_path / "sample_text.txt"
+    sample.write_text("\n\n".join("\n".join(sentence() for _ in range(8)) for _ in range(300)) + "\n")
+    results = run_example(
+        tmp_path,
+        "run_mlm",
+        f"""--model_name_or_path {tiny_bert} --train_file {sample} --validation_file {sample}
+        --output_dir {tmp_path}/runs --overwrite_output_dir --do_train --do_eval --prediction_loss_only
+        --num_train_epochs=1""",
+        # the script's default batch (8), and a higher rate: the tiny model starts from random weights where the
+        # HF test's distilroberta-base starts pretrained
+        "--data.batch_size=8",
+        "--model.learning_rate=1e-2",
+    )
+    assert results["history"][-1]["epoch"] == 0
+    assert results["final"]["val/perplexity"] < 42  # the HF test's threshold
 
 
 # ----------------------------------------------------------------- the scripts' column guesses, one by one

@@ -197,7 +197,13 @@ def test_every_config_key_in_the_readme_table_exists():
 
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from hftrain.tasks import language_modeling, question_answering, seq2seq, token_classification
+    from hftrain.tasks import (
+        language_modeling,
+        masked_language_modeling,
+        question_answering,
+        seq2seq,
+        token_classification,
+    )
 
     classes = {
         "model": [TextClassification, token_classification.TokenClassification, question_answering.QuestionAnswering],
@@ -206,6 +212,8 @@ def test_every_config_key_in_the_readme_table_exists():
     classes["model"] += [seq2seq.Seq2Seq, language_modeling.LanguageModeling]
     classes["data"] += [question_answering.QuestionAnsweringData, seq2seq.Seq2SeqData]
     classes["data"] += [language_modeling.LanguageModelingData]
+    classes["model"] += [masked_language_modeling.MaskedLanguageModeling]
+    classes["data"] += [masked_language_modeling.MaskedLanguageModelingData]
     known = {part: {f.name for c in found for f in dataclasses.fields(c)} for part, found in classes.items()}
     known["trainer"] = set(inspect.signature(Trainer).parameters)
     known["checkpoint"] = set(inspect.signature(ModelCheckpoint).parameters)

@@ -1,9 +1,10 @@
 """The base data module: load a Hub dataset or local files, tokenize once into an on-disk cache, serve batches.
 
-A task's data module is a dataclass that adds its own fields (columns, lengths) to the ones here and fills
-in three things: `check_data` (columns and values, plus anything learnt from the data such as the label
-set), `encode` (a batch of raw rows to model inputs, run by `datasets.map(batched=True)` over every split
-in `preprocess`) and `collator`.
+A task's data module is a dataclass that adds its own fields (columns, lengths) to the ones here and must
+provide four things, abstract here so that a task missing one cannot be built: `check_data` (columns and
+values, plus anything learnt from the data such as the label set), `encode` (a batch of raw rows to model
+inputs, run by `datasets.map(batched=True)` over every split in `preprocess`), `collator`, and
+`input_columns` (what one raw input to `predict` fills).
 Everything else — reading csv/tsv/json/jsonl/parquet or a Hub dataset, carving a validation split,
 caching the tokenized splits so a second run skips tokenization, dataloaders — lives here once.
 """
@@ -13,6 +14,7 @@ import json
 import os
 import re
 import shutil
+from abc import ABCMeta, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -81,7 +83,7 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 @dataclass(eq=False, repr=False, kw_only=True)
-class TaskDataModule(LightningDataModule):
+class TaskDataModule(LightningDataModule, metaclass=ABCMeta):
     """Base for every task's data module.
 
     Args:
@@ -213,13 +215,15 @@ class TaskDataModule(LightningDataModule):
 
     # ------------------------------------------------------------------ what each task provides
 
+    @abstractmethod
     def check_data(self, raw: datasets.DatasetDict) -> None:
         """Check the raw splits' columns and values, and fill in settings learnt from them (the label set)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def encode(self, batch: dict[str, list], split: str) -> dict[str, list]:
-        """Turn a batch of raw rows of `split` into model inputs (token ids, labels)."""
-        raise NotImplementedError
+        """Turn a batch of raw rows of `split` into model inputs (token ids, labels). A task whose messages
+        name rows maps it with `map_splits(..., with_indices=True)`, which also passes `rows`, the batch's
+        positions in its split."""
 
     def row_fields(self, batch: dict[str, list], split: str) -> dict[str, list] | None:
         """What each row of an evaluation or predict split carries through to predictions.jsonl and the
@@ -291,7 +295,7 @@ class TaskDataModule(LightningDataModule):
     def map_splits(
         self, raw: datasets.DatasetDict, function: Callable, desc: str = "Tokenizing", **options: Any
     ) -> datasets.DatasetDict:
-        """`function(batch, split=…)` (with `with_indices`: `function(batch, indices, split=…)`) over every split
+        """`function(batch, split=…)` (with `with_indices`: `function(batch, split=…, rows=…)`) over every split
         with `datasets.map(batched=True)`, replacing the raw columns by what it returns, plus the `row` column
         of `row_fields` outside the training split; other `options` go to `map`."""
         with_indices = options.pop("with_indices", False)
@@ -314,7 +318,7 @@ class TaskDataModule(LightningDataModule):
     def _encode_with_rows(
         self, batch: dict[str, list], indices: list[int], split: str, function: Callable, with_indices: bool
     ) -> dict[str, list]:
-        encoded = function(batch, indices, split=split) if with_indices else function(batch, split=split)
+        encoded = function(batch, split=split, rows=indices) if with_indices else function(batch, split=split)
         fields = self.row_fields(batch, split) if split != "train" else None
         if fields is not None:
             id_column = self.id_column or ("id" if "id" in batch else None)
@@ -325,9 +329,9 @@ class TaskDataModule(LightningDataModule):
         return encoded
 
     @property
-    def collator(self):
+    @abstractmethod
+    def collator(self) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
         """Turns a list of tokenized examples into a padded batch."""
-        raise NotImplementedError
 
     def read_file(self, path: Path) -> datasets.Dataset:
         """Read one local file into a `Dataset`. Tasks with extra formats (CoNLL, plain text) extend this."""
@@ -751,9 +755,9 @@ class TaskDataModule(LightningDataModule):
 
     # ------------------------------------------------------------------ predicting on inputs in memory
 
+    @abstractmethod
     def input_columns(self) -> list[str]:
         """The columns a predict row needs, in the order a tuple input gives them (`predict_rows`)."""
-        raise NotImplementedError
 
     def predict_rows(self, inputs: list[Any]) -> list[dict[str, Any]]:
         """Raw inputs as rows of a predict file. A dict is a row as it would stand in the file (keys are column

@@ -1,8 +1,9 @@
 """The base LightningModule: load a pretrained `AutoModelFor…`, optimize it, evaluate it, export it.
 
 A task module is a dataclass that adds its own fields to the ones here, builds `self.model` with
-`load_pretrained` in `__post_init__`, and writes `evaluate` (one validation or test batch), `log_metrics`
-(the end of a validation or test) and `predict_step`. Training step, AdamW with weight-decay groups, the
+`load_pretrained` in `__post_init__`, and writes `evaluate` (one validation or test batch) and `predict_step`,
+abstract here so that a task missing one cannot be built, and, where its metrics are not torchmetrics objects
+logged per batch, `log_metrics` (the end of a validation or test). Training step, AdamW with weight-decay groups, the
 warmup schedule and the `save_pretrained` export are shared. Being dataclasses, the constructor signature
 *is* the config schema that LightningCLI reads.
 
@@ -19,6 +20,7 @@ import math
 import os
 import shutil
 import sys
+from abc import ABCMeta, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from functools import cached_property
@@ -50,7 +52,7 @@ def is_validation(stage: Stage) -> bool:
 
 
 @dataclass(eq=False, repr=False, kw_only=True)
-class TaskModule(LightningModule):
+class TaskModule(LightningModule, metaclass=ABCMeta):
     """Base for every task's module.
 
     Args:
@@ -362,9 +364,15 @@ class TaskModule(LightningModule):
 
     # ------------------------------------------------------------------ evaluation, written by each task
 
+    @abstractmethod
     def evaluate(self, batch: dict[str, Any], stage: Stage) -> None:
         """One validation (`stage` "val") or test batch: update the stage's metrics and log its loss."""
-        raise NotImplementedError
+
+    @abstractmethod
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """One predict batch as one record per example (`with_rows` puts each row's id and input first): what
+        `hftrain predict` writes to predictions.jsonl and `predict` returns. Lightning's own default would
+        return the model's raw outputs."""
 
     def log_metrics(self, stage: Stage) -> None:
         """At the end of a validation or test: log what `evaluate` accumulated (nothing when the metrics were

@@ -10,10 +10,8 @@ and continues a few configured prompts so the TensorBoard log shows what the mod
 
 import contextlib
 import copy
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import chain
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -21,6 +19,7 @@ import datasets
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from hftrain.core.corpus import TEXT_SUFFIXES, DocumentSplit, log_perplexity, pack_blocks, split_documents
 from hftrain.core.data import TaskDataModule, column
 from hftrain.core.errors import HFTrainError
 from hftrain.core.generation import log_text_table, set_generation_config
@@ -31,7 +30,6 @@ from hftrain.tasks import chat_processing as chat
 
 SOURCE_ROW = "hftrain_source_row"  # a conversation's row in its file, for the messages that name it
 LM_EOS_USE = "language modelling, to mark where a document ends"
-TEXT_SUFFIXES = (".txt", "")  # plain text files, as run_clm reads them
 
 
 @dataclass(eq=False, repr=False, kw_only=True)
@@ -170,8 +168,7 @@ class LanguageModeling(TaskModule):
         self.add_examples((decode(s), decode(g), c) for s, g, c in zip(starts, golds, continuations, strict=True))
 
     def log_metrics(self, stage: Stage) -> None:
-        # the mean loss over all the stage's scored tokens (`log_loss`), which Lightning logs and resets
-        self.log(f"{stage}/perplexity", self.losses[stage].compute().float().exp(), prog_bar=True)
+        log_perplexity(self, stage)
         if stage == self.val_stages[0] and self.validation_prompts and not self.trainer.sanity_checking:
             with self.generation_rng():
                 completions = self.generate(self.validation_prompts)
@@ -283,7 +280,7 @@ class LanguageModelingData(TaskDataModule):
     completion_column: str | None = None
     packing: bool = True
     block_size: int | None = None
-    text_file_documents: Literal["paragraph", "line", "file"] = "paragraph"
+    text_file_documents: DocumentSplit = "paragraph"
     messages_column: str | None = None
     chat_template: str | None = None
     train_on: Literal["assistant", "all", "last_assistant"] = "assistant"
@@ -309,14 +306,10 @@ class LanguageModelingData(TaskDataModule):
         if path.suffix.lower() not in TEXT_SUFFIXES:
             return super().read_file(path)
         is_prompts = self.predict_file is not None and path == Path(self.predict_file).expanduser()
-        split_by = "line" if is_prompts else self.text_file_documents
         text = self.read_text(path)
-        if split_by == "paragraph":
-            pieces = re.split(r"\n(?:[ \t]*\n)+", text)  # WikiText's blank lines hold a space
-        else:
-            pieces = text.splitlines() if split_by == "line" else [text]
-        column = (self.prompt_column or self.text_column) if is_prompts else self.text_column
-        return datasets.Dataset.from_dict({column: [p.strip("\n") for p in pieces if p.strip()]})
+        if is_prompts:
+            return split_documents(text, "line", self.prompt_column or self.text_column)
+        return split_documents(text, self.text_file_documents, self.text_column)
 
     def check_data(self, raw: datasets.DatasetDict) -> None:
         if self.messages_column:
@@ -398,7 +391,7 @@ class LanguageModelingData(TaskDataModule):
         return self.block_size
 
     def preprocess(self, raw: datasets.DatasetDict) -> datasets.DatasetDict:
-        processed = self.map_splits(raw, self._encode, with_indices=True)
+        processed = self.map_splits(raw, self.encode, with_indices=True)
         if self.messages_column:
             processed = self._drop_long_conversations(processed)
         processed = self.report_truncation(
@@ -414,7 +407,7 @@ class LanguageModelingData(TaskDataModule):
         for split, examples in processed.items():
             if self.packing and split != "predict":
                 processed[split] = examples.map(
-                    self._pack,
+                    pack_blocks,
                     fn_kwargs={"size": self.packed_block_size()},
                     batched=True,
                     num_proc=self.preprocessing_num_workers,
@@ -438,13 +431,14 @@ class LanguageModelingData(TaskDataModule):
             fields["gold"] = batch[self.completion_column]
         return fields
 
-    def _encode(self, batch: dict[str, list], indices: list[int], split: str) -> dict[str, list]:
-        """Prompts to continue for `predict`, labelled examples for the other splits."""
+    def encode(self, batch: dict[str, list], split: str, rows: list[int]) -> dict[str, list]:
+        """Prompts to continue for `predict`, labelled examples for the other splits (`rows`: the batch's
+        positions in its split, for error messages)."""
         if split == "predict":
             return self._encode_prompts(batch)
         if self.messages_column:
             return self._encode_conversations(batch, split)
-        return self._encode_examples(batch, indices, split)
+        return self._encode_examples(batch, rows, split)
 
     def _encode_conversations(self, batch: dict[str, list], split: str) -> dict[str, list]:
         """Ids and labels per conversation, loss on the turns `train_on` names; each row's length and row in its
@@ -529,22 +523,6 @@ class LanguageModelingData(TaskDataModule):
             "attention_mask": [[1] * len(ids) for ids in input_ids],
             "labels": labels,
             **({} if self.packing else {"length": lengths}),  # packing cuts no text: nothing to report
-        }
-
-    @staticmethod
-    def _pack(batch: dict[str, list], size: int) -> dict[str, list]:
-        """Concatenate a map batch of examples and cut it into blocks of `size` tokens.
-
-        Unlike `run_clm`, the shorter last block is kept (and padded in its batch), so evaluation scores
-        every token; blocks with nothing to learn (all prompt) are dropped.
-        """
-        ids = list(chain.from_iterable(batch["input_ids"]))
-        labels = list(chain.from_iterable(batch["labels"]))
-        starts = [i for i in range(0, len(ids), size) if any(x != IGNORE_INDEX for x in labels[i : i + size])]
-        return {
-            "input_ids": [ids[i : i + size] for i in starts],
-            "attention_mask": [[1] * len(ids[i : i + size]) for i in starts],
-            "labels": [labels[i : i + size] for i in starts],
         }
 
     def _encode_prompts(self, batch: dict[str, list]) -> dict[str, list]:

@@ -375,7 +375,7 @@ class TokenClassificationData(TaskDataModule):
         budget = self.max_length - self.tokenizer.num_special_tokens_to_add()
         return num_words if len(word_ids) <= budget else max(word_ids[budget], 1)
 
-    def _encode(self, batch: dict[str, list], rows: list[int], split: str) -> dict[str, list]:
+    def encode(self, batch: dict[str, list], split: str, rows: list[int]) -> dict[str, list]:
         sentences = batch[self.tokens_column]
         pieces = self.tokenizer(sentences, is_split_into_words=True, add_special_tokens=False, verbose=False)
         kept = [self._words_that_fit(pieces.word_ids(i), len(s)) for i, s in enumerate(sentences)]
@@ -442,7 +442,7 @@ class TokenClassificationData(TaskDataModule):
                 "classification needs to map subwords to words. Use a model that ships a tokenizer.json."
             )
         processed = self.report_truncation(
-            self.map_splits(raw, self._encode, with_indices=True),
+            self.map_splits(raw, self.encode, with_indices=True),
             "subwords",
             "max_length",
             lambda split, encoded: (
