@@ -199,4 +199,4 @@ def test_bad_inputs_are_refused_before_the_model_loads(tiny_bert, tiny_gpt2, tmp
     err = capsys.readouterr().err
     assert status == 2 and "Traceback" not in err
     assert "predict.txt" in err and "no mask token [MASK] in row 2" in err
-    assert not (tmp_path / "runs").exists()
+    assert not list(tmp_path.rglob("predictions.jsonl"))
