@@ -1,6 +1,7 @@
 """Faults injected into a training subprocess (importable there through PYTHONPATH=tests)."""
 
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -97,3 +98,16 @@ class StartTogether(Callback):
         deadline = time.monotonic() + timeout
         while not Path(go).exists() and time.monotonic() < deadline:
             time.sleep(0.01)
+
+
+class FillDisk(Callback):
+    """After optimizer step `step`, write a ballast file that leaves only `leave` bytes free on its disk: the
+    next checkpoint no longer fits."""
+
+    def __init__(self, step: int, ballast: str, leave: int) -> None:
+        self.step, self.ballast, self.leave = step, Path(ballast), leave
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and not self.ballast.exists():
+            free = shutil.disk_usage(self.ballast.parent).free
+            self.ballast.write_bytes(b"\0" * max(0, free - self.leave))

@@ -1,7 +1,11 @@
 """Fault tolerance: a run killed at any step resumes to the very weights of an uninterrupted run, a kill
-during a checkpoint write leaves the previous checkpoint loadable, a NaN loss stops with a clear error."""
+during a checkpoint write leaves the previous checkpoint loadable, a NaN loss stops with a clear error, a full
+disk stops the run with a paragraph and loses nothing."""
 
+import os
 import random
+import shutil
+import subprocess
 
 import pytest
 import torch
@@ -9,9 +13,10 @@ import yaml
 from conftest import FILLER, sentiment_rows, write_csv
 from helpers import classification_config, hftrain, run_cli
 
+from hftrain.core.errors import HFTrainError
 from hftrain.core.length_split import PARTS
-from hftrain.core.runs import read_results
-from hftrain.tasks.text_classification import TextClassificationData
+from hftrain.core.runs import read_results, update_results
+from hftrain.tasks.text_classification import TextClassification, TextClassificationData
 
 STEPS_PER_EPOCH = 12  # 96 training rows, batch 8
 
@@ -114,3 +119,56 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_good_checkpoints(
     last = tmp_path / "runs" / "nan" / "version_0" / "checkpoints" / "last.ckpt"
     if last.exists():  # every checkpoint on disk holds finite weights
         assert all(torch.isfinite(t).all() for t in weights(last).values() if t.is_floating_point())
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MB tmpfs mounted in the test folder (as root, as the Slurm tests run); skipped where mount is refused."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)]
+    mounted = subprocess.run(mount, capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"mount refused: {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def test_a_full_disk_stops_with_a_paragraph_and_the_run_continues_once_there_is_room(
+    tiny_bert, sentiment_files, tmp_path, small_disk, capsys
+):
+    ballast = small_disk / "ballast"
+    fault = {"class_path": "faults.FillDisk", "init_args": {"step": 4, "ballast": str(ballast), "leave": 100_000}}
+    config = resumable_config(tmp_path / "full.yaml", tiny_bert, sentiment_files, fault=fault)
+    runs_dir = ["--trainer.logger.init_args.save_dir", small_disk / "runs"]
+    assert run_cli("fit", "--config", config, *runs_dir) == 2  # the checkpoint of step 6 did not fit
+    err = capsys.readouterr().err
+    run = small_disk / "runs" / "full" / "version_0"
+    (paragraph,) = [line for line in err.splitlines() if "disk is full" in line]
+    assert paragraph.startswith(f"hftrain: error: The disk is full: writing last.ckpt to {run / 'checkpoints'} needed ")
+    assert "(the previous last.ckpt included)" in paragraph and "--ckpt_path last" in paragraph
+    assert "Traceback" not in err
+    assert not list(small_disk.rglob("*.partial"))
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
+
+    # the run's other writes fail alike, through the same writer: results.json and the hf_model/ export
+    (small_disk / "ballast-2").write_bytes(b"\0" * shutil.disk_usage(small_disk).free)
+    results = (run / "results.json").read_text() if (run / "results.json").exists() else None
+    with pytest.raises(HFTrainError, match=r"The disk is full: writing results\.json to .* needed 10\.\d kB"):
+        update_results(run, {"history": ["x" * 10_000]})
+    assert ((run / "results.json").read_text() if (run / "results.json").exists() else None) == results
+    module = TextClassification(model_name_or_path=tiny_bert, label_names=["neg", "pos"])
+    with pytest.raises(HFTrainError, match=r"The disk is full: writing hf_model to .* needed \d+\.\d kB"):
+        module.export(run / "hf_model")
+    assert not list(small_disk.rglob("*.partial")) and not (run / "hf_model").exists()
+
+    ballast.unlink()
+    (small_disk / "ballast-2").unlink()
+    clean = resumable_config(tmp_path / "full.yaml", tiny_bert, sentiment_files)
+    assert run_cli("fit", "--config", clean, *runs_dir, "--ckpt_path", "last") == 0
+    assert read_results(run)["global_step"] == 2 * STEPS_PER_EPOCH
+    assert (run / "hf_model" / "model.safetensors").is_file()

@@ -18,7 +18,6 @@ import inspect
 import json
 import math
 import os
-import shutil
 import sys
 from abc import ABCMeta, abstractmethod
 from collections.abc import Iterable
@@ -41,6 +40,7 @@ from hftrain.core.generation import log_text_table
 from hftrain.core.length_split import batch_parts, batch_size
 from hftrain.core.losses import TokenWeighting
 from hftrain.core.pretrained import load_model, load_tokenizer
+from hftrain.core.writes import replacing
 from hftrain.metrics.custom import CustomMetricSpec, build_custom_metric
 
 # "val" (or "val/<name>" for each of several validation sets) and "test"; metric keys start with it
@@ -565,26 +565,19 @@ class TaskModule(LightningModule, metaclass=ABCMeta):
 
         `state_dict` is this module's state dict (keys `model.…`), e.g. from the best checkpoint; by default
         the current weights are written. The files land in a sibling temporary folder that is swapped in
-        at the end, so a crash mid-write never leaves a half-written `folder`.
+        at the end (`writes.replacing`), so a crash or a full disk mid-write never leaves a half-written `folder`.
         """
         folder = Path(folder)
-        partial = folder.with_name(folder.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
         weights = None
         if state_dict is not None:
             weights = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
         model, weights = self.exported_model(weights)
-        with library_progress_bars_off():  # transformers' "Writing model shards" bar, mid-way through the run's output
-            model.save_pretrained(partial, state_dict=weights)
-        if (tokenizer or self.tokenizer) is not None:
-            (tokenizer or self.tokenizer).save_pretrained(partial)
-        _modes_as_umask(partial)
-        previous = folder.with_name(folder.name + ".previous")
-        if folder.exists():
-            shutil.rmtree(previous, ignore_errors=True)
-            folder.rename(previous)
-        partial.rename(folder)
-        shutil.rmtree(previous, ignore_errors=True)
+        with replacing(folder, needed=lambda: _weight_bytes(model, weights)) as partial:
+            with library_progress_bars_off():  # transformers' "Writing model shards" bar, mid-way through the output
+                model.save_pretrained(partial, state_dict=weights)
+            if (tokenizer or self.tokenizer) is not None:
+                (tokenizer or self.tokenizer).save_pretrained(partial)
+            _modes_as_umask(partial)
         return folder
 
     def exported_model(self, weights: dict[str, torch.Tensor] | None) -> tuple[PreTrainedModel, dict | None]:
@@ -611,6 +604,11 @@ def _modes_as_umask(folder: Path) -> None:
     for path in folder.iterdir():
         if path.is_file():
             path.chmod(0o666 & ~umask)
+
+
+def _weight_bytes(model: PreTrainedModel, weights: dict[str, torch.Tensor] | None) -> int:
+    """About the bytes an export writes: its weights (the tokenizer's files are small beside them)."""
+    return sum(t.nbytes for t in (model.state_dict() if weights is None else weights).values())
 
 
 def _as_text(value: Any) -> str:

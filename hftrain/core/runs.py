@@ -7,7 +7,6 @@ directly. The one question asked of a Trainer is `run_folder`, where its run wri
 """
 
 import json
-import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ from lightning.pytorch import Trainer
 
 from hftrain.core.errors import HFTrainError
 from hftrain.core.internals import best_model_path_in
+from hftrain.core.writes import write_text
 
 RUNS_DIR = "runs"
 RESULTS_FILE = "results.json"
@@ -188,10 +188,8 @@ def free_path(folder: str | Path, stem: str, suffix: str) -> Path:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(partial, path)
+    """Write JSON through `writes.replacing`, so readers never see half a file."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def read_results(run_dir: str | Path) -> dict[str, Any]:
