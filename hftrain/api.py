@@ -86,7 +86,7 @@ class Run:
     @property
     def folder(self) -> Path:
         """The run folder, `runs/<config name>/version_N/`."""
-        return Path(self.trainer.log_dir)
+        return Path(runs.run_folder(self.trainer))
 
     @property
     def export_dir(self) -> Path:

@@ -39,7 +39,7 @@ from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from hftrain import _EXPORTS, options, preflight
-from hftrain.core import console, internals, runs
+from hftrain.core import console, internals, runs, trackers
 from hftrain.core.callbacks import (
     ExportHFModel,
     PredictionWriter,
@@ -57,6 +57,7 @@ from hftrain.core.profiler import NoProfiler
 from hftrain.core.progress import TrainingProgress
 from hftrain.core.signals import RunInterrupted, StopOnSignal
 from hftrain.core.training_log import TrainingLog
+from hftrain.core.writes import write_text
 
 PARSER_MODE = "hftrain_yaml"
 MAX_STEPS_HELP = (
@@ -100,11 +101,15 @@ def parser_kwargs(run: bool) -> dict:
 
 
 class SaveRunConfig(SaveConfigCallback):
-    """Save the resolved config as `config.yaml`, or `config-N.yaml` when a resumed or evaluation run
-    writes into a folder that already has one, so the original is never overwritten.
+    """Save the resolved config as `config.yaml` in the run folder, or `config-N.yaml` when a resumed or
+    evaluation run writes into a folder that already has one, so the original is never overwritten; and attach
+    it to the run of an experiment tracker (MLflow, W&B, Comet: `trackers.attach_file`), which lives elsewhere.
 
     Settings changed on the module after it was built (in a notebook, `model.learning_rate = 5e-5` before
     another fit) are written into the config, which is then saved again: the folder records what ran.
+
+    Written here rather than by Lightning's `setup`, which saves into `trainer.log_dir`: that is a tracker's
+    `save_dir` (its own store), or nothing at all with a tracking server.
     """
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -120,11 +125,15 @@ class SaveRunConfig(SaveConfigCallback):
             self.config.model.init_args[name] = value
         if changed:
             self.already_saved = False
-        if not self.already_saved:
-            log_dir = runs.run_folder(trainer)  # every rank must ask, not only rank 0
-            name = runs.free_path(log_dir, "config", ".yaml").name if trainer.is_global_zero else None
-            self.config_filename = trainer.strategy.broadcast(name)
-        super().setup(trainer, pl_module, stage)
+        if self.already_saved:
+            return
+        log_dir = runs.run_folder(trainer)  # every rank must ask, not only rank 0
+        if trainer.is_global_zero:
+            path = runs.free_path(log_dir, "config", ".yaml")
+            write_text(path, self.parser.dump(self.config, skip_unset=False))
+            for logger in trainer.loggers:
+                trackers.attach_file(logger, path)
+        self.already_saved = trainer.strategy.broadcast(True)
 
 
 def default_callbacks() -> list[Callback]:
@@ -192,7 +201,7 @@ class HFTrainCLI(LightningCLI):
 
     def __init__(self, args: list[str] | dict | None = None, run: bool = True) -> None:
         self._claimed: Path | None = None  # the new run folder this process claimed (before_instantiate_classes)
-        self._asked: tuple | None = None  # the run-folder settings as given, put back after instantiation
+        self._asked: list[tuple] = []  # the run-folder settings as given, put back after instantiation
         try:
             super().__init__(
                 TaskModule,
@@ -297,10 +306,8 @@ class HFTrainCLI(LightningCLI):
         """Put back the run-folder settings as given (see `before_instantiate_classes`); refuse a tokenizer with
         more tokens than the model has embeddings (ids past the table crash mid-run with an index error instead),
         data that the subcommand or trainer cannot work with, and a checkpoint of another label set."""
-        if self._asked is not None:
-            args, given, trainer, root_dir = self._asked
-            vars(args).update(given)
-            trainer.default_root_dir = root_dir
+        for namespace, key, value in self._asked:
+            setattr(namespace, key, value)
         if isinstance(self.datamodule, TaskDataModule):
             if self.subcommand:
                 check_split_loaded(self.subcommand, self.datamodule)
@@ -320,24 +327,25 @@ class HFTrainCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         """Choose the run folder, `runs/<config name>/version_N`, whatever the logger: TensorBoard's and CSV's
-        loggers are named after the config, any other logger gets the folder as the trainer's root and
-        checkpoint folder. A checkpoint is continued or scored in its own run (`_run_to_continue`); a new run
-        gets `new_run_folder`'s, and a SLURM job's comes back to it when requeued. The logger settings as given
-        are put back once the classes are built, so the saved config names no folder: running it again starts a
-        new run."""
+        loggers are named after the config, any other logger (MLflow, W&B, Comet) gets the folder as the
+        trainer's root and checkpoint folder, and as its `save_dir` unless one is given. A checkpoint is continued
+        or scored in its own run (`_run_to_continue`); a new run gets `new_run_folder`'s, and a SLURM job's comes
+        back to it when requeued. The logger settings as given are put back once the classes are built, so the
+        saved config names no folder: running it again starts a new run."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         self._max_steps_wins(config.trainer)
         args = getattr(config.trainer.logger, "init_args", None)  # None: no logger, or a logger object
         if args is None:
             return
         folder_logger = issubclass(_import(config.trainer.logger.class_path), (TensorBoardLogger, CSVLogger))
+        files = [(str(f), yaml.safe_load(f.get_content())) for f in config.get("config") or []]
         if folder_logger and args.name in (None, runs.DEFAULT_LOGGER_NAME):
-            files = [(str(f), yaml.safe_load(f.get_content())) for f in config.get("config") or []]
             args.name = runs.run_name(files, config.model.class_path)
-        if folder_logger:
-            given = {key: vars(args)[key] for key in ("save_dir", "name", "version")}
-            self._asked = (args, given, config.trainer, config.trainer.default_root_dir)
-        name = args.name if folder_logger else runs.run_name([], config.model.class_path)
+        self._asked = [(args, key, vars(args)[key]) for key in ("save_dir", "name", "version") if key in vars(args)]
+        self._asked.append((config.trainer, "default_root_dir", config.trainer.default_root_dir))
+        if "checkpoint" in config:  # set for a logger other than TensorBoard's or CSV's
+            self._asked.append((config.checkpoint, "dirpath", config.checkpoint.dirpath))
+        name = args.name if folder_logger else runs.run_name(files, config.model.class_path)
         root = Path((args.save_dir if folder_logger else None) or runs.RUNS_DIR) / name
         version = args.version if folder_logger else None
         run_dir = self._run_to_continue(config, root, version)
@@ -358,8 +366,11 @@ class HFTrainCLI(LightningCLI):
         if folder_logger:
             args.save_dir, args.name, args.version = str(run_dir.parent.parent), run_dir.parent.name, run_dir.name
         config.trainer.default_root_dir = config.trainer.default_root_dir or str(run_dir)
-        if not folder_logger:  # Lightning's run folder (trainer.log_dir) is such a logger's save_dir
-            if "save_dir" in vars(args) and args.save_dir is None:
+        if not folder_logger:
+            # the tracker's own local files (W&B's wandb/, MLflow's file store) go into the run folder, unless
+            # the user chose a place: `runs` is the default logger's save_dir, which jsonargparse carries over
+            # to any logger class given on the command line
+            if "save_dir" in vars(args) and args.save_dir in (None, runs.RUNS_DIR):
                 args.save_dir = str(run_dir)
             if "checkpoint" in config:
                 config.checkpoint.dirpath = config.checkpoint.dirpath or str(run_dir / runs.CHECKPOINTS_DIR)

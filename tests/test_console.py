@@ -25,6 +25,8 @@ NOISE = [
     "`Trainer.fit` stopped",
     "Generating data split",
     "Saving the dataset",
+    "Checkpoint directory",  # a continued fit's own folder holds checkpoints, as it should
+    "Restoring states from",
 ]
 
 
@@ -100,3 +102,14 @@ def test_the_python_api_is_as_quiet_as_the_cli(tiny_bert, sentiment_files, tmp_p
     )
     assert done.returncode == 0, done.stdout
     assert_quiet_with_one_header_per_run(done.stdout)
+
+
+def test_a_continued_fit_is_as_quiet_as_the_first(tiny_bert, sentiment_files, tmp_path):
+    files = {k: v for k, v in sentiment_files.items() if k in ("train", "validation")}
+    config = classification_config(tmp_path / "again.yaml", tiny_bert, files, checkpoint__every_n_train_steps=2)
+    hftrain_ok("fit", "--config", config, "--trainer.max_steps", "3")
+    out = hftrain_ok("fit", "--config", config, "--trainer.max_steps", "5", "--ckpt_path", "last")
+    lines = [line for line in out.split("\n") if line.strip()]
+    assert not [(n, line) for line in lines for n in NOISE if n in line]
+    assert "Restored all states from the checkpoint at runs/again/version_0/checkpoints/last.ckpt" in lines
+    assert len(lines) <= 10, out  # max_steps wins, the text column used, cache, header, restored, export, result

@@ -30,6 +30,7 @@ def test_every_private_member_used_exists_in_the_installed_versions():
         (checkpoint, "_last_checkpoint_saved"),
         (checkpoint, "_save_topk_checkpoint"),
         (checkpoint, "_monitor_candidates"),
+        (checkpoint, "_ModelCheckpoint__warn_if_dir_not_empty"),
     ):
         assert hasattr(owner, name), name
     assert internals.rouge_tokens("The cats ran.", None) == ["the", "cats", "ran"]

@@ -27,6 +27,7 @@ from hftrain.core.model_card import framework_versions, model_card, with_test_re
 from hftrain.core.module import TaskModule
 from hftrain.core.monitor import monitored_metric, required_monitored_metric
 from hftrain.core.runs import EXPORT_DIR, LAST_CHECKPOINT, free_path, read_results, run_folder, update_results
+from hftrain.core.writes import replacing, write_text
 
 
 def _numbers(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
@@ -69,11 +70,19 @@ class TaskCheckpoint(pl_callbacks.ModelCheckpoint):
         if self.monitor is None:
             self.monitor, self.mode = required_monitored_metric(trainer, pl_module, "checkpoint.monitor")
             self.kth_value = torch.tensor(math.inf if self.mode == "min" else -math.inf)
+        self._run_folder = Path(run_folder(trainer))  # every rank asks
         super().setup(trainer, pl_module, stage)
         if stage == "fit" and trainer.is_global_zero:
             # a fit's run folder has checkpoints/ from its start, so `--ckpt_path last` finds an interrupted
             # run even before its first save (and names it, rather than taking an older run)
             Path(self.dirpath).mkdir(parents=True, exist_ok=True)
+
+    def _ModelCheckpoint__warn_if_dir_not_empty(self, dirpath) -> None:  # noqa: N802 - Lightning's name for it
+        """Lightning's notice that the checkpoint folder already holds files, except in the run folder's own
+        `checkpoints/`: every new fit gets a new run folder, so the files there are this run's, from before the
+        resume or requeue that continues it."""
+        if Path(dirpath).parent.resolve() != self._run_folder.resolve():
+            internals.warn_if_dir_not_empty(self, pl_callbacks.ModelCheckpoint, dirpath)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
         n = internals.every_n_train_steps(self)
@@ -117,10 +126,8 @@ class TaskCheckpoint(pl_callbacks.ModelCheckpoint):
         same_state = internals.checkpoint_saved_at(self, trainer.global_step)
         if same_state and Path(same_state) != last:
             if trainer.is_global_zero:
-                partial = last.with_name(last.name + ".partial")  # a rename replaces the old file atomically
-                partial.unlink(missing_ok=True)
-                partial.symlink_to(os.path.relpath(same_state, last.parent))
-                os.replace(partial, last)
+                with replacing(last, needed=lambda: 0) as partial:
+                    partial.symlink_to(os.path.relpath(same_state, last.parent))
             trainer.strategy.barrier()
         else:
             trainer.save_checkpoint(last, weights_only=self.save_weights_only)
@@ -290,7 +297,7 @@ class WriteModelCard(pl_callbacks.Callback):
             text = with_test_results(
                 card.read_text(encoding="utf-8"), where, _numbers(trainer.callback_metrics, "test/")
             )
-            _write_text_atomic(card, text)
+            write_text(card, text)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         log_dir = run_folder(trainer)  # every rank asks, once
@@ -314,7 +321,7 @@ class WriteModelCard(pl_callbacks.Callback):
             results=read_results(log_dir),
             versions=framework_versions(),
         )
-        _write_text_atomic(folder / "README.md", text)
+        write_text(folder / "README.md", text)
 
     @staticmethod
     def rows_used(trainer: Trainer, datamodule: TaskDataModule, split: str, rows: int) -> str:
@@ -353,12 +360,6 @@ class WriteModelCard(pl_callbacks.Callback):
         }
         optimizer = {k: "none" if v is None else v for k, v in (replaced or {}).items()}
         return {**shown(hparams, "model"), **optimizer, **shown(settings, "data"), **shown(run, "trainer")}
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)
 
 
 def best_weights(trainer: Trainer) -> dict[str, torch.Tensor] | None:
@@ -468,6 +469,5 @@ class PredictionWriter(pl_callbacks.BasePredictionWriter):
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.predictions = [self._rows[i] for i in sorted(self._rows)]
         self._rows = {}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("".join(json.dumps(row) + "\n" for row in self.predictions))
+        write_text(self.path, "".join(json.dumps(row) + "\n" for row in self.predictions))
         rank_zero_info(f"Predictions written to {self.path}")

@@ -152,6 +152,12 @@ def check_checkpoint_settings(callback, checkpoint_class) -> None:
         callback.save_top_k = top_k
 
 
+def warn_if_dir_not_empty(callback, checkpoint_class, dirpath) -> None:
+    """`ModelCheckpoint`'s notice that its folder already holds files (`TaskCheckpoint` keeps it for folders
+    other than its run folder's)."""
+    _private(checkpoint_class, "_ModelCheckpoint__warn_if_dir_not_empty")(callback, dirpath)
+
+
 def checkpoint_saved_at(callback, step: int) -> str | None:
     """The file a `ModelCheckpoint` saved at optimizer step `step` (a top-k checkpoint of this very state), if any."""
     if _private(callback, "_last_global_step_saved") == step:

@@ -23,6 +23,8 @@ QUIET_LOGS: dict[str, tuple[str, ...]] = {
         r"artifacts automatically to the Lightning Experiments platform\.",
         r"Loading `train_dataloader` to estimate number of stepping batches\.",
         r"`Trainer\.fit` stopped: `max_(epochs|steps)=\d+` reached\.",  # the run's normal end
+        # a continued fit: the line after it, "Restored all states from the checkpoint at …", says the same
+        r"Restoring states from the checkpoint path at .*",
     ),
     "lightning.pytorch.accelerators.cuda": (r"LOCAL_RANK: \d+ - CUDA_VISIBLE_DEVICES: \[[\d,]*\]",),
     # RunHeader lists the newly initialized and unused weights instead of this 10-line table

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from hftrain.core.errors import HFTrainError
 from hftrain.core.internals import best_model_path_in
@@ -27,9 +28,13 @@ DEFAULT_LOGGER_NAME = "lightning_logs"  # what TensorBoard's and CSV's loggers c
 
 
 def run_folder(trainer: Trainer) -> str:
-    """Where a run's files go: Lightning's log folder (a broadcast under DDP, so every rank must ask), else the
-    trainer's root folder, for a logger that keeps none (the CLI sets it to `runs/<name>/version_N`)."""
-    return trainer.log_dir or trainer.default_root_dir
+    """Where a run's files go: the log folder of a TensorBoard or CSV logger (a broadcast under DDP, so every rank
+    must ask), else the trainer's root folder, which the CLI sets to `runs/<name>/version_N`. Another logger's
+    `save_dir`, which Lightning takes as its log folder, is where that tracker keeps its own files (W&B's
+    `wandb/`, MLflow's file store), or None for a tracking server: not the run folder."""
+    if trainer.loggers and isinstance(trainer.loggers[0], TensorBoardLogger | CSVLogger):
+        return trainer.log_dir
+    return trainer.default_root_dir
 
 
 def run_name(config_files: Sequence[tuple[str, Mapping | None]], task_class_path: str) -> str:

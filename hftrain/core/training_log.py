@@ -4,7 +4,8 @@ TensorBoard then shows, for every run however short: `train/loss`, `train/lr`, `
 `train/samples_per_sec` and `train/tokens_per_sec` (`TrainingLog`), `val/<metric>` per validation and
 `val/best_<metric>` (the best so far of the metric that picks the checkpoint, `monitored_metric`: also on the
 first of several validation sets, `val/<set>/best_<metric>`, or a custom `checkpoint.monitor`), which the
-HPARAMS tab shows beside each run's hyperparameters.
+HPARAMS tab shows beside each run's hyperparameters. Every other logger (CSV, MLflow, W&B, Comet) gets the same
+figures.
 
 Nothing here reads a number from the device between logging steps: the gradient norm and token count
 stay device tensors, read in one transfer at logging steps, when Lightning converts the logged loss anyway.
@@ -139,14 +140,13 @@ class TrainingLog(Callback):
             self._log_best(trainer, best_tag(monitor))
 
     def _log_best(self, trainer: Trainer, tag: str) -> None:
-        """The best score so far, at the step of the validation's metrics; the first time in a process, with
-        the run's hyperparameters, so that the HPARAMS tab lists it beside them."""
+        """The best score so far, at the step of the validation's metrics, to every logger; to TensorBoard the
+        first time in a process with the run's hyperparameters, so that the HPARAMS tab lists it beside them
+        (the other loggers keep the hyperparameters Lightning logged and the score as a metric beside them)."""
         step = internals.logged_step(trainer)
         for logger in trainer.loggers:
-            if not isinstance(logger, TensorBoardLogger):
-                continue
-            if self._hparams_written:
-                logger.log_metrics({tag: self.best}, step=step)
-            else:
+            if isinstance(logger, TensorBoardLogger) and not self._hparams_written:
                 logger.log_hyperparams(logger.hparams, metrics={tag: self.best}, step=step)
+            else:
+                logger.log_metrics({tag: self.best}, step=step)
         self._hparams_written = True
