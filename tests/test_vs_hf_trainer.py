@@ -184,7 +184,9 @@ def test_multiple_choice_takes_the_hf_trainers_steps(tiny_bert, tmp_path):
         validation_split_percentage=0,
         batch_size=8,
     )
-    module = MultipleChoice(model_name_or_path=tiny_bert, learning_rate=5e-4, weight_decay=0.01, warmup_steps=2)
+    # a small rate: the pooler's bias gets a gradient summed over a row's choices that nearly cancels, whose
+    # rounding noise AdamW's normalized steps made differ by up to 2.3e-5 (over the tolerance) at 5e-4
+    module = MultipleChoice(model_name_or_path=tiny_bert, learning_rate=2e-4, weight_decay=0.01, warmup_steps=2)
     without_dropout(module.model)
     collator = DataCollatorForMultipleChoice(data.tokenizer)
     # the classifier's bias adds the same to every choice's score, which the softmax over choices cancels
