@@ -142,6 +142,8 @@ def test_wandb_offline_keeps_the_run_folder_and_records_the_run(tiny_bert, senti
     def command(*args) -> int:
         done = hftrain(*args, env={"WANDB_SILENT": "true"})
         assert done.returncode == 0, done.stdout[-3000:]
+        header = next(line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Run folder: "))
+        assert "tensorboard" not in header  # the header offers TensorBoard only to TensorBoard's runs
         return done.returncode
 
     config = classification_config(tmp_path / "offline.yaml", tiny_bert, fit_files(sentiment_files))

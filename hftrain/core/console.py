@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import datasets
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from transformers.utils import logging as transformers_logging
 
@@ -122,7 +123,8 @@ class RunHeader(Callback):
         if not trainer.is_global_zero or log_dir == self.shown_for:
             return
         self.shown_for = log_dir
-        lines = [f"Run folder: {log_dir}   (tensorboard --logdir {log_dir})"]
+        tensorboard = any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers)
+        lines = [f"Run folder: {log_dir}" + (f"   (tensorboard --logdir {log_dir})" if tensorboard else "")]
         data = self.data_line(trainer.datamodule, stage)
         if data:
             lines.append(data)
