@@ -382,3 +382,16 @@ def current_umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return umask
+
+
+@pytest.mark.parametrize("stage", ["test", "val"])
+def test_scoring_rows_without_labels_is_refused_by_name(tiny_bert, stage):
+    from hftrain import HFTrainError, MultipleChoice
+
+    batch = {"input_ids": torch.tensor([[2, 5, 3]]), "attention_mask": torch.ones(1, 3, dtype=torch.long)}
+    named = f"The {'validation' if stage == 'val' else stage} data has no labels, so there is nothing to score"
+    with pytest.raises(HFTrainError, match=named):
+        TextClassification(model_name_or_path=tiny_bert, label_names=["neg", "pos"]).evaluate(batch, stage)
+    choices = {name: value[None] for name, value in batch.items()}  # one row of one choice
+    with pytest.raises(HFTrainError, match=named):
+        MultipleChoice(model_name_or_path=tiny_bert).evaluate(choices, stage)

@@ -378,6 +378,16 @@ class TaskModule(LightningModule, metaclass=ABCMeta):
         """At the end of a validation or test: log what `evaluate` accumulated (nothing when the metrics were
         logged as torchmetrics objects, which Lightning computes itself)."""
 
+    @staticmethod
+    def require_labels(batch: dict[str, Any], stage: Stage) -> None:
+        """Refuse to score a split whose rows have no labels (a classifier's test file may be unlabelled, as
+        GLUE's are): the metrics would be computed on nothing."""
+        if "labels" not in batch:
+            raise HFTrainError(
+                f"The {'validation' if is_validation(stage) else stage} data has no labels, so there is nothing to "
+                "score. Give a labelled file, or use `hftrain predict` for the model's answers."
+            )
+
     def log_loss(self, stage: Stage, loss: torch.Tensor, batch: dict[str, Any]) -> None:
         """Add `batch`'s mean `loss` to the stage's `<stage>/loss`: the mean over every token (`loss_tokens`),
         or every example (row) for a loss over examples, of the whole set, across ranks too. Each batch weighs

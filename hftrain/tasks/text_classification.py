@@ -135,11 +135,7 @@ class TextClassification(TaskModule):
         return logits.argmax(-1)
 
     def evaluate(self, batch: dict[str, torch.Tensor], stage: Stage) -> None:
-        if "labels" not in batch:
-            raise HFTrainError(
-                f"The {'validation' if is_validation(stage) else stage} data has no labels, so there is nothing to "
-                "score. Give a labelled file, or use `hftrain predict` to label it."
-            )
+        self.require_labels(batch, stage)
         outputs = self(**batch)
         size = len(batch["labels"])
         self.log_loss(stage, outputs.loss, batch)
