@@ -216,7 +216,7 @@ def test_slurm_requeue_saves_a_checkpoint_and_the_requeued_job_resumes_from_it(c
     requeued = sbatch(job, env=slurm)
     output = requeued.communicate(timeout=600)[0]
     assert requeued.returncode == 0, output
-    assert "Restoring states from the checkpoint path at runs/scale/version_4242/hpc_ckpt_1.ckpt" in output
+    assert "Restored all states from the checkpoint at runs/scale/version_4242/hpc_ckpt_1.ckpt" in output
     assert [p.name for p in run.parent.iterdir()] == ["version_4242"]
     results = read_results(run)
     assert results["global_step"] == 2 * steps_per_epoch  # an uninterrupted run's count
@@ -271,7 +271,8 @@ def test_export_gathers_a_sharded_best_checkpoint(tiny_bert, tmp_path):
     with torch.no_grad():  # the weights in memory move on after the best checkpoint
         module.model.classifier.weight.add_(1.0)
     trainer = SimpleNamespace(
-        log_dir=str(tmp_path),
+        loggers=[],  # no logger: the run folder is the trainer's root folder
+        default_root_dir=str(tmp_path),
         is_global_zero=True,
         checkpoint_callback=SimpleNamespace(best_model_path=str(tmp_path / "best.ckpt")),
         datamodule=None,

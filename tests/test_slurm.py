@@ -186,7 +186,7 @@ def test_requeue_signal_inside_an_optimizer_step_resumes_to_the_uninterrupted_we
     run = tmp_path / "runs" / "scale" / f"version_{job}"
     assert [p.name for p in run.parent.iterdir()] == [run.name]
     assert "Stopped by SIGUSR1 at step 4" in log and "Requeued SLURM job" in log, log  # after the step it hit
-    assert "Restoring states from the checkpoint path at" in log and "hpc_ckpt_1.ckpt" in log, log
+    assert "Restored all states from the checkpoint at" in log and "hpc_ckpt_1.ckpt" in log, log
     assert not list(run.glob("hpc_ckpt_*.ckpt"))  # removed once the resumed run saved a newer checkpoint
 
     expected, got = read_results(straight_run), read_results(run)

@@ -95,7 +95,7 @@ def watched_settings(case: str, files: dict[str, str]) -> tuple[dict, str, str]:
         return {"data__validation_file": {"a": files["validation"], "b": files["test"]}}, "val/a/accuracy", "max"
     custom = {
         "data__validation_file": files["validation"],
-        "model__custom_metrics": {"error_rate": "my_metrics.error_rate"},
+        "model__custom_metrics": {"error_rate": "watched_metrics.error_rate"},
         "checkpoint__monitor": "val/error_rate",
         "checkpoint__mode": "min",
     }
@@ -108,7 +108,7 @@ def test_every_part_of_a_fit_goes_by_the_same_monitored_metric(
 ):
     """Checkpoint, early stopping, the training log's best (the HPARAMS view), results.json and the progress line
     name one metric: the first validation set's, or the custom `checkpoint.monitor`."""
-    (tmp_path / "my_metrics.py").write_text(ERROR_RATE)
+    (tmp_path / "watched_metrics.py").write_text(ERROR_RATE)  # a name no other test imports: modules stay cached
     monkeypatch.syspath_prepend(str(tmp_path))
     settings, monitor, mode = watched_settings(case, sentiment_files)
     early_stopping = {"class_path": "hftrain.core.callbacks.TaskEarlyStopping", "init_args": {"patience": 5}}
