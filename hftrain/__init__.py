@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 warnings.filterwarnings("ignore", message="IProgress not found")
 # other libraries' notices no user acts on, dropped before the first of them (see hftrain/core/notices.py)
 notices.drop_notices()
+notices.own_warnings_as_lines()
 
 _EXPORTS = {
     "fit": "hftrain.api",

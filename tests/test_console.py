@@ -113,3 +113,18 @@ def test_a_continued_fit_is_as_quiet_as_the_first(tiny_bert, sentiment_files, tm
     assert not [(n, line) for line in lines for n in NOISE if n in line]
     assert "Restored all states from the checkpoint at runs/again/version_0/checkpoints/last.ckpt" in lines
     assert len(lines) <= 10, out  # max_steps wins, the text column used, cache, header, restored, export, result
+
+
+def test_hftrains_own_warnings_read_as_one_line_and_others_keep_pythons_format(tmp_path):
+    """A row cut at max_length is said as `Warning: …`, not as Python's `…/data.py:293: UserWarning: …` followed
+    by the line of hftrain's source that warned; a warning of another library keeps the file it came from."""
+    import warnings
+
+    import hftrain
+
+    ours = Path(hftrain.__file__).parent / "core" / "data.py"
+    assert warnings.formatwarning("3 of 9 rows are cut", UserWarning, str(ours), 293, "warn(note)") == (
+        "Warning: 3 of 9 rows are cut\n"
+    )
+    theirs = warnings.formatwarning("deprecated", FutureWarning, str(tmp_path / "lib.py"), 7, "old()")
+    assert theirs.startswith(f"{tmp_path / 'lib.py'}:7: FutureWarning: deprecated")

@@ -11,6 +11,9 @@ through again.
 import logging
 import re
 import warnings
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1]  # the hftrain folder
 
 # logger name -> full texts of the messages dropped from it (regular expressions matched against all of it)
 QUIET_LOGS: dict[str, tuple[str, ...]] = {
@@ -86,3 +89,19 @@ def drop_notices(verbose: bool = False) -> None:
 
 def is_verbose() -> bool:
     return _verbose
+
+
+_python_format_warning = warnings.formatwarning
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    if Path(filename).resolve().is_relative_to(PACKAGE):
+        return f"Warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
+def own_warnings_as_lines() -> None:
+    """Show hftrain's own warnings (rows cut at `data.max_length`, a column guessed) as one line a user acts on:
+    Python's format adds the file and source line of the hftrain code that warned, which mean nothing to them.
+    Other libraries' warnings keep Python's format; the warnings themselves (category, filters) are unchanged."""
+    warnings.formatwarning = _format_warning
