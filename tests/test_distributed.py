@@ -44,6 +44,7 @@ def config(tiny_bert, sentiment_files, tmp_path) -> Path:
     )
 
 
+@pytest.mark.processes  # several hftrain processes at once
 def test_two_process_ddp_fit_writes_one_run_and_validates_like_one_process(config, tmp_path):
     output = hftrain_ok("fit", "--config", config, *CPU_DDP, "--trainer.devices", 2)
     runs = tmp_path / "runs" / "scale"
@@ -64,6 +65,7 @@ def test_two_process_ddp_fit_writes_one_run_and_validates_like_one_process(confi
     assert two_processes == pytest.approx(one_process)
 
 
+@pytest.mark.processes  # several hftrain processes at once
 def test_ddp_averages_a_token_level_loss_over_every_ranks_tokens(tiny_gpt2, tmp_path):
     """2 ranks of 4 documents take the steps 1 process takes with batches of 8 (Lightning deals a batch's rows
     to ranks by stride): the LM's loss is averaged over all the predicted tokens of a step, as the HF

@@ -113,6 +113,7 @@ def test_step_checkpoints_are_resume_points_and_never_best_unless_validated(tiny
     assert Path(results["best_checkpoint"]).samefile(run / "checkpoints" / "last.ckpt")
 
 
+@pytest.mark.processes  # runs killed and resumed as processes
 def test_ckpt_path_last_names_the_newest_run_when_it_has_no_checkpoint(tiny_bert, tmp_path, capsys):
     assert run_cli("fit", "--config", config(tmp_path, tiny_bert, "run", trainer__max_epochs=1)) == 0
     killed = {"class_path": "faults.KillAtStep", "init_args": {"step": 1}}

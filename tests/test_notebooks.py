@@ -65,6 +65,7 @@ def needs_minilm():
         pytest.skip("the all-MiniLM-L6-v2 weights of the `demo` extra are not installed")
 
 
+@pytest.mark.service  # a real Jupyter kernel (nbclient)
 @pytest.mark.usefixtures("needs_minilm")
 def test_quickstart_notebook_trains_predicts_and_exports(tmp_path, capsys):
     report = {
@@ -94,6 +95,7 @@ except hftrain.HFTrainError as error:
     rerun = str(error)"""
 
 
+@pytest.mark.service  # a real Jupyter kernel (nbclient)
 @pytest.mark.usefixtures("needs_minilm")
 def test_ner_notebook_trains_with_a_plain_trainer_and_a_second_fit_says_why_it_does_nothing(tmp_path, capsys):
     report = {
@@ -113,6 +115,7 @@ def test_ner_notebook_trains_with_a_plain_trainer_and_a_second_fit_says_why_it_d
         print(f"\nnotebooks/ner.ipynb ran in {seconds:.0f} s")
 
 
+@pytest.mark.service  # a real Jupyter kernel (nbclient)
 def test_the_python_api_is_as_quiet_in_a_kernel_as_the_cli(tiny_bert, sentiment_files, tmp_path, monkeypatch):
     """Every cell's outputs (streams and displays, as Jupyter shows them) hold no notice the CLI drops, and
     each run's header once, however many calls its trainer serves."""

@@ -60,6 +60,7 @@ def uneven_files(tiny_bert, sentiment_files, tmp_path) -> dict[str, str]:
     return files
 
 
+@pytest.mark.processes  # runs killed and resumed as processes
 def test_killed_run_resumes_to_the_uninterrupted_weights(tiny_bert, uneven_files, tmp_path):
     straight = resumable_config(tmp_path / "straight.yaml", tiny_bert, uneven_files)
     assert hftrain("fit", "--config", straight).returncode == 0
@@ -88,6 +89,7 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tiny_bert, uneven_files
         assert abs(got["final"][key] - value) <= 1e-5, key
 
 
+@pytest.mark.processes  # runs killed and resumed as processes
 def test_kill_during_a_checkpoint_write_keeps_the_previous_one(tiny_bert, sentiment_files, tmp_path):
     torn = {"class_path": "faults.KillDuringSave", "init_args": {"save": 2}}
     config = resumable_config(tmp_path / "torn.yaml", tiny_bert, sentiment_files, fault=torn)

@@ -133,6 +133,7 @@ def test_update_results_merges_and_leaves_no_partial_file(tmp_path):
 SHORT = {"trainer__max_epochs": 1, "trainer__limit_train_batches": 2}  # a fit of 2 steps, then one validation
 
 
+@pytest.mark.processes  # several hftrain processes at once
 def test_runs_started_together_each_claim_their_own_folder(tiny_bert, sentiment_files, tmp_path):
     """Four `hftrain fit` of one config go on at one moment (a barrier after the model loads), as a job array's
     tasks do: four folders, each complete and holding its own run's seed."""

@@ -83,6 +83,7 @@ def test_ctrl_c_in_python_stops_a_fit_and_a_continue_finishes_the_cut_epoch(tiny
     assert_stopped_and_continued([tuple(json.loads(line)) for line in out.splitlines()])
 
 
+@pytest.mark.service  # a real Jupyter kernel (nbclient)
 def test_the_stop_button_stops_a_fit_in_a_kernel_and_a_continue_finishes_the_cut_epoch(tiny_bert, tmp_path):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")

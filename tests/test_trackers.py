@@ -134,6 +134,7 @@ def wandb_records(path: Path) -> list:
     return records
 
 
+@pytest.mark.service  # W&B runs its own service process, offline too
 def test_wandb_offline_keeps_the_run_folder_and_records_the_run(tiny_bert, sentiment_files, tmp_path):
     """As commands: W&B finishes a run (and its file) as the process ends, and an in-process second command
     would log into the first one's run, which Lightning's logger never finishes."""
