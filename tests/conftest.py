@@ -204,6 +204,17 @@ def isolated(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny models train faster on one thread, far faster on a busy machine where threads wait for others."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def sentiment_files(tmp_path) -> dict[str, str]:
     return {
         "train": str(write_csv(tmp_path / "train.csv", sentiment_rows(96, seed=1))),

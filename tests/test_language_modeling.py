@@ -26,13 +26,7 @@ def write_paragraphs(path: Path, docs: list[str]) -> str:
     return str(path)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train faster on one thread, far faster on a busy machine where threads wait for others."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
