@@ -110,6 +110,12 @@ def test_claim_version_never_hands_out_a_folder_twice(tmp_path):
     (tmp_path / "version_1" / "config.yaml").write_text("{}")
     runs.release_version(tmp_path / "version_1")  # written into: kept
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "version_0", "version_1"]
+    fresh = runs.claim_version(tmp_path / "runs" / "refused")  # a command refused before it wrote anything
+    runs.release_version(fresh)
+    assert not (tmp_path / "runs").exists()  # leaves no empty runs/<name>/ behind
+    assert runs.claim_version(tmp_path / "new") == tmp_path / "new" / "version_1"
+    runs.release_version(tmp_path / "new" / "version_1")
+    assert (tmp_path / "new" / "version_0").is_dir()  # folders that were there before are kept
 
 
 def test_free_path_never_overwrites(tmp_path):

@@ -104,6 +104,10 @@ def next_version(root: str | Path) -> int:
     return max(numbers, default=-1) + 1
 
 
+# the folders above each claimed run folder that its claim created: released with it when it stays empty
+_created_for: dict[Path, list[Path]] = {}
+
+
 def claim_version(root: str | Path) -> Path:
     """Create the folder of a new run, the next free `version_N` under `root`, and return it.
 
@@ -112,12 +116,14 @@ def claim_version(root: str | Path) -> Path:
     `mkdir` is atomic, on network file systems too: on a clash another run took N first, and the next N is tried.
     """
     root = Path(root)
+    created = [folder for folder in (root, *root.parents) if not folder.exists()]
     root.mkdir(parents=True, exist_ok=True)
     number = next_version(root)
     while True:
         folder = root / f"version_{number}"
         try:
             folder.mkdir()
+            _created_for[folder] = created
             return folder
         except FileExistsError:
             number += 1
@@ -125,11 +131,14 @@ def claim_version(root: str | Path) -> Path:
 
 def release_version(folder: str | Path) -> None:
     """Remove a claimed run folder that nothing was written into (the command failed before it began, or this
-    process was not the rank that writes), so that no empty `version_N` is left behind."""
-    try:
-        Path(folder).rmdir()
-    except OSError:  # not empty (the run wrote into it) or already gone
-        pass
+    process was not the rank that writes), so that no empty `version_N` is left behind, nor the empty
+    `runs/<name>/` that `claim_version` created for it."""
+    folder = Path(folder)
+    for empty in (folder, *_created_for.pop(folder, [])):
+        try:
+            empty.rmdir()
+        except OSError:  # not empty (the run, or another run, wrote into it) or already gone
+            return
 
 
 def is_run(folder: str | Path) -> bool:
