@@ -8,6 +8,7 @@ trained on the test text, and saved with `save_pretrained`, so every test goes t
 import csv
 import os
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -189,6 +190,61 @@ def tiny_bart(tmp_path_factory) -> str:
         forced_eos_token_id=2,
     )
     BartForConditionalGeneration(config).save_pretrained(folder)
+    return str(folder)
+
+
+# ChatML as Qwen publishes it: the tiny chat models' own template
+CHATML = (
+    "{%- if messages[0]['role'] != 'system' %}{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+    "{%- endif %}{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+SPECIAL = ["<|im_start|>", "<|im_end|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+SPECIAL += ["<start_of_turn>", "<end_of_turn>"]
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_lm(tiny_gpt2, tmp_path_factory) -> str:
+    """The tiny GPT-2 with the chat templates' special tokens added (and embeddings for them), and ChatML as its
+    own template."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-chat-lm")
+    shutil.copytree(tiny_gpt2, folder, dirs_exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.add_tokens(SPECIAL, special_tokens=True)
+    tokenizer.chat_template = CHATML
+    tokenizer.save_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    model.resize_token_embeddings(len(tokenizer))
+    model.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_llama(tiny_chat_lm, tmp_path_factory) -> str:
+    """A 2-layer random Llama (rotary positions, grouped-query attention: the Llama/Qwen/Mistral family) with the
+    tiny chat model's tokenizer and template."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-chat-llama")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_chat_lm)
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
     return str(folder)
 
 

@@ -6,11 +6,11 @@ and the tokenizer is the tiny GPT-2's with their special tokens added, so every 
 """
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import CHATML
 from helpers import run_cli, tree_digest, write_jsonl
 
 from hftrain.cli import HFTrainCLI
@@ -19,12 +19,6 @@ from hftrain.core.length_split import batch_parts
 from hftrain.tasks import chat_processing as chat
 from hftrain.tasks.language_modeling import LanguageModelingData
 
-CHATML = (
-    "{%- if messages[0]['role'] != 'system' %}{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
-    "{%- endif %}{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
 LLAMA3 = (
     "{{- bos_token }}{%- for message in messages %}"
     "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + "
@@ -47,9 +41,6 @@ MISTRAL = (
 # template -> its end-of-turn token (None: the tokenizer's EOS, as Mistral's template ends turns with it)
 FAMILIES = {"chatml": (CHATML, "<|im_end|>"), "llama3": (LLAMA3, "<|eot_id|>"), "gemma": (GEMMA, "<end_of_turn>")}
 FAMILIES["mistral"] = (MISTRAL, None)
-SPECIAL = ["<|im_start|>", "<|im_end|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
-SPECIAL += ["<start_of_turn>", "<end_of_turn>"]
-
 CONVERSATION = [
     {"role": "system", "content": "Count on."},
     {"role": "user", "content": "1 2 3"},
@@ -57,24 +48,6 @@ CONVERSATION = [
     {"role": "user", "content": "then?"},
     {"role": "assistant", "content": "7 8\n9 10"},
 ]
-
-
-@pytest.fixture(scope="session")
-def tiny_chat_lm(tiny_gpt2, tmp_path_factory) -> str:
-    """The tiny GPT-2 with the chat templates' special tokens added (and embeddings for them), and ChatML as its
-    own template."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("tiny-chat-lm")
-    shutil.copytree(tiny_gpt2, folder, dirs_exist_ok=True)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    tokenizer.add_tokens(SPECIAL, special_tokens=True)
-    tokenizer.chat_template = CHATML
-    tokenizer.save_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder)
-    model.resize_token_embeddings(len(tokenizer))
-    model.save_pretrained(folder)
-    return str(folder)
 
 
 @pytest.fixture
@@ -196,8 +169,6 @@ def test_chat_settings_are_checked_before_anything_loads(tiny_gpt2, tiny_chat_lm
     train = write_jsonl(tmp_path / "train.jsonl", conversations(4))
     with pytest.raises(HFTrainError, match="has no chat template .* data.chat_template"):
         chat_data(tiny_gpt2, train)
-    with pytest.raises(HFTrainError, match="data.packing=false"):
-        chat_data(tiny_chat_lm, train, packing=True)
     with pytest.raises(HFTrainError, match="neither a Jinja template .* nor an existing file"):
         chat_data(tiny_chat_lm, train, chat_template="templates/missing.jinja")
     with pytest.raises(HFTrainError, match=r"no column 'conversations' \(data.messages_column\)"):
@@ -211,7 +182,7 @@ def test_conversations_longer_than_max_length_are_left_out_and_named(tiny_chat_l
     template = tmp_path / "gemma.jinja"
     template.write_text(GEMMA)
     data = chat_data(tiny_chat_lm, train, chat_template=str(template), max_length=40)
-    with pytest.warns(UserWarning, match=r"1 of 6 conversations in the train split .* left out \(rows 5\)"):
+    with pytest.warns(UserWarning, match=r"1 of 6 conversations in the train split .*; rows 5\): they are left out"):
         data.setup("fit")
     assert len(data.datasets["train"]) == 5
     assert data.chat_template == GEMMA  # the file's text: the tokenized cache follows edits to it

@@ -31,7 +31,12 @@ QUIET_LOGS: dict[str, tuple[str, ...]] = {
     ),
     "lightning.pytorch.accelerators.cuda": (r"LOCAL_RANK: \d+ - CUDA_VISIBLE_DEVICES: \[[\d,]*\]",),
     # RunHeader lists the newly initialized and unused weights instead of this 10-line table
-    "transformers.modeling_utils": (r"\x1b\[1m\w+ LOAD REPORT\x1b\[0m from: .*",),
+    "transformers.modeling_utils": (
+        r"\x1b\[1m\w+ LOAD REPORT\x1b\[0m from: .*",
+        # packed conversations (tasks/chat_packing.py) come without a mask on purpose: their padding is a sequence
+        # of its own; every other batch hftrain makes has one
+        r"We strongly recommend passing in an `attention_mask` since your input_ids may be padded\. .*",
+    ),
 }
 
 # (full text, category) of warnings dropped; the categories are the builtin ones the libraries' own subclass

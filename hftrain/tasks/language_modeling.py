@@ -26,10 +26,17 @@ from hftrain.core.generation import log_text_table, set_generation_config
 from hftrain.core.losses import IGNORE_INDEX
 from hftrain.core.module import Stage, TaskModule
 from hftrain.core.pretrained import require_eos
+from hftrain.tasks import chat_packing
 from hftrain.tasks import chat_processing as chat
 
 SOURCE_ROW = "hftrain_source_row"  # a conversation's row in its file, for the messages that name it
 LM_EOS_USE = "language modelling, to mark where a document ends"
+OVERFLOW_NOTES = {  # what becomes of conversations longer than a row, by data.overflow
+    "drop": "they are left out, since cut they would teach answers without their end. Raise the limit to keep "
+    "them, or set data.overflow to truncate or split them.",
+    "truncate": "only their first tokens are learnt (data.overflow=truncate), an answer cut short without its end.",
+    "split": "they are split into pieces of that length (data.overflow=split), each learnt without the ones before it.",
+}
 
 
 @dataclass(eq=False, repr=False, kw_only=True)
@@ -94,6 +101,7 @@ class LanguageModeling(TaskModule):
             **(sampling if self.do_sample else dict.fromkeys(sampling)),
         )
         self.model = self._add_lora(model) if self.lora_rank else model
+        self.isolation_checked = False  # whether the model was seen to keep packed conversations apart
         self.monitor = "val/perplexity"
         self.monitor_mode = "min"
 
@@ -130,6 +138,21 @@ class LanguageModeling(TaskModule):
                 f"model.lora_target_modules to some of its layer names: {', '.join(layers)}."
             ) from err
 
+    def forward(self, **batch: torch.Tensor):
+        """The model's outputs; a batch of packed conversations goes through transformers' packed-sequence path
+        (`chat_packing`), once the model has shown that its architecture takes it."""
+        if chat_packing.is_packed(batch):
+            if not self.isolation_checked and not chat_packing.isolates_packed_sequences(self.model):
+                raise HFTrainError(
+                    f"The model '{self.model_name_or_path}' ({type(self.model).__name__}) lets packed conversations "
+                    "attend to each other: its architecture does not restart attention where the position ids "
+                    "restart. Set data.packing=false (one example per conversation), or use a model whose "
+                    "transformers code builds its mask with create_causal_mask (GPT-2, Llama, Qwen, Mistral, Gemma …)."
+                )
+            self.isolation_checked = True
+            batch = chat_packing.packed_model_inputs(batch, self.model.config._attn_implementation)
+        return super().forward(**batch)
+
     def loss_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The predicted positions: every label after the first that is not -100 (the model shifts them)."""
         return (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
@@ -155,7 +178,10 @@ class LanguageModeling(TaskModule):
         `generate` call makes for all of them."""
         starts, golds = [], []
         for row in rows:
-            ids = batch["input_ids"][row][batch["attention_mask"][row].bool()]
+            if chat_packing.is_packed(batch):  # the row's first conversation
+                ids = batch["input_ids"][row][: chat_packing.first_sequence_length(batch["position_ids"][row])]
+            else:
+                ids = batch["input_ids"][row][batch["attention_mask"][row].bool()]
             labels = batch["labels"][row][: len(ids)]
             prompted = int((labels == IGNORE_INDEX).long().cumprod(0).sum())
             cut = prompted if 0 < prompted < len(ids) else min(len(ids) // 2, 64)
@@ -230,6 +256,8 @@ class CausalLMCollator:
     tokenizer: PreTrainedTokenizerBase
 
     def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        if "position_ids" in features[0]:
+            return chat_packing.collate_packed(features, self.tokenizer.pad_token_id)
         labels = [f["labels"] for f in features] if "labels" in features[0] else None
         batch = self.tokenizer.pad(
             [{"input_ids": f["input_ids"], "attention_mask": f["attention_mask"]} for f in features],
@@ -259,20 +287,24 @@ class LanguageModelingData(TaskDataModule):
             completion after the prompt, and the loss is taken on the completion only.
         completion_column: Column with the completions to learn.
         packing: Concatenate the documents and cut them into `block_size` blocks, as the HF `run_clm`
-            example does: no padding, and no text is cut off. False: one example per document, cut at
-            `max_length`, padding left out of the loss.
+            example does: no padding, and no text is cut off. Conversations are packed whole instead, best-fit
+            into rows of `block_size`, each attending only to itself (position ids restart with each one).
+            False: one example per document or conversation, cut at `max_length`, padding left out of the loss.
         block_size: Tokens per packed block; defaults to the tokenizer's `model_max_length`, at most 1024.
         text_file_documents: How a .txt file splits into documents: `paragraph` (blocks separated by blank
             lines), `line`, or `file` (the whole file is one document). A .txt predict file always holds
             one prompt per line.
         messages_column: Column with conversations to learn: lists of `{role, content}` messages (OpenAI
             format; roles system, user, assistant) or of ShareGPT's `{from, value}` (human, gpt, system). They are
-            rendered with the chat template; needs `packing: false`.
+            rendered with the chat template.
         chat_template: Jinja chat template (its text, or a file holding it) for `messages_column`; unset: the
             tokenizer's own.
         train_on: Which tokens of a conversation carry loss: every `assistant` turn's content and end-of-turn
             token (found from the template's own rendering, no `{% generation %}` markers needed), the
             `last_assistant` turn's only, or `all` tokens.
+        overflow: What becomes of a conversation longer than a packed row (`block_size`), or than `max_length`
+            unpacked: `drop` it (named in a warning), `truncate` it to its first tokens, or `split` it into
+            consecutive pieces, each learnt without the ones before it.
     """
 
     text_column: str = "text"
@@ -284,6 +316,7 @@ class LanguageModelingData(TaskDataModule):
     messages_column: str | None = None
     chat_template: str | None = None
     train_on: Literal["assistant", "all", "last_assistant"] = "assistant"
+    overflow: chat_packing.Overflow = "drop"
 
     pad_with_eos: ClassVar[bool] = True
 
@@ -315,10 +348,11 @@ class LanguageModelingData(TaskDataModule):
         if self.messages_column:
             self._check_conversations(raw)
             return
-        if self.chat_template is not None or self.train_on != "assistant":
+        if self.chat_template is not None or self.train_on != "assistant" or self.overflow != "drop":
             raise HFTrainError(
-                "data.chat_template and data.train_on apply to conversations: set data.messages_column to the "
-                "column that holds them, or leave both unset for documents and prompt/completion pairs."
+                "data.chat_template, data.train_on and data.overflow apply to conversations: set "
+                "data.messages_column to the column that holds them, or leave them unset for documents and "
+                "prompt/completion pairs."
             )
         if (self.prompt_column is None) != (self.completion_column is None):
             raise HFTrainError(
@@ -337,11 +371,6 @@ class LanguageModelingData(TaskDataModule):
     def _check_conversations(self, raw: datasets.DatasetDict) -> None:
         """Chat settings, then every conversation's messages, roles and turns, naming the first bad row; each row
         keeps its number in its file for the messages of tokenization (after validation is held out)."""
-        if self.packing:
-            raise HFTrainError(
-                "data.messages_column is set with data.packing=true: packed conversations would attend to each "
-                "other across their boundaries. Set data.packing=false (one example per conversation)."
-            )
         if self.chat_template is not None:
             self.chat_template = chat.load_template(self.chat_template)  # the text, so the cache follows edits
         elif not self.tokenizer.chat_template:
@@ -393,7 +422,7 @@ class LanguageModelingData(TaskDataModule):
     def preprocess(self, raw: datasets.DatasetDict) -> datasets.DatasetDict:
         processed = self.map_splits(raw, self.encode, with_indices=True)
         if self.messages_column:
-            processed = self._drop_long_conversations(processed)
+            processed = self._fit_conversations(processed)
         processed = self.report_truncation(
             processed,
             "length",
@@ -405,7 +434,7 @@ class LanguageModelingData(TaskDataModule):
             ),
         )
         for split, examples in processed.items():
-            if self.packing and split != "predict":
+            if self.packing and split != "predict" and not self.messages_column:
                 processed[split] = examples.map(
                     pack_blocks,
                     fn_kwargs={"size": self.packed_block_size()},
@@ -462,29 +491,38 @@ class LanguageModelingData(TaskDataModule):
             SOURCE_ROW: batch[SOURCE_ROW],
         }
 
-    def _drop_long_conversations(self, processed: datasets.DatasetDict) -> datasets.DatasetDict:
-        """Leave out, and name, the conversations longer than `max_length`: cut, they would teach answers
-        without their end. An evaluation split keeps none of them either, so its loss is over whole turns."""
+    def _fit_conversations(self, processed: datasets.DatasetDict) -> datasets.DatasetDict:
+        """Conversations longer than a row (`block_size` packed, `max_length` not) dropped, truncated or split as
+        `overflow` says, and named; then, with `packing`, packed best-fit into rows. By default an evaluation
+        split keeps none of them either, so its loss is over whole turns."""
+        limit = self.packed_block_size() if self.packing else self.max_length
+        setting = "data.block_size" if self.packing else "data.max_length"
         for split, encoded in processed.items():
             if split == "predict":
                 continue
             lengths, rows = column(encoded, "length"), column(encoded, SOURCE_ROW)
-            long = [i for i, n in enumerate(lengths) if n > self.max_length]
-            if len(long) == len(encoded):
+            long = [i for i, n in enumerate(lengths) if n > limit]
+            if len(long) == len(encoded) and self.overflow == "drop":
                 raise HFTrainError(
-                    f"Every conversation of the {split} data ({self.source(split)}) is longer than data.max_length="
-                    f"{self.max_length} tokens (the shortest has {min(lengths)}). Raise data.max_length."
+                    f"Every conversation of the {split} data ({self.source(split)}) is longer than {setting}="
+                    f"{limit} tokens (the shortest has {min(lengths)}). Raise {setting}, or set data.overflow to "
+                    "truncate or split them."
                 )
             if long:
                 named = ", ".join(str(rows[i] + 1) for i in sorted(long, key=rows.__getitem__)[:10])
                 self._notes.append(
                     f"{len(long)} of {len(encoded)} conversations in the {split} split ({self.source(split)}) are "
-                    f"longer than data.max_length={self.max_length} tokens (the longest has "
-                    f"{max(lengths[i] for i in long)}) and are left out (rows {named}{', …' if len(long) > 10 else ''}"
-                    "): cut, they would teach answers without their end. Raise data.max_length to keep them."
+                    f"longer than {setting}={limit} tokens (the longest has {max(lengths[i] for i in long)}; rows "
+                    f"{named}{', …' if len(long) > 10 else ''}): {OVERFLOW_NOTES[self.overflow]}"
                 )
-                encoded = encoded.select(sorted(set(range(len(encoded))) - set(long)))
-            processed[split] = encoded.remove_columns(["length", SOURCE_ROW])
+            processed[split] = encoded.map(
+                chat_packing.fit_conversations,
+                fn_kwargs={"limit": limit, "overflow": self.overflow, "pack": self.packing},
+                batched=True,
+                remove_columns=encoded.column_names,
+                num_proc=self.preprocessing_num_workers,
+                desc=f"Packing {split} conversations" if self.packing else f"Fitting {split} conversations",
+            )
         return processed
 
     def _encode_examples(self, batch: dict[str, list], indices: list[int], split: str) -> dict[str, list]:
