@@ -22,6 +22,7 @@ _EXPORTS = {
     "fit": "hftrain.api",
     "Run": "hftrain.api",
     "trainer": "hftrain.api",
+    "tune": "hftrain.tuning.search",
     "HFTrainError": "hftrain.core.errors",
     "TaskModule": "hftrain.core.module",
     "TaskDataModule": "hftrain.core.data",

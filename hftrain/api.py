@@ -57,6 +57,7 @@ class Run:
         checkpoint: Overrides of the `checkpoint:` section (`TaskCheckpoint`), e.g. `{"every_n_train_steps": 100}`.
         seed_everything: The seed (default 42, as on the command line).
         args: More command-line arguments, as strings (`["--data.max_length", "64"]`).
+        folder: The run folder, in place of the next `runs/<name>/version_N/` (a search's trial folder).
     """
 
     def __init__(
@@ -68,16 +69,12 @@ class Run:
         checkpoint: dict[str, Any] | None = None,
         seed_everything: int | None = None,
         args: Sequence[str] = (),
+        folder: str | Path | None = None,
     ) -> None:
-        arguments = [value for config in configs for value in ("--config", str(config))]
-        sections = {"model": model, "data": data, "trainer": trainer, "checkpoint": checkpoint}
-        arguments += [f"--{name}={_json(values)}" for name, values in sections.items() if values]
-        if seed_everything is not None:
-            arguments.append(f"--seed_everything={seed_everything}")
-        arguments += [str(a) for a in args]
+        arguments = command_arguments(configs, model, data, trainer, checkpoint, seed_everything, args)
         with user_errors():
             preflight.check(arguments)
-            cli = HFTrainCLI(args=arguments, run=False)
+            cli = HFTrainCLI(args=arguments, run=False, folder=Path(folder) if folder is not None else None)
         self.module, self.data, self.trainer = cli.model, cli.datamodule, cli.trainer
         self._fitted = False
 
@@ -125,14 +122,16 @@ class Run:
 
     # ------------------------------------------------------------------ what the run does
 
-    def fit(self, epochs: int | None = None) -> "Run":
+    def fit(self, epochs: int | None = None, ckpt_path: str | Path | None = None) -> "Run":
         """Train. The first call trains to the config's `max_epochs` / `max_steps`, or for `epochs` epochs when
         given. A later call (also after an interrupt) continues the same run, in the same folder, from its
         last checkpoint, as `hftrain fit --ckpt_path last` does, until `epochs` more epochs have ended (an
         epoch cut short is finished first and counts as one); the learning-rate schedule is stretched over
         the new total. Without `epochs`, a later call fails and says so: the run already reached its limits.
+        `ckpt_path` resumes the first call from a checkpoint, as `hftrain fit --ckpt_path` does (a search's
+        trial continued after its process was stopped).
         """
-        ckpt_path = self._continue_from() if self._fitted and epochs else None
+        ckpt_path = self._continue_from() if self._fitted and epochs else ckpt_path and str(ckpt_path)
         if epochs:
             internals.set_fit_limits(self.trainer, max_epochs=self.trainer.current_epoch + epochs, max_steps=-1)
         self._fitted = True
@@ -275,6 +274,24 @@ def user_errors() -> Iterator[None]:
         if user_error is None or user_error is err:
             raise
         raise user_error from None
+
+
+def command_arguments(
+    configs: Sequence[str | Path],
+    model: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+    trainer: dict[str, Any] | None = None,
+    checkpoint: dict[str, Any] | None = None,
+    seed_everything: int | None = None,
+    args: Sequence[str] = (),
+) -> list[str]:
+    """The command line (after the subcommand) that config files and per-section overrides stand for."""
+    arguments = [value for config in configs for value in ("--config", str(config))]
+    sections = {"model": model, "data": data, "trainer": trainer, "checkpoint": checkpoint}
+    arguments += [f"--{name}={_json(values)}" for name, values in sections.items() if values]
+    if seed_everything is not None:
+        arguments.append(f"--seed_everything={seed_everything}")
+    return arguments + [str(a) for a in args]
 
 
 def _json(values: dict[str, Any]) -> str:

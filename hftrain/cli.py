@@ -197,10 +197,14 @@ def use_hftrain_parts(trainer: Trainer) -> Trainer:
 
 class HFTrainCLI(LightningCLI):
     """The hftrain command line. `run=False` builds model, data and trainer without running, for use from
-    Python (`hftrain.fit` is built on it): a bad option then raises an `ArgumentError` instead of exiting."""
+    Python (`hftrain.fit` is built on it): a bad option then raises an `ArgumentError` instead of exiting.
+    `folder` is the run folder of a new run chosen by the caller, in place of the next `version_N`: a search
+    puts each trial in `runs/<name>/tune/trial_<number>/`, a name every rank knows without a broadcast. The saved
+    config names no folder, so `hftrain fit --config` on it starts a new run."""
 
-    def __init__(self, args: list[str] | dict | None = None, run: bool = True) -> None:
+    def __init__(self, args: list[str] | dict | None = None, run: bool = True, folder: Path | None = None) -> None:
         self._claimed: Path | None = None  # the new run folder this process claimed (before_instantiate_classes)
+        self._folder = folder  # the run folder the caller chose (a search's trial), known alike on every rank
         self._asked: list[tuple] = []  # the run-folder settings as given, put back after instantiation
         try:
             super().__init__(
@@ -354,6 +358,8 @@ class HFTrainCLI(LightningCLI):
                 config.ckpt_path = str(runs.find_checkpoint(run_dir, config.ckpt_path))
         elif version is not None:
             run_dir = runs.version_dir(root, version)
+        elif self._folder is not None:
+            run_dir = Path(self._folder)
         else:
             run_dir = self._claimed = new_run_folder(root)
             if run_dir is None:  # a rank started by a launcher: Lightning hands it rank 0's folder
@@ -572,9 +578,17 @@ def main(args: list[str] | None = None) -> None:
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
         datasets.disable_progress_bars()
-    try:
+    with exit_on_user_error():
         preflight.check(sys.argv[1:] if args is None else args)
         HFTrainCLI(args=args)
+
+
+@contextmanager
+def exit_on_user_error():
+    """A command's user errors as one paragraph and exit status 2 (`HFTRAIN_DEBUG=1` shows the traceback); a run
+    stopped on a signal exits with the signal's status. Shared by `fit`-like subcommands and `tune`."""
+    try:
+        yield
     except Exception as err:
         user_error = find_user_error(err)
         if user_error is None or os.environ.get("HFTRAIN_DEBUG") == "1":

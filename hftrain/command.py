@@ -53,6 +53,10 @@ def main(args: list[str] | None = None) -> None:
         raise SystemExit(2)
     elif argv[0] in SUBCOMMANDS and any(a in ("-h", "--help") or a.endswith(".help") for a in argv[1:]):
         print(subcommand_help(argv[0], argv[1:]), end="")
+    elif argv[0] == "tune":
+        from hftrain.tuning.search import main as tune
+
+        tune(argv[1:])
     else:
         try:
             preflight.check(argv)
@@ -105,6 +109,8 @@ def subcommand_help(subcommand: str, argv: list[str]) -> str:
             return (
                 "\n".join([f"{name}: {_task_summary(name)}", *_option_lines(kind, options.class_options(name))]) + "\n"
             )
+    if subcommand == "tune":
+        return tune_help()
     lines = [
         f"usage: hftrain {subcommand} [--config FILE] [--<section>.<option> VALUE ...]",
         "",
@@ -136,4 +142,21 @@ def subcommand_help(subcommand: str, argv: list[str]) -> str:
     for section, title in SECTION_TITLES.items():
         if section != "prediction_writer" or subcommand == "predict":
             lines += ["", title, *_option_lines(section, options.section_options(section))]
+    return "\n".join(lines) + "\n"
+
+
+def tune_help() -> str:
+    """`hftrain tune --help`: the `tune:` section's settings; the rest of the options are fit's."""
+    lines = [
+        "usage: hftrain tune --config TASK.yaml --config SEARCH.yaml [--tune.<setting> VALUE ...] [fit options]",
+        "",
+        SUBCOMMANDS["tune"],
+        "",
+        "Every trial is an `hftrain fit` of the task config with the trial's values, in runs/<name>/tune/trial_<N>/;",
+        "the options of fit (`hftrain fit --help`) apply to every trial. Run the same command again, or in several",
+        "processes or Slurm jobs at once, to continue the study to n_trials. docs/tuning.md has the guide.",
+        "",
+        "tune: (a section of a config file, or --tune.<setting> VALUE)",
+        *_option_lines("tune", options.tune_options()),
+    ]
     return "\n".join(lines) + "\n"

@@ -25,6 +25,7 @@ SUBCOMMANDS = {
     "validate": "Compute validation metrics of a checkpoint (--ckpt_path best|last|<file>).",
     "test": "Compute test metrics of a checkpoint on data.test_file.",
     "predict": "Write predictions of a checkpoint on data.predict_file to predictions.jsonl.",
+    "tune": "Search hyperparameters: trials of fit over a search space (a `tune:` section), with Optuna.",
 }
 
 # LightningCLI defaults set by hftrain, as --help shows them (trainer.callbacks and the logger are set in cli.py)
@@ -167,6 +168,14 @@ def short_name(class_path: str) -> str | None:
 def class_options(name: str) -> tuple[Option, ...]:
     """The options of one of hftrain's task or data module classes, by short name."""
     return tuple(_dataclass_options(_module_of(name), name))
+
+
+def tune_options() -> list[Option]:
+    """The settings of the `tune:` section (`hftrain.tuning.settings.TuneSettings`)."""
+    return [
+        Option(o.name, o.type, "{}" if "default_factory" in str(o.default) else o.default, o.help)
+        for o in _dataclass_options("tuning/settings.py", "TuneSettings")
+    ]
 
 
 @cache

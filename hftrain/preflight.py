@@ -48,7 +48,7 @@ def check(argv: list[str]) -> None:
         if unknown:
             raise not_an_option(unknown, [f"{section}.{name}" for name in known], command)
     check_trainer_values(config["trainer"])
-    if subcommand and "print_config" not in dict(_arguments(argv)):  # printing the config needs no data
+    if subcommand and "print_config" not in dict(argument_pairs(argv)):  # printing the config needs no data
         check_stage_data(subcommand, config["data"]["init_args"])
 
 
@@ -62,12 +62,12 @@ def merged_config(argv: list[str], command: str = "hftrain fit") -> dict[str, An
     recorded as the option being set, with no value to judge."""
     config: dict[str, Any] = {kind: {"class_path": None, "init_args": {}} for kind in TASK_SECTIONS}
     config.update({section: {} for section in OPTION_SECTIONS}, files=[])
-    for key, text in _arguments(argv):
+    for key, text in argument_pairs(argv):
         if key == "config":
             config["files"].append(text)
             _merge_file(config, text)
             continue
-        value = _yaml_value(text)
+        value = yaml_value(text)
         section, _, option = key.partition(".")
         if section in TASK_SECTIONS:
             _set_task_option(config[section], option, value)
@@ -94,7 +94,7 @@ class _Nested:
 NESTED = _Nested()
 
 
-def _arguments(argv: list[str]) -> list[tuple[str, str | None]]:
+def argument_pairs(argv: list[str]) -> list[tuple[str, str | None]]:
     """`--key value`, `--key=value` and `-c file` as (key, value) pairs in order; None for a flag. A value may
     start with a dash (`--trainer.max_epochs -3`), an option never with one."""
     pairs, i = [], 0
@@ -115,7 +115,7 @@ def _is_option(arg: str) -> bool:
     return arg.startswith("--") or arg == "-c"
 
 
-def _yaml_value(text: str | None) -> Any:
+def yaml_value(text: str | None) -> Any:
     import yaml  # only here: `hftrain --version` needs none of it
 
     if text is None:
@@ -135,7 +135,7 @@ def _merge_file(config: dict[str, Any], file: str | None) -> None:
         except yaml.YAMLError as err:
             raise HFTrainError(f"The config file {file} is not valid YAML: {err}") from err
     else:
-        content = _yaml_value(file)  # jsonargparse also takes the config itself in place of a file
+        content = yaml_value(file)  # jsonargparse also takes the config itself in place of a file
         if not isinstance(content, Mapping):
             raise HFTrainError(
                 f"The config file {file} does not exist (looked in {Path(file or '').resolve()}). Check the path; "

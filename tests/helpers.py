@@ -23,9 +23,16 @@ CPU_DDP = ["--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--train
 
 
 def run_cli(*args: str) -> int:
-    """Run `hftrain <args>` in this process; return its exit status (0 when it returns normally)."""
+    """Run `hftrain <args>` in this process (`tune` through its own entry, as the `hftrain` command does); return
+    its exit status (0 when it returns normally)."""
+    argv = [str(a) for a in args]
     try:
-        main([str(a) for a in args])
+        if argv[:1] == ["tune"]:
+            from hftrain.tuning.search import main as tune
+
+            tune(argv[1:])
+        else:
+            main(argv)
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else 1
     return 0

@@ -1,4 +1,4 @@
-"""Every use of a private member of Lightning, torchmetrics or transformers, in one place.
+"""Every use of a private member of Lightning, torchmetrics, transformers or Optuna, in one place.
 
 hftrain relies on a few behaviours these libraries do not expose publicly (the fit loop's pending loader
 state, `ModelCheckpoint`'s bookkeeping, torchmetrics' ROUGE tokenizer). Each is reached through a
@@ -16,7 +16,7 @@ import torch
 from hftrain.core.errors import HFTrainError
 
 # the versions whose private members this module was written against; pyproject.toml pins the same
-TESTED = {"lightning": ">=2.6,<2.7", "torchmetrics": ">=1.9,<1.10", "jsonargparse": ">=4.53,<5"}
+TESTED = {"lightning": ">=2.6,<2.7", "torchmetrics": ">=1.9,<1.10", "jsonargparse": ">=4.53,<5", "optuna": ">=4,<6"}
 
 
 def _private(owner: Any, name: str, library: str = "lightning") -> Any:
@@ -219,3 +219,16 @@ def mark_generation_config_as_set(config) -> None:
     """Flag a `GenerationConfig` as set on purpose: loaders (transformers 4.x pipelines) rebuild a config
     flagged as derived from the model config, dropping the settings in it."""
     config._from_model_config = False
+
+
+# ---------------------------------------------------------------------------------------------- optuna
+
+
+def optuna_trial(study, number: int):
+    """The live `optuna.Trial` of a study's trial `number`, to report to and tell: `study.ask()` gives one only for
+    a new trial, and a trial continued by another process (resumed after its worker stopped) is known by its
+    number; Optuna's `Trial` is built from the storage's trial id, which `FrozenTrial` keeps private."""
+    import optuna
+
+    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    return optuna.trial.Trial(study, _private(frozen, "_trial_id", "optuna"))

@@ -1,0 +1,1 @@
+"""Hyperparameter search (`hftrain tune`, `hftrain.tune`) with Optuna: see `search`."""

@@ -1,0 +1,138 @@
+"""The study: where it is kept, what it was created for, and how workers share its trials.
+
+Optuna keeps the trials; what it lacks and this module adds: a default storage that needs no server (a journal
+file in the study folder, locked by an exclusive `open`, which works on NFS), a check that a study continued
+with a config is the same search (metric, direction, space), and a trial budget that stays exact when several
+workers ask at once.
+"""
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+from optuna.trial import TrialState
+
+from hftrain.core.errors import HFTrainError
+from hftrain.tuning.settings import Dimension, TuneSettings
+
+JOURNAL_FILE = "study.journal"
+# the trials that count against n_trials: finished, or running in some worker (a stale one is resumed, not redone)
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+SURPLUS = "surplus"  # user attribute of a trial asked past the budget by a worker that lost the race, then failed
+MONITOR, SPACE = "monitor", "space"  # study user attributes: what the study searches
+
+
+def open_storage(settings: TuneSettings, study_dir: Path) -> BaseStorage:
+    """The study's storage: a database URL (`sqlite:///…`, `postgresql://…`), else a journal file (the given path,
+    or `study.journal` in the study folder). One that cannot be opened is said in a paragraph."""
+    target = settings.storage
+    try:
+        if target and "://" in target:
+            return RDBStorage(target)
+        path = Path(target) if target else study_dir / JOURNAL_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+    except Exception as err:  # noqa: BLE001 - drivers, URLs and file systems fail in many types
+        where = target or str(study_dir / JOURNAL_FILE)
+        raise HFTrainError(
+            f"tune.storage {where!r} cannot be opened: {' '.join(str(err).split())[:300]} Give a database URL that "
+            "this machine can reach with its driver installed (`sqlite:///runs/study.db`, "
+            "`postgresql://user@host/db`), "
+            "a journal file path in a writable folder, or leave tune.storage unset for a journal file in the study "
+            "folder."
+        ) from None
+
+
+def sampler_of(settings: TuneSettings, space: Sequence[Dimension]) -> optuna.samplers.BaseSampler:
+    options = dict(settings.sampler_options)
+    try:
+        if settings.sampler == "grid":
+            return optuna.samplers.GridSampler({d.key: d.grid() for d in space}, seed=settings.seed, **options)
+        if settings.sampler == "random":
+            return optuna.samplers.RandomSampler(seed=settings.seed, **options)
+        return optuna.samplers.TPESampler(seed=settings.seed, **options)
+    except TypeError as err:
+        raise HFTrainError(f"tune.sampler_options do not fit the {settings.sampler} sampler: {err}") from None
+
+
+def pruner_of(settings: TuneSettings) -> optuna.pruners.BasePruner:
+    options = dict(settings.pruner_options)
+    try:
+        if settings.pruner == "none":
+            if options:
+                raise TypeError("pruner none takes no options")
+            return optuna.pruners.NopPruner()
+        if settings.pruner == "hyperband":
+            return optuna.pruners.HyperbandPruner(**options)
+        return optuna.pruners.MedianPruner(**options)
+    except (TypeError, ValueError) as err:
+        raise HFTrainError(f"tune.pruner_options do not fit the {settings.pruner} pruner: {err}") from None
+
+
+def grid_size(space: Sequence[Dimension]) -> int:
+    size = 1
+    for dimension in space:
+        size *= len(dimension.grid())
+    return size
+
+
+def space_spec(space: Sequence[Dimension]) -> str:
+    return json.dumps({d.key: d.spec() for d in space}, sort_keys=True)
+
+
+def open_study(
+    settings: TuneSettings, storage: BaseStorage, name: str, space: Sequence[Dimension], monitor: str, mode: str
+) -> optuna.Study:
+    """The study `name`, created for this search if new; an existing one must search the same space for the
+    same metric in the same direction, else nothing is changed and the difference is said."""
+    direction = "maximize" if mode == "max" else "minimize"
+    sampler, pruner = sampler_of(settings, space), pruner_of(settings)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    except KeyError:
+        study = optuna.create_study(
+            study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction=direction, load_if_exists=True
+        )
+        if MONITOR not in study.user_attrs:
+            study.set_user_attr(MONITOR, monitor)
+            study.set_user_attr(SPACE, space_spec(space))
+    had = study.user_attrs
+    if study.direction.name.lower() != direction or had.get(MONITOR, monitor) != monitor:
+        raise HFTrainError(
+            f"The study '{name}' exists and searches {had.get(MONITOR)} ({study.direction.name.lower()}), but this "
+            f"config's monitored metric is {monitor} ({direction}). Its trials cannot be compared: set another "
+            "tune.study_name for a new study, or use the config the study was made with."
+        )
+    if had.get(SPACE, space_spec(space)) != space_spec(space):
+        raise HFTrainError(
+            f"The study '{name}' exists with another search space: it searches {had[SPACE]}, this config "
+            f"{space_spec(space)}. Its trials would not fit this space: set another tune.study_name for a new study, "
+            "or restore the space it was made with."
+        )
+    return study
+
+
+def counted(study: optuna.Study) -> int:
+    """How many of the study's trials count against n_trials."""
+    return len(study.get_trials(deepcopy=False, states=COUNTED))
+
+
+def claim_trial(study: optuna.Study, n_trials: int) -> optuna.Trial | None:
+    """A new trial within the budget of `n_trials`, or None when the study holds them all.
+
+    Several workers asking at once could each see one trial left. The storage gives trial numbers in order, under
+    its lock, so each worker asks first, then counts the trials numbered before its own: the first `n_trials` win,
+    and a trial past them is marked failed (`surplus`) before any value is drawn for it.
+    """
+    if counted(study) >= n_trials:
+        return None
+    trial = study.ask()
+    earlier = [t for t in study.get_trials(deepcopy=False, states=COUNTED) if t.number < trial.number]
+    if len(earlier) >= n_trials:
+        trial.set_user_attr(SURPLUS, True)
+        study.tell(trial, state=TrialState.FAIL)
+        return None
+    return trial

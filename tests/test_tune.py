@@ -1,0 +1,131 @@
+"""`hftrain tune` / `hftrain.tune`: trials are fit runs in the study folder, the study continues to its total, and
+bad search configs are refused in one paragraph before anything is written."""
+
+import csv
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from conftest import sentiment_rows, write_csv
+from helpers import classification_config, run_cli, tree_digest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+import hftrain
+from hftrain.tuning import outputs
+from hftrain.tuning import study as study_module
+from hftrain.tuning.settings import TuneSettings
+from hftrain.tuning.study import open_storage
+
+SPACE = {"model.learning_rate": {"low": 1.0e-4, "high": 1.0e-1, "log": True}, "data.batch_size": [8, 16]}
+
+
+@pytest.fixture
+def task(tiny_bert, tmp_path) -> Path:
+    """A text-classification config of two short epochs (2 steps each) on the tiny model."""
+    files = {
+        "train": str(write_csv(tmp_path / "train.csv", sentiment_rows(48, seed=1))),
+        "validation": str(write_csv(tmp_path / "dev.csv", sentiment_rows(16, seed=2))),
+    }
+    return classification_config(tmp_path / "task.yaml", tiny_bert, files, trainer__limit_train_batches=2)
+
+
+def search_config(path: Path, **settings) -> Path:
+    path.write_text(yaml.safe_dump({"tune": {"n_trials": 2, "space": SPACE, **settings}}))
+    return path
+
+
+def hparams_of(folder: Path) -> set[str]:
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    return {h.name for h in experiment.hparam_infos}
+
+
+@pytest.mark.processes  # five trials of fit: tens of seconds
+def test_tune_runs_trials_as_fit_runs_and_continues_to_the_total(task, tmp_path, capsys):
+    search = search_config(tmp_path / "search.yaml", pruner="none")
+    assert run_cli("tune", "--config", task, "--config", search) == 0
+    study = Path("runs/task/tune")
+    printed = capsys.readouterr().out
+    assert "Trial 2 of 2" in printed and "Best so far" in printed
+    rows = list(csv.DictReader((study / "trials.csv").open()))
+    assert [(r["number"], r["state"]) for r in rows] == [("0", "COMPLETE"), ("1", "COMPLETE")]
+    assert {"params.model.learning_rate", "params.data.batch_size", "value", "duration_s"} <= set(rows[0])
+    best = max(rows, key=lambda r: float(r["value"]))
+    for row in rows:  # each trial a normal run folder; only the best keeps its model and checkpoints
+        folder = study / f"trial_{row['number']}"
+        assert (folder / "config.yaml").is_file() and (folder / "results.json").is_file()
+        assert {"learning_rate", "batch_size"} <= hparams_of(folder)  # one HPARAMS view over runs/task/tune
+        kept = row is best
+        assert (folder / "hf_model").is_dir() == kept and (folder / "checkpoints").is_dir() == kept
+    assert {p.stem for p in study.glob("*.png")} >= {"history", "parallel_coordinates"}
+    # best.yaml is the best trial's config, runnable by fit as is
+    assert yaml.safe_load((study / "best.yaml").read_text())["data"]["init_args"]["batch_size"] == int(
+        best["params.data.batch_size"]
+    )
+    assert run_cli("fit", "--config", study / "best.yaml", "--print_config") == 0
+
+    # the same search again, from Python, with a larger total: one more trial, numbered on
+    result = hftrain.tune(task, search, tune={"n_trials": 3})
+    assert list(result.trials["number"]) == [0, 1, 2] and set(result.trials["state"]) == {"COMPLETE"}
+    assert result.best_value == result.trials["value"].max()
+    assert set(result.best_params) == set(SPACE)
+    run = result.best_run
+    assert run.folder == Path(result.study.best_trial.user_attrs[outputs.FOLDER])
+    assert run.best is not None
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"space": {"model.learning_rat": [1e-3]}}, "Did you mean --model.learning_rate?"),
+        ({"space": {"trainer.max_epoch": [1, 2]}}, "Did you mean --trainer.max_epochs?"),
+        ({"space": {"model.learning_rate": {"low": 1e-3, "high": 1e-4}}}, "inverted range"),
+        ({"space": {"model.learning_rate": {"low": 1e-3, "high": 1e-3}}}, "empty range"),
+        ({"space": {"data.batch_size": []}}, "empty list of choices"),
+        ({"space": {"model.learning_rate": {"low": 0.0, "high": 1e-3, "log": True}}}, "log scale"),
+        ({"n_trials": 0}, "tune.n_trials must be"),
+        ({"sampler": "tpee"}, "tune.sampler must be one of"),
+        ({"n_trial": 3}, "Did you mean tune.n_trials?"),
+    ],
+)
+def test_bad_search_config_is_one_paragraph_before_anything_runs(task, tmp_path, capsys, settings, message):
+    search = tmp_path / "search.yaml"
+    search.write_text(yaml.safe_dump({"tune": {"n_trials": 2, "space": SPACE} | settings}))
+    assert run_cli("tune", "--config", task, "--config", search) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not Path("runs").exists()
+
+
+@pytest.mark.processes  # loads the model to learn the monitored metric first
+def test_a_storage_that_cannot_be_opened_is_said(task, tmp_path, capsys):
+    search = search_config(tmp_path / "search.yaml", storage="sqlite:////no/such/folder/study.db")
+    assert run_cli("tune", "--config", task, "--config", search) == 2
+    err = capsys.readouterr().err
+    assert "tune.storage 'sqlite:////no/such/folder/study.db' cannot be opened" in err and err.count("\n") == 1
+
+
+@pytest.mark.processes  # loads the model to learn the monitored metric first
+@pytest.mark.parametrize(
+    ("other", "message"),
+    [
+        ({"direction": "minimize", "monitor": "val/loss"}, "searches val/loss (minimize)"),
+        ({"direction": "maximize", "monitor": "val/accuracy", "space": '{"x": [4]}'}, "another search space"),
+    ],
+)
+def test_an_existing_study_of_another_search_loses_nothing(task, tmp_path, capsys, other, message):
+    folder = Path("runs/task/tune")
+    storage = open_storage(TuneSettings(), folder)
+    study = optuna.create_study(study_name="task", storage=storage, direction=other["direction"])
+    study.set_user_attr(study_module.MONITOR, other["monitor"])
+    if "space" in other:
+        study.set_user_attr(study_module.SPACE, other["space"])
+    before = tree_digest(folder)
+    assert run_cli("tune", "--config", task, "--config", search_config(tmp_path / "search.yaml")) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert tree_digest(folder) == before
