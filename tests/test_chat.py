@@ -237,7 +237,7 @@ def test_predict_continues_a_conversation_after_its_last_user_turn(tiny_chat_lm,
     prompt = data.tokenizer.apply_chat_template(rows[1]["messages"][:-1], tokenize=False, add_generation_prompt=True)
     example = data.datasets["predict"][1]
     assert data.tokenizer.decode(example["input_ids"]) == prompt and prompt.endswith("<|im_start|>assistant\n")
-    assert example["row"] == {"id": 1, "prompt": prompt, "gold": "1 2 3"}
+    assert example["row"] == {"id": 1, "messages": rows[1]["messages"][:-1], "prompt": prompt, "gold": "1 2 3"}
 
 
 def test_a_bad_conversation_stops_the_cli_with_a_paragraph_and_changes_nothing(tiny_chat_lm, tmp_path, capsys):

@@ -158,14 +158,23 @@ def encode_conversation(
     return tokenize_spans(tokenizer, text, spans)
 
 
-def prompt_text(tokenizer: PreTrainedTokenizerBase, conversation: Any, template: str | None) -> str:
-    """The conversation up to its last assistant turn (dropped if it ends with one), with the generation
-    prompt: what a model continues to answer it."""
+def user_turn(prompt: str) -> list[dict[str, str]]:
+    """A plain prompt as a conversation: one user message."""
+    return [{"role": "user", "content": prompt}]
+
+
+def prompt_messages(conversation: Any) -> list[dict[str, str]]:
+    """The messages a model answers: the conversation without its last turn if that is the assistant's (the
+    gold answer)."""
     messages = to_messages(conversation)
     check_turns(messages, needs_assistant=False)
-    if messages[-1]["role"] == "assistant":
-        messages.pop()
-    return render(tokenizer, messages, template, prompt=True)
+    return messages[:-1] if messages[-1]["role"] == "assistant" else messages
+
+
+def prompt_text(tokenizer: PreTrainedTokenizerBase, conversation: Any, template: str | None) -> str:
+    """The conversation up to its last assistant turn, with the generation prompt: what a model continues to
+    answer it, as `pipeline("text-generation")` renders the same messages."""
+    return render(tokenizer, prompt_messages(conversation), template, prompt=True)
 
 
 def final_answer(conversation: Any) -> str | None:

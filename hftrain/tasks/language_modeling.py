@@ -10,7 +10,7 @@ and continues a few configured prompts so the TensorBoard log shows what the mod
 
 import contextlib
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -173,8 +173,9 @@ class LanguageModeling(TaskModule):
             self.add_continued_examples(batch, rows)
 
     def add_continued_examples(self, batch: dict[str, torch.Tensor], rows: list[int]) -> None:
-        """Validation examples: each of the batch's `rows` cut after its prompt (a completion example's) or
-        half way (at most 64 tokens in), shown with its true continuation and the model's, which one
+        """Validation examples: each of the batch's `rows` (a packed row's first conversation) cut after its prompt
+        (a completion's, or a conversation's up to its first assistant reply) or half way (at most 64 tokens in),
+        shown with its true continuation (up to the end of the learnt reply) and the model's, which one
         `generate` call makes for all of them."""
         starts, golds = [], []
         for row in rows:
@@ -183,10 +184,12 @@ class LanguageModeling(TaskModule):
             else:
                 ids = batch["input_ids"][row][batch["attention_mask"][row].bool()]
             labels = batch["labels"][row][: len(ids)]
+            # a packed sequence's first label is -100 whatever it is (chat_packing): one is no prompt
             prompted = int((labels == IGNORE_INDEX).long().cumprod(0).sum())
-            cut = prompted if 0 < prompted < len(ids) else min(len(ids) // 2, 64)
+            cut = prompted if 1 < prompted < len(ids) else min(len(ids) // 2, 64)
+            answer = int((labels[cut:] != IGNORE_INDEX).long().cumprod(0).sum()) or len(ids)  # one reply's end
             starts.append(ids[:cut].tolist())
-            golds.append(ids[cut : cut + self.max_new_tokens].tolist())
+            golds.append(ids[cut : cut + min(answer, self.max_new_tokens)].tolist())
         inputs = self.tokenizer.pad({"input_ids": starts}, padding_side="left", return_tensors="pt").to(self.device)
         with self.generation_rng():
             continuations = self._continue(inputs["input_ids"], inputs["attention_mask"])
@@ -340,6 +343,9 @@ class LanguageModelingData(TaskDataModule):
             return super().read_file(path)
         is_prompts = self.predict_file is not None and path == Path(self.predict_file).expanduser()
         text = self.read_text(path)
+        if is_prompts and self.messages_column:  # each line a user's message
+            lines = split_documents(text, "line", "prompt")["prompt"]
+            return datasets.Dataset.from_dict({self.messages_column: [chat.user_turn(line) for line in lines]})
         if is_prompts:
             return split_documents(text, "line", self.prompt_column or self.text_column)
         return split_documents(text, self.text_file_documents, self.text_column)
@@ -373,6 +379,8 @@ class LanguageModelingData(TaskDataModule):
         keeps its number in its file for the messages of tokenization (after validation is held out)."""
         if self.chat_template is not None:
             self.chat_template = chat.load_template(self.chat_template)  # the text, so the cache follows edits
+            # exported with the model (hf_model/), so that pipeline("text-generation") renders messages as trained
+            self.tokenizer.chat_template = self.chat_template
         elif not self.tokenizer.chat_template:
             raise HFTrainError(
                 f"The tokenizer of '{self.tokenizer_name}' has no chat template to render data.messages_column "
@@ -404,6 +412,21 @@ class LanguageModelingData(TaskDataModule):
 
     def input_columns(self) -> list[str]:
         return [self.messages_column or self.prompt_column or self.text_column]
+
+    def predict_rows(self, inputs: list) -> list[dict]:
+        """For conversations: each input a conversation (a list of messages), a plain prompt (a string, made a
+        user's message) or a row; a list of messages alone is one conversation."""
+        if not self.messages_column:
+            return super().predict_rows(inputs)
+        if all(isinstance(item, Mapping) and self.messages_column not in item for item in inputs):
+            inputs = [inputs]
+        rows = []
+        for item in inputs:
+            if isinstance(item, Mapping):
+                rows.append(dict(item))
+            else:
+                rows.append({self.messages_column: chat.user_turn(item) if isinstance(item, str) else item})
+        return rows
 
     # ------------------------------------------------------------------ tokenization
 
@@ -452,6 +475,7 @@ class LanguageModelingData(TaskDataModule):
         if self.messages_column:
             template, conversations = self.chat_template, batch[self.messages_column]
             return {
+                "messages": [chat.prompt_messages(c) for c in conversations],
                 "prompt": [chat.prompt_text(self.tokenizer, c, template) for c in conversations],
                 "gold": [chat.final_answer(c) for c in conversations],
             }
