@@ -5,6 +5,7 @@ instantiates (with the task's tiny model) on files in the HF examples' shapes an
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +23,12 @@ from hftrain.core.errors import HFTrainError
 CONFIGS = REPO / "configs"
 # presets that are layered on top of a task config rather than used alone
 PRESET_DIRS = ("callbacks", "trainer")
-TASK_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if p.relative_to(CONFIGS).parts[0] not in PRESET_DIRS)
+SEARCH_DIR = "tune"  # search configs (`tune:` sections), layered on a task config by `hftrain tune`
+TASK_CONFIGS = sorted(
+    p for p in CONFIGS.rglob("*.yaml") if p.relative_to(CONFIGS).parts[0] not in (*PRESET_DIRS, SEARCH_DIR)
+)
 PRESETS = sorted(p for d in PRESET_DIRS for p in (CONFIGS / d).glob("*.yaml"))
+SEARCHES = sorted((CONFIGS / SEARCH_DIR).glob("*.yaml"))
 
 
 def name(path: Path) -> str:
@@ -38,6 +43,21 @@ def test_task_config_parses(config):
 @pytest.mark.parametrize("preset", PRESETS, ids=name)
 def test_preset_parses_on_top_of_a_task_config(preset):
     assert run_cli("fit", "--config", CONFIGS / "quickstart.yaml", "--config", preset, "--print_config") == 0
+
+
+@pytest.mark.parametrize("search", SEARCHES, ids=name)
+def test_search_config_reads_on_the_task_config_it_names(search, monkeypatch):
+    """A shipped search config, on the task config its comment names: its settings and space pass `hftrain tune`'s
+    checks, and every trial's fit arguments (each key at a value of its range) parse as fit parses them."""
+    from hftrain.tuning.settings import check_settings, parameter_arguments, read_arguments
+
+    monkeypatch.chdir(REPO)
+    task = re.search(r"--config (configs/(?!tune/)\S+\.yaml)", search.read_text()).group(1)
+    settings, fit_arguments, _ = read_arguments(["--config", task, "--config", str(search)])
+    for dimension in check_settings(settings, fit_arguments):
+        for value in {dimension.first(), dimension.grid()[-1] if dimension.choices else dimension.high}:
+            arguments = parameter_arguments({dimension.key: value})
+            assert run_cli("fit", *fit_arguments, *arguments, "--print_config") == 0
 
 
 # ------------------------------------------------ every task config on files in the HF examples' shapes

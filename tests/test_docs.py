@@ -9,15 +9,17 @@ documented example, without training anything or reaching the Hub:
   be valid), every option name and every value's type, and exits with status 0 after printing the resolved
   config. Nothing is loaded: files a command names as data (`--data.train_file my.csv`) and models need not
   exist, and `$VAR` / `<placeholder>` arguments stand for a path (`$T` is `hftrain.tasks`, as the migration
-  page defines it). `--help` commands run through the light help (`hftrain.command`) and must exit 0.
+  page defines it). `--help` commands run through the light help (`hftrain.command`) and must exit 0. An
+  `hftrain tune` command passes the search's own checks, and the fit of its first trial parses.
 - A ```` ```python ```` snippet **compiles**, every `import` in it imports (and names what it imports from a
   module), and every option it passes to hftrain exists: the keys of `model={…}`, `data={…}`, `trainer={…}`
-  and `checkpoint={…}` given to `hftrain.fit` / `hftrain.Run`, the keyword arguments of a task class
+  and `checkpoint={…}` given to `hftrain.fit` / `hftrain.Run` / `hftrain.tune` (and the latter's `tune={…}`
+  settings), the keyword arguments of a task class
   (`hftrain.TokenClassificationData(…)`) and of `hftrain.trainer(…)`. Options are read from source by
   `hftrain.options`, which tests/test_options.py checks against the real signatures. Snippets are not run:
   they train, and read files the reader has.
 - A ```` ```yaml ```` config block sets only options that exist: the `init_args` keys of the task classes
-  it names (of any task's, when it names none), and trainer and checkpoint keys.
+  it names (of any task's, when it names none), trainer and checkpoint keys, and `tune:` settings.
 
 Dated records under docs/benchmarks/ are history: their commands name old commits and are not checked.
 """
@@ -163,9 +165,21 @@ def test_documented_command_parses(where, env, argv, parse, monkeypatch):
         with contextlib.redirect_stdout(out):
             main(argv)
         printed = out.getvalue()
+    elif argv[:1] == ["tune"]:
+        printed = parse(tune_trial_arguments(argv[1:]))
     else:
         printed = parse(argv)
     assert printed.strip(), f"{where}: `hftrain {' '.join(argv)}` printed nothing"
+
+
+def tune_trial_arguments(argv: list[str]) -> list[str]:
+    """`hftrain tune`'s arguments checked as the search checks them, then as the fit of its first trial (each key
+    of the space at a value of its range), which `parse` reads."""
+    from hftrain.tuning.settings import check_settings, parameter_arguments, read_arguments
+
+    settings, fit_arguments, _ = read_arguments(argv)
+    first = {dimension.key: dimension.first() for dimension in check_settings(settings, fit_arguments)}
+    return ["fit", *fit_arguments, *parameter_arguments(first)]
 
 
 # ---------------------------------------------------------------------------------------------- snippets
@@ -222,14 +236,23 @@ def snippet_problems(source: str) -> list[str]:
             elif name == "trainer":
                 if keyword.arg not in trainer_arguments:
                     problems.append(f"hftrain.trainer has no argument {keyword.arg}")
-            elif name in ("fit", "Run"):
-                if keyword.arg not in SECTIONS:
+            elif name in ("fit", "Run", "tune"):
+                if keyword.arg == "tune" and name == "tune":
+                    problems += tune_problems(keyword.value)
+                elif keyword.arg not in SECTIONS:
                     problems.append(f"hftrain.{name} has no section {keyword.arg}")
                 elif isinstance(keyword.value, ast.Dict):
                     for key in keyword.value.keys:
                         if isinstance(key, ast.Constant) and key.value not in known[keyword.arg]:
                             problems.append(f"{keyword.arg} has no option {key.value}")
     return problems
+
+
+def tune_problems(section: ast.expr | dict) -> list[str]:
+    """The settings a `tune` section (a snippet's dict, a config's mapping) names that the search lacks."""
+    known = {o.name for o in options.tune_options()}
+    keys = [k.value for k in section.keys if isinstance(k, ast.Constant)] if isinstance(section, ast.Dict) else section
+    return [f"tune has no setting {key}" for key in keys or {} if key not in known]
 
 
 @pytest.mark.parametrize(("where", "source"), SNIPPETS, ids=[s[0] for s in SNIPPETS])
@@ -242,6 +265,9 @@ def test_the_snippet_check_catches_a_renamed_option():
     """What the check is for: an option that no longer exists, in each place a snippet can pass one."""
     assert snippet_problems('import hftrain\nhftrain.fit("c.yaml", model={"learning_rat": 1e-4})') == [
         "model has no option learning_rat"
+    ]
+    assert snippet_problems('import hftrain\nhftrain.tune("c.yaml", tune={"n_trial": 4})') == [
+        "tune has no setting n_trial"
     ]
     assert snippet_problems("import hftrain\nhftrain.trainer(max_epoch=2)") == [
         "hftrain.trainer has no argument max_epoch"
@@ -272,7 +298,7 @@ def config_problems(text: str) -> list[str]:
         problems += [f"{section} has no option {key}" for key in part.get("init_args") or {} if key not in names]
     for section in ("trainer", "checkpoint"):
         problems += [f"{section} has no option {key}" for key in config.get(section) or {} if key not in known[section]]
-    return problems
+    return problems + tune_problems(config.get("tune") or {})
 
 
 CONFIGS = [(f"{page.relative_to(REPO)}:{line}", block) for page, line, block in _blocks({"yaml"})]
@@ -287,6 +313,7 @@ def test_the_config_check_catches_a_renamed_option():
     block = "model:\n  class_path: hftrain.tasks.text_classification.TextClassification\n  init_args:\n"
     assert config_problems(block + "    learning_rat: 1.0e-4\n") == ["model has no option learning_rat"]
     assert config_problems("trainer:\n  max_epoch: 3\n") == ["trainer has no option max_epoch"]
+    assert config_problems("tune:\n  n_trial: 3\n") == ["tune has no setting n_trial"]
 
 
 # ------------------------------------------------------------------------------------------------- links

@@ -2,17 +2,20 @@
 bad search configs are refused in one paragraph before anything is written."""
 
 import csv
+import json
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
 from conftest import sentiment_rows, write_csv
-from helpers import classification_config, run_cli, tree_digest
+from helpers import CPU_DDP, classification_config, hftrain_ok, run_cli, tree_digest
+from lightning.pytorch.callbacks import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 import hftrain
+from hftrain.core import runs
 from hftrain.tuning import outputs
 from hftrain.tuning import study as study_module
 from hftrain.tuning.settings import TuneSettings
@@ -129,3 +132,56 @@ def test_an_existing_study_of_another_search_loses_nothing(task, tmp_path, capsy
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
     assert tree_digest(folder) == before
+
+
+class RecordRankValues(Callback):
+    """Test scaffolding: each rank writes the values its trial trained with and the step it stopped at."""
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        folder = Path(runs.run_folder(trainer))  # every rank asks (a broadcast)
+        record = {
+            "learning_rate": pl_module.learning_rate,
+            "batch_size": trainer.datamodule.batch_size,
+            "global_step": trainer.global_step,
+        }
+        (folder / f"rank_{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+@pytest.mark.processes  # two DDP processes on CPU
+def test_ddp_trials_use_rank_zeros_values_and_stop_together_when_pruned(tiny_bert, tmp_path):
+    """Lightning's launcher re-runs `hftrain tune` for rank 1: it must train rank 0's trial with rank 0's values,
+    and stop at the validation where rank 0's pruner stopped it. The grid's order under this seed runs the small
+    learning rate first; the large one then has a worse validation loss and is pruned before its last epoch."""
+    files = {
+        "train": str(write_csv(tmp_path / "train.csv", sentiment_rows(48, seed=1))),
+        "validation": str(write_csv(tmp_path / "dev.csv", sentiment_rows(16, seed=2))),
+    }
+    callbacks = [{"class_path": "test_tune.RecordRankValues"}]
+    task = classification_config(
+        tmp_path / "task.yaml",
+        tiny_bert,
+        files,
+        trainer__limit_train_batches=2,
+        trainer__max_epochs=3,
+        trainer__callbacks=callbacks,
+        checkpoint__monitor="val/loss",
+        checkpoint__mode="min",
+    )
+    search = tmp_path / "search.yaml"
+    space = {"model.learning_rate": [1.0e-2, 1.0], "data.batch_size": [8]}
+    settings = {"n_trials": 2, "sampler": "grid", "seed": 1, "space": space, "pruner_options": {"n_startup_trials": 1}}
+    search.write_text(yaml.safe_dump({"tune": settings}))
+    output = hftrain_ok("tune", "--config", task, "--config", search, *CPU_DDP, "--trainer.devices", 2)
+    study = Path("runs/task/tune")
+    trials = optuna.load_study(study_name="task", storage=open_storage(TuneSettings(), study)).trials
+    assert [(t.state.name, t.params["model.learning_rate"]) for t in trials] == [("COMPLETE", 1e-2), ("PRUNED", 1.0)]
+    for trial in trials:
+        folder = study / f"trial_{trial.number}"
+        ranks = [json.loads((folder / f"rank_{rank}.json").read_text()) for rank in (0, 1)]
+        assert ranks[0] == ranks[1]  # the same values, and the same last step
+        assert ranks[0]["learning_rate"] == trial.params["model.learning_rate"]
+        validations = max(trial.intermediate_values)
+        assert ranks[0]["global_step"] == 2 * validations  # 2 steps an epoch, stopped at its last validation
+        assert validations == 3 if trial.state.name == "COMPLETE" else validations < 3
+        assert (folder / "results.json").is_file()
+    assert output.count("Study folder:") == 1  # rank 1 ran the trials, and left the study to rank 0

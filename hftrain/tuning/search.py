@@ -32,7 +32,7 @@ from hftrain.core.signals import RunInterrupted
 from hftrain.tuning import outputs, ranks
 from hftrain.tuning.pruning import TrialPruning
 from hftrain.tuning.settings import Dimension, TuneSettings, check_settings, parameter_arguments, read_arguments
-from hftrain.tuning.study import claim_trial, open_storage, open_study
+from hftrain.tuning.study import claim_trial, grid_size, open_storage, open_study
 
 STUDY_DIR = "tune"  # runs/<name>/tune/
 MAX_FAILURES_IN_A_ROW = 3  # trials that failed on their own (a NaN loss): the search goes on, unless all of them do
@@ -53,6 +53,11 @@ class Search:
         self.name = settings.study_name or _run_name(fit_arguments)
         self.folder = Path(runs.RUNS_DIR) / self.name / STUDY_DIR
         self.study: optuna.Study | None = None
+        self.n_trials = settings.n_trials
+        if settings.sampler == "grid" and grid_size(self.space) < self.n_trials:
+            self.n_trials = grid_size(self.space)
+            if ranks.is_rank_zero():
+                print(f"The grid has {self.n_trials} points: the search runs {self.n_trials} trials.", flush=True)
         self._failures = 0
 
     # ------------------------------------------------------------------ the study (rank 0)
@@ -74,7 +79,7 @@ class Search:
     def next_trial(self) -> dict[str, Any] | None:
         """The next trial to run, as every rank receives it (number, values, checkpoint to resume from), or None
         when the study holds `n_trials`. Rank 0 only."""
-        trial = claim_trial(self.study, self.settings.n_trials)
+        trial = claim_trial(self.study, self.n_trials)
         if trial is None:
             return None
         params = {d.key: _suggest(trial, d) for d in self.space}
@@ -129,7 +134,7 @@ class Search:
         outputs.write_summary(self.study, self.folder)
         outputs.free_disk(self.study, self.settings.keep)
         frozen = next(t for t in self.study.get_trials(deepcopy=False) if t.number == number)
-        print(outputs.progress_line(self.study, self.settings.n_trials, frozen), flush=True)
+        print(outputs.progress_line(self.study, self.n_trials, frozen), flush=True)
         return state
 
     def _tell(self, trial: optuna.Trial, folder: Path, pruned: bool) -> TrialState:

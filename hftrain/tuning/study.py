@@ -46,11 +46,19 @@ def open_storage(settings: TuneSettings, study_dir: Path) -> BaseStorage:
         ) from None
 
 
+class GridOnce(optuna.samplers.GridSampler):
+    """Optuna's grid sampler, without its stop when the grid is run through: that stop is for `study.optimize`, and
+    raises in a search that asks and tells. The search's budget, at most the grid's size, ends it instead."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
+
+
 def sampler_of(settings: TuneSettings, space: Sequence[Dimension]) -> optuna.samplers.BaseSampler:
     options = dict(settings.sampler_options)
     try:
         if settings.sampler == "grid":
-            return optuna.samplers.GridSampler({d.key: d.grid() for d in space}, seed=settings.seed, **options)
+            return GridOnce({d.key: d.grid() for d in space}, seed=settings.seed, **options)
         if settings.sampler == "random":
             return optuna.samplers.RandomSampler(seed=settings.seed, **options)
         return optuna.samplers.TPESampler(seed=settings.seed, **options)
