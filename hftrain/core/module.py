@@ -171,15 +171,19 @@ class TaskModule(LightningModule, metaclass=ABCMeta):
         """Every stage that has metrics: the validation sets and `test`."""
         return [*self.val_stages, "test"]
 
-    def load_pretrained(self, auto_class: type, **config_overrides: Any) -> PreTrainedModel:
-        """Load `model_name_or_path` with `auto_class`, overriding config fields (labels, problem type); the
-        weights that did not come from it are kept in `load_report` for the run's first lines."""
+    def load_pretrained(
+        self, auto_class: type, loading: dict[str, Any] | None = None, **config_overrides: Any
+    ) -> PreTrainedModel:
+        """Load `model_name_or_path` with `auto_class`, overriding config fields (labels, problem type), with
+        `loading` options for `from_pretrained` (a quantization); the weights that did not come from it are kept
+        in `load_report` for the run's first lines."""
         model, self.load_report = load_model(
             auto_class,
             self.model_name_or_path,
             self.revision,
             self.trust_remote_code,
             self.ignore_mismatched_sizes,
+            loading=loading,
             **config_overrides,
         )
         if self.gradient_checkpointing:

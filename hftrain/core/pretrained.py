@@ -58,10 +58,12 @@ def load_model(
     revision: str | None = None,
     trust_remote_code: bool = False,
     ignore_mismatched_sizes: bool = False,
+    loading: dict[str, Any] | None = None,
     **config_overrides: Any,
 ) -> tuple[PreTrainedModel, dict[str, list[str]]]:
     """Load `name` with `auto_class` (`AutoModelForSequenceClassification`, …), overriding config fields
-    (labels, problem type), in training mode.
+    (labels, problem type), in training mode; `loading` adds options of `from_pretrained` (a quantization
+    config and its device map).
 
     The weights are loaded in float32 whatever the checkpoint holds: transformers 5 keeps a bf16 or fp16
     checkpoint's dtype, and AdamW on half-precision weights loses most small updates. Mixed precision
@@ -82,6 +84,7 @@ def load_model(
             dtype=torch.float32,
             output_loading_info=True,
             **options,
+            **(loading or {}),
         )
     except OSError as err:
         where = (

@@ -9,7 +9,6 @@ and continues a few configured prompts so the TensorBoard log shows what the mod
 """
 
 import contextlib
-import copy
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,8 @@ from hftrain.core.errors import HFTrainError
 from hftrain.core.generation import log_text_table, set_generation_config
 from hftrain.core.losses import IGNORE_INDEX
 from hftrain.core.module import Stage, TaskModule
-from hftrain.core.pretrained import require_eos
-from hftrain.tasks import chat_packing
+from hftrain.core.pretrained import load_model, require_eos
+from hftrain.tasks import chat_packing, lora
 from hftrain.tasks import chat_processing as chat
 
 SOURCE_ROW = "hftrain_source_row"  # a conversation's row in its file, for the messages that name it
@@ -59,7 +58,11 @@ class LanguageModeling(TaskModule):
         lora_alpha: LoRA scale: the adapters' update is multiplied by lora_alpha / lora_rank.
         lora_dropout: Dropout on the adapters' input.
         lora_target_modules: Names of the layers that get adapters (`[c_attn]` for GPT-2, `[q_proj, v_proj]`
-            for Llama); unset, peft's default for the architecture.
+            for Llama), or `all-linear` for every linear layer but the output head (as QLoRA does); unset, peft's
+            default for the architecture.
+        load_in_4bit: Load the base weights quantized to 4 bits (NF4, bf16 compute) and train LoRA adapters on
+            them: QLoRA. Needs `lora_rank`, a CUDA GPU and `pip install 'hftrain[qlora]'`; the export merges the
+            adapters into the base loaded again in full precision.
     """
 
     pipeline_tag: ClassVar[str] = "text-generation"
@@ -73,7 +76,8 @@ class LanguageModeling(TaskModule):
     lora_rank: int | None = None
     lora_alpha: float = 16.0
     lora_dropout: float = 0.05
-    lora_target_modules: list[str] | None = None
+    lora_target_modules: lora.TargetModules = None
+    load_in_4bit: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -89,7 +93,13 @@ class LanguageModeling(TaskModule):
             )
         # generation happens in the module (validation samples, predict), so it needs the model's tokenizer
         self.tokenizer = require_eos(self.load_tokenizer(pad_with_eos=True), self.model_name_or_path, LM_EOS_USE)
-        model = self.load_pretrained(AutoModelForCausalLM, pad_token_id=self.tokenizer.pad_token_id)
+        if self.load_in_4bit and not self.lora_rank:
+            raise HFTrainError(
+                "model.load_in_4bit is set without model.lora_rank: 4-bit weights cannot be trained themselves. "
+                "Set model.lora_rank (e.g. 16) to train LoRA adapters on them (QLoRA), or unset model.load_in_4bit."
+            )
+        loading = lora.quantized_loading(self.load_in_4bit)
+        model = self.load_pretrained(AutoModelForCausalLM, loading=loading, pad_token_id=self.tokenizer.pad_token_id)
         # greedy decoding clears the pretrained sampling settings: transformers refuses to save both
         sampling = {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
         set_generation_config(
@@ -100,43 +110,21 @@ class LanguageModeling(TaskModule):
             pad_token_id=self.tokenizer.pad_token_id,
             **(sampling if self.do_sample else dict.fromkeys(sampling)),
         )
-        self.model = self._add_lora(model) if self.lora_rank else model
+        if self.lora_rank:
+            model = lora.add_lora(
+                model,
+                self.model_name_or_path,
+                self.lora_rank,
+                self.lora_alpha,
+                self.lora_dropout,
+                self.lora_target_modules,
+                self.gradient_checkpointing,
+                quantized=self.load_in_4bit,
+            )
+        self.model = model
         self.isolation_checked = False  # whether the model was seen to keep packed conversations apart
         self.monitor = "val/perplexity"
         self.monitor_mode = "min"
-
-    def _add_lora(self, model: PreTrainedModel):
-        try:
-            from peft import LoraConfig, get_peft_model
-        except ImportError as err:
-            raise HFTrainError(
-                "model.lora_rank is set but peft is not installed: run `pip install 'hftrain[lora]'` (or "
-                "`pip install peft`), or unset model.lora_rank to train all weights."
-            ) from err
-        if self.gradient_checkpointing:
-            # the frozen embeddings would otherwise give checkpointed blocks no input that needs a gradient
-            model.enable_input_require_grads()
-        config = LoraConfig(
-            task_type="CAUSAL_LM",
-            r=self.lora_rank,
-            lora_alpha=self.lora_alpha,
-            lora_dropout=self.lora_dropout,
-            target_modules=self.lora_target_modules,
-        )
-        try:
-            return get_peft_model(model, config)
-        except ValueError as err:
-            layers = sorted(
-                {
-                    name.rsplit(".", 1)[-1]
-                    for name, m in model.named_modules()
-                    if type(m).__name__ in ("Linear", "Conv1D")
-                }
-            )
-            raise HFTrainError(
-                f"Could not add LoRA adapters to '{self.model_name_or_path}': {err}. Set "
-                f"model.lora_target_modules to some of its layer names: {', '.join(layers)}."
-            ) from err
 
     def forward(self, **batch: torch.Tensor):
         """The model's outputs; a batch of packed conversations goes through transformers' packed-sequence path
@@ -237,14 +225,23 @@ class LanguageModeling(TaskModule):
     # ------------------------------------------------------------------ export
 
     def exported_model(self, weights: dict[str, torch.Tensor] | None) -> tuple[PreTrainedModel, dict | None]:
-        """With LoRA, a copy with the adapters merged into the weights, so the export loads without peft. The
-        module keeps its adapters (a `test` may follow the fit)."""
+        """With LoRA, a copy with the adapters merged into the weights (for QLoRA, into the base loaded again in
+        full precision), so the export loads without peft."""
         if self.lora_rank is None:
             return self.model, weights
-        adapted = copy.deepcopy(self.model)
-        if weights is not None:
-            adapted.load_state_dict(weights)
-        return adapted.merge_and_unload(), None
+        load_base = self._full_precision_base if self.load_in_4bit else None
+        return lora.merged_model(self.model, weights, load_base), None
+
+    def _full_precision_base(self) -> PreTrainedModel:
+        model, _ = load_model(
+            AutoModelForCausalLM,
+            self.model_name_or_path,
+            self.revision,
+            self.trust_remote_code,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        model.generation_config = self.model.generation_config
+        return model
 
 
 @dataclass
