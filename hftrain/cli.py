@@ -266,6 +266,7 @@ class HFTrainCLI(LightningCLI):
         parser.link_arguments("data.label_names", "model.init_args.label_names", apply_on="instantiate")
         parser.link_arguments("data.problem_type", "model.init_args.problem_type", apply_on="instantiate")
         parser.link_arguments("data.validation_sets", "model.init_args.validation_sets", apply_on="instantiate")
+        parser.link_arguments("data.end_of_turn", "model.init_args.end_of_turn", apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         try:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from helpers import run_cli, write_jsonl
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_chat import chat_config, conversations
+from test_chat import FAMILIES, chat_config, chat_data, conversations
 
 from hftrain.cli import HFTrainCLI
 from hftrain.tasks.language_modeling import LanguageModeling, LanguageModelingData
@@ -32,7 +32,12 @@ def test_predict_answers_conversations_and_plain_prompts_as_the_pipeline_does(ti
         chat_template=str(template),
         validation_split_percentage=0,
     )
-    module = LanguageModeling(model_name_or_path=tiny_chat_lm, do_sample=False, max_new_tokens=8)
+    assert data.end_of_turn == "<|im_end|>"
+    module = LanguageModeling(
+        model_name_or_path=tiny_chat_lm, do_sample=False, max_new_tokens=8, end_of_turn=data.end_of_turn
+    )
+    im_end = data.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert module.model.generation_config.eos_token_id == [data.tokenizer.eos_token_id, im_end]
     answered = [*CONVERSATION, {"role": "assistant", "content": "4 5 6"}]
     records = module.predict([CONVERSATION, "4 5", answered], data)
     assert [r["messages"] for r in records] == [CONVERSATION, [{"role": "user", "content": "4 5"}], CONVERSATION]
@@ -49,6 +54,13 @@ def test_predict_answers_conversations_and_plain_prompts_as_the_pipeline_does(ti
     for record in records[:2]:
         [answer] = generator(record["messages"])  # greedy, 8 new tokens: the exported generation config
         assert answer["generated_text"] == [*record["messages"], {"role": "assistant", "content": record["completion"]}]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_reply_ends_at_the_templates_end_of_turn_token(family, tiny_chat_lm, tmp_path):
+    template, end = FAMILIES[family]
+    data = chat_data(tiny_chat_lm, write_jsonl(tmp_path / "train.jsonl", conversations(2)), chat_template=template)
+    assert data.end_of_turn == (end or data.tokenizer.eos_token)
 
 
 @pytest.mark.processes  # a fit, then predict through the CLI
@@ -86,6 +98,8 @@ def test_validation_logs_sample_replies_and_cli_predict_answers_plain_prompts(ti
         [{"role": "user", "content": "count from 3"}],
         [{"role": "user", "content": "7 8"}],
     ]
+    im_end = fit.datamodule.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert im_end in json.loads((run / "hf_model" / "generation_config.json").read_text())["eos_token_id"]
     generator = pipeline("text-generation", model=str(run / "hf_model"), device="cpu")
     assert any(p["completion"].strip() for p in predictions)
     for p in predictions:

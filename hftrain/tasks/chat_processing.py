@@ -128,6 +128,19 @@ def assistant_spans(
     return text, spans
 
 
+def end_of_turn_token(tokenizer: PreTrainedTokenizerBase, template: str | None, end_of_turn: re.Pattern) -> str | None:
+    """The special token that closes an assistant turn in the template's rendering (`<|im_end|>`, `<|eot_id|>`,
+    `<end_of_turn>`, `</s>` …), found on a probe conversation; None where the template renders none there."""
+    probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    try:
+        text, [(start, end)] = assistant_spans(tokenizer, probe, template, "assistant", end_of_turn)
+    except ConversationError:
+        return None
+    specials = {*tokenizer.all_special_tokens, *tokenizer.get_added_vocab()}
+    markup = tokenizer.tokenize(text[start + len("Hello") : end])
+    return next((token for token in markup if token in specials), None)
+
+
 def tokenize_spans(
     tokenizer: PreTrainedTokenizerBase, text: str, spans: Sequence[tuple[int, int]]
 ) -> tuple[list[int], list[int]]:

@@ -63,6 +63,9 @@ class LanguageModeling(TaskModule):
         load_in_4bit: Load the base weights quantized to 4 bits (NF4, bf16 compute) and train LoRA adapters on
             them: QLoRA. Needs `lora_rank`, a CUDA GPU and `pip install 'hftrain[qlora]'`; the export merges the
             adapters into the base loaded again in full precision.
+        end_of_turn: A token that also ends generation, besides EOS: the chat template's end of an assistant turn
+            (`<|im_end|>` …), so that a reply stops there. Set by the CLI from the data; in Python pass
+            `data.end_of_turn`.
     """
 
     pipeline_tag: ClassVar[str] = "text-generation"
@@ -78,6 +81,7 @@ class LanguageModeling(TaskModule):
     lora_dropout: float = 0.05
     lora_target_modules: lora.TargetModules = None
     load_in_4bit: bool = False
+    end_of_turn: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -108,6 +112,7 @@ class LanguageModeling(TaskModule):
             max_new_tokens=self.max_new_tokens,
             do_sample=self.do_sample,
             pad_token_id=self.tokenizer.pad_token_id,
+            **self._stop_tokens(model),
             **(sampling if self.do_sample else dict.fromkeys(sampling)),
         )
         if self.lora_rank:
@@ -125,6 +130,21 @@ class LanguageModeling(TaskModule):
         self.isolation_checked = False  # whether the model was seen to keep packed conversations apart
         self.monitor = "val/perplexity"
         self.monitor_mode = "min"
+
+    def _stop_tokens(self, model: PreTrainedModel) -> dict[str, list[int]]:
+        """The generation setting that stops a reply at `end_of_turn` too (none without one): the model's own
+        EOS ids, with the end of turn's added."""
+        if self.end_of_turn is None:
+            return {}
+        token = self.tokenizer.convert_tokens_to_ids(self.end_of_turn)
+        if token is None or token == self.tokenizer.unk_token_id:
+            raise HFTrainError(
+                f"model.end_of_turn '{self.end_of_turn}' is not a token of the tokenizer of "
+                f"'{self.model_name_or_path}'. Give one of its special tokens, or leave it unset."
+            )
+        eos = model.generation_config.eos_token_id
+        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        return {"eos_token_id": eos + [token] if token not in eos else eos}
 
     def forward(self, **batch: torch.Tensor):
         """The model's outputs; a batch of packed conversations goes through transformers' packed-sequence path
@@ -323,6 +343,15 @@ class LanguageModelingData(TaskDataModule):
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
         return require_eos(super().tokenizer, self.tokenizer_name, LM_EOS_USE)
+
+    @property
+    def end_of_turn(self) -> str | None:
+        """The token that closes the chat template's assistant turns (none without conversations), where a reply
+        ends: the CLI links it to `model.end_of_turn`."""
+        if not self.messages_column:
+            return None
+        template = chat.load_template(self.chat_template) if self.chat_template else None
+        return chat.end_of_turn_token(self.tokenizer, template, chat.end_of_turn_pattern(self.tokenizer))
 
     @property
     def collator(self) -> CausalLMCollator:
