@@ -111,3 +111,42 @@ class FillDisk(Callback):
         if trainer.global_step == self.step and not self.ballast.exists():
             free = shutil.disk_usage(self.ballast.parent).free
             self.ballast.write_bytes(b"\0" * max(0, free - self.leave))
+
+
+def first_to_claim(marker: Path, owner: str) -> bool:
+    """Whether `owner` holds `marker`: the first caller creates it (an exclusive create, atomic also across the
+    processes of a job) and writes its name; later callers with the same owner hold it too, others do not."""
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        for _ in range(100):  # the creator may not have written its name yet
+            if text := marker.read_text():
+                return text == owner
+            time.sleep(0.01)
+        return False
+    os.write(fd, owner.encode())
+    os.close(fd)
+    return True
+
+
+class KillOnceAtStep(Callback):
+    """SIGKILL this process right after optimizer step `step`, only in the first process to get there (it creates
+    `marker`): the resumed trial, the other trials and a reference run with the same config go on undisturbed."""
+
+    def __init__(self, step: int, marker: str) -> None:
+        self.step, self.marker = step, Path(marker)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and first_to_claim(self.marker, str(os.getpid())):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class PauseOnceInOptimizerStep(PauseInOptimizerStep):
+    """PauseInOptimizerStep in the first SLURM job whose ranks get there (it writes its job id to
+    `ready_dir/job`), in that job's first run: a test then knows which worker of a job array to requeue mid-step,
+    and the other workers, the requeued run and a reference run go on undisturbed."""
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        job = os.environ.get("SLURM_JOB_ID", "")
+        if trainer.global_step == self.step and first_to_claim(self.ready_dir / "job", job):
+            super().on_before_optimizer_step(trainer, pl_module, optimizer)

@@ -1,0 +1,235 @@
+"""Faults in a search: a trial whose worker died (SIGKILL, a lost node, a preempted or requeued SLURM job) is
+taken over by exactly one worker and resumed from its own run folder, as `hftrain fit --ckpt_path last` resumes
+a run, so the study ends with exactly `n_trials` complete or pruned trials.
+
+Optuna's engine does the bookkeeping; this module adds what it lacks:
+
+- A heartbeat for the journal file. Optuna 5.1 has heartbeats (`heartbeat_interval`, `grace_period`,
+  `fail_stale_trials`) only for `RDBStorage`; `JournalStorage`, our default, has none, so a killed worker's trial
+  stayed RUNNING for ever. `JournalHeartbeatStorage` records the heartbeat as a trial system attribute (a line
+  of the journal) and gives Optuna's `fail_stale_trials` the same two methods the RDB storage has.
+- The takeover keeps Optuna's exactly-once steps: `fail_stale_trials` moves a stale trial from RUNNING to FAIL,
+  which only one worker can do (the journal's replay order, the database's row lock), and only that worker's
+  `RetryInTrialFolder` queues the trial again as WAITING, with its parameters, intermediate values and run folder
+  (the retry keeps the failed trial's user attributes). Popping a WAITING trial is Optuna's other exactly-once
+  step, so exactly one worker resumes it. The failed attempt stays in the study as FAIL: it counts for nothing.
+- A requeued SLURM job takes its own trial back at once (`release_own_trials`): Slurm starts a requeued job only
+  after all its processes ended, so the job knows its earlier run is gone without waiting for the grace period.
+- The resume point: the newest of `last.ckpt` and a SLURM requeue checkpoint in the trial's folder
+  (`runs.newest_resume_point`, as a requeued `fit` job finds it).
+- A worker that lost its trial (it could not record a heartbeat for longer than the grace period, and another
+  worker took the trial over) stops at once without saving (`Heartbeat`), so two workers never write one folder.
+"""
+
+import copy
+import os
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import optuna
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._heartbeat import BaseHeartbeat, fail_stale_trials
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from hftrain.core.runs import newest_resume_point
+
+HEARTBEAT = "hftrain:heartbeat"  # journal trials: time.time() of the latest heartbeat
+WORKER = "hftrain:worker"  # the SLURM job (its own id, also for an array task) that runs the trial, None elsewhere
+RETRIED = "failed_trial"  # Optuna's retry callback's attribute: the number of the trial a retry continues
+WORKER_ATTRS = (HEARTBEAT, WORKER)  # belong to one attempt of a trial, not copied into its retry
+
+# a search whose ranks agree on each trial asks and tells instead of `Study.optimize`, and starts the heartbeat
+# itself (`Heartbeat`); the retry callback is experimental since Optuna 2.8 and the way Optuna's docs retry
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+warnings.filterwarnings("ignore", message="RetryHeartbeatStaleTrialCallback is experimental")
+
+StaleTrialCallback = Callable[[optuna.Study, FrozenTrial], None]
+
+
+class RetryInTrialFolder(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a stale trial, queued WAITING with its parameters, user attributes (the run folder among
+    them) and intermediate values, so the retry resumes the trial where it stopped and prunes on its whole
+    history. The failed attempt's heartbeat and worker are left behind: they describe a worker that is gone."""
+
+    def __init__(self) -> None:
+        super().__init__(max_retry=None, inherit_intermediate_values=True)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        trial = copy.deepcopy(trial)
+        trial.system_attrs = {k: v for k, v in trial.system_attrs.items() if k not in WORKER_ATTRS}
+        super().__call__(study, trial)
+
+
+class JournalHeartbeatStorage(JournalStorage, BaseHeartbeat):
+    """Optuna's journal file with the heartbeat its RDB storage has. A trial's last sign of life is the newer of
+    its latest heartbeat and its start (a retry just popped has no heartbeat yet); a RUNNING trial silent for
+    longer than `grace_period` seconds is stale. Times are each worker's clock: the nodes' clocks must agree to
+    much better than the grace period (NTP does), as they must for Optuna's SQLite storage."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        heartbeat_interval: int,
+        grace_period: int | None = None,
+        stale_trial_callback: StaleTrialCallback | None = None,
+    ) -> None:
+        super().__init__(JournalFileBackend(str(path)))
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period or 2 * heartbeat_interval
+        self.stale_trial_callback = stale_trial_callback
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        self.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        now = time.time()
+        running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+        return [t._trial_id for t in running if now - last_sign_of_life(t) > self.grace_period]
+
+    def get_heartbeat_interval(self) -> int:
+        return self.heartbeat_interval
+
+    def get_heartbeat_stale_trial_callback(self) -> StaleTrialCallback | None:
+        return self.stale_trial_callback
+
+
+def last_sign_of_life(trial: FrozenTrial) -> float:
+    """When a journal trial was last known to run: its latest heartbeat, or its start if that is newer."""
+    started = trial.datetime_start.timestamp() if isinstance(trial.datetime_start, datetime) else 0.0
+    return max(float(trial.system_attrs.get(HEARTBEAT, 0.0)), started)
+
+
+def open_storage(location: str, heartbeat_interval: int, grace_period: int | None = None) -> BaseStorage:
+    """The study's storage with heartbeats on: an RDB URL (`sqlite:///…`, `postgresql://…`) through Optuna's
+    `RDBStorage`, anything else as the path of a journal file. Stale trials are queued again in their folder."""
+    retry = RetryInTrialFolder()
+    if "://" in location:
+        return RDBStorage(
+            location,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=retry,
+        )
+    return JournalHeartbeatStorage(location, heartbeat_interval, grace_period, retry)
+
+
+def this_worker() -> str | None:
+    """The SLURM job this process belongs to (an array task's own id, kept when the job is requeued), else None."""
+    return str(SLURMEnvironment.job_id()) if SLURMEnvironment.detect() else None
+
+
+def grace_period(storage: BaseStorage) -> float:
+    """Seconds of silence after which a RUNNING trial counts as stale (Optuna's default: two heartbeats)."""
+    interval = storage.get_heartbeat_interval() if isinstance(storage, BaseHeartbeat) else None
+    if interval is None:
+        return float("inf")
+    return getattr(storage, "grace_period", None) or 2 * interval
+
+
+def fail_and_retry(study: optuna.Study, trials: list[FrozenTrial]) -> list[int]:
+    """Move each trial from RUNNING to FAIL and queue its retry; the numbers of the trials this worker moved. A
+    trial another worker moved first is left to it (the storage lets only one worker make the move)."""
+    moved = []
+    for trial in trials:
+        try:
+            if study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                moved.append(trial)
+        except UpdateFinishedTrialError:
+            continue
+    for trial in moved:
+        RetryInTrialFolder()(study, study._storage.get_trial(trial._trial_id))
+    return [t.number for t in moved]
+
+
+def release_own_trials(study: optuna.Study, worker: str | None = None) -> list[int]:
+    """Queue again the trials this SLURM job was running when it was requeued (or preempted and requeued): its
+    earlier processes have ended, so they are resumed at once instead of after the grace period."""
+    worker = worker or this_worker()
+    if worker is None:
+        return []
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return fail_and_retry(study, [t for t in running if t.system_attrs.get(WORKER) == worker])
+
+
+def take_over_stale_trials(study: optuna.Study) -> None:
+    """Before a worker asks for a trial: queue again its own requeued SLURM job's trials and every stale trial
+    (Optuna's `fail_stale_trials`, whose retry callback is `RetryInTrialFolder`)."""
+    release_own_trials(study)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        fail_stale_trials(study)
+
+
+def claim(trial: optuna.Trial) -> None:
+    """Mark a trial just asked for as this worker's: its SLURM job (for `release_own_trials`) and a first
+    heartbeat."""
+    trial.storage.set_trial_system_attr(trial._trial_id, WORKER, this_worker())
+    if isinstance(trial.storage, BaseHeartbeat) and trial.storage.get_heartbeat_interval() is not None:
+        trial.storage.record_heartbeat(trial._trial_id)
+
+
+def retried_trial(trial: optuna.Trial) -> int | None:
+    """The number of the trial this one continues (the first of a series of retries), None for a new trial."""
+    return trial.storage.get_trial_system_attrs(trial._trial_id).get(RETRIED)
+
+
+def resume_point(run_dir: str | Path | None) -> Path | None:
+    """The checkpoint a retried trial resumes from: the newest of `last.ckpt` and a SLURM requeue checkpoint in
+    its run folder, None when it saved none yet (it then starts over, in its own folder)."""
+    return newest_resume_point(run_dir) if run_dir is not None and Path(run_dir).is_dir() else None
+
+
+def running_elsewhere(study: optuna.Study) -> list[FrozenTrial]:
+    """The trials other workers are running (not stale yet): a worker with nothing left to start waits for them,
+    since any of them may go stale and need it."""
+    return study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+
+
+class Heartbeat:
+    """Record a trial's heartbeat every `heartbeat_interval` seconds while it runs (rank 0 of the trial), as
+    `Study.optimize` does for its own trials; a search that asks and tells for its ranks starts it itself.
+
+    After each heartbeat it checks the trial is still RUNNING. It no longer is when this worker could not record a
+    heartbeat for longer than the grace period (a frozen node, a storage outage) and another worker took the trial
+    over: the process then exits at once with status 75 (EX_TEMPFAIL), without saving, since the new owner writes
+    the trial's folder now.
+    """
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.storage, self.trial_id = trial.storage, trial._trial_id
+        self.interval = self.storage.get_heartbeat_interval() if isinstance(self.storage, BaseHeartbeat) else None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="hftrain-heartbeat", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        if self.interval is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(timeout=self.interval):
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+                taken = self.storage.get_trial(self.trial_id).state != TrialState.RUNNING
+            except UpdateFinishedTrialError:
+                taken = True
+            if taken and not self._stop.is_set():
+                number = self.storage.get_trial(self.trial_id).number
+                os.write(
+                    2,
+                    f"\nTrial {number} was taken over by another worker (this one went silent for longer "
+                    "than the grace period): stopping without saving.\n".encode(),
+                )
+                os._exit(75)
