@@ -35,10 +35,11 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import BaseHeartbeat, fail_stale_trials
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import BaseJournalBackend, JournalFileBackend, JournalFileOpenLock
 from optuna.trial import FrozenTrial, TrialState
 
 from hftrain.core.runs import newest_resume_point
+from hftrain.core.signals import RunInterrupted
 
 HEARTBEAT = "hftrain:heartbeat"  # journal trials: time.time() of the latest heartbeat
 WORKER = "hftrain:worker"  # the SLURM job (its own id, also for an array task) that runs the trial, None elsewhere
@@ -75,12 +76,12 @@ class JournalHeartbeatStorage(JournalStorage, BaseHeartbeat):
 
     def __init__(
         self,
-        path: str | Path,
+        backend: BaseJournalBackend,
         heartbeat_interval: int,
         grace_period: int | None = None,
         stale_trial_callback: StaleTrialCallback | None = None,
     ) -> None:
-        super().__init__(JournalFileBackend(str(path)))
+        super().__init__(backend)
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period or 2 * heartbeat_interval
         self.stale_trial_callback = stale_trial_callback
@@ -108,7 +109,8 @@ def last_sign_of_life(trial: FrozenTrial) -> float:
 
 def open_storage(location: str, heartbeat_interval: int, grace_period: int | None = None) -> BaseStorage:
     """The study's storage with heartbeats on: an RDB URL (`sqlite:///…`, `postgresql://…`) through Optuna's
-    `RDBStorage`, anything else as the path of a journal file. Stale trials are queued again in their folder."""
+    `RDBStorage`, anything else as the path of a journal file (locked by an exclusive `open`, which works on NFS).
+    Stale trials are queued again in their folder."""
     retry = RetryInTrialFolder()
     if "://" in location:
         return RDBStorage(
@@ -117,7 +119,8 @@ def open_storage(location: str, heartbeat_interval: int, grace_period: int | Non
             grace_period=grace_period,
             heartbeat_stale_trial_callback=retry,
         )
-    return JournalHeartbeatStorage(location, heartbeat_interval, grace_period, retry)
+    backend = JournalFileBackend(location, lock_obj=JournalFileOpenLock(location))
+    return JournalHeartbeatStorage(backend, heartbeat_interval, grace_period, retry)
 
 
 def this_worker() -> str | None:
@@ -127,7 +130,7 @@ def this_worker() -> str | None:
 
 def grace_period(storage: BaseStorage) -> float:
     """Seconds of silence after which a RUNNING trial counts as stale (Optuna's default: two heartbeats)."""
-    interval = storage.get_heartbeat_interval() if isinstance(storage, BaseHeartbeat) else None
+    interval = heartbeat_interval(storage)
     if interval is None:
         return float("inf")
     return getattr(storage, "grace_period", None) or 2 * interval
@@ -167,12 +170,32 @@ def take_over_stale_trials(study: optuna.Study) -> None:
         fail_stale_trials(study)
 
 
+def heartbeat_interval(storage: BaseStorage) -> int | None:
+    return storage.get_heartbeat_interval() if isinstance(storage, BaseHeartbeat) else None
+
+
+def beat(storage: BaseStorage, trial_id: int) -> None:
+    """Record a heartbeat of the trial. A database keeps Optuna's in a table of its own; the same time goes into
+    the trial's attributes, where `silent_trials` reads it for any storage."""
+    storage.record_heartbeat(trial_id)
+    if not isinstance(storage, JournalHeartbeatStorage):
+        storage.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
+
+
 def claim(trial: optuna.Trial) -> None:
     """Mark a trial just asked for as this worker's: its SLURM job (for `release_own_trials`) and a first
     heartbeat."""
     trial.storage.set_trial_system_attr(trial._trial_id, WORKER, this_worker())
-    if isinstance(trial.storage, BaseHeartbeat) and trial.storage.get_heartbeat_interval() is not None:
-        trial.storage.record_heartbeat(trial._trial_id)
+    if heartbeat_interval(trial.storage) is not None:
+        beat(trial.storage, trial._trial_id)
+
+
+def release(study: optuna.Study, number: int) -> None:
+    """Queue again a trial this worker stopped on a signal after saving (Ctrl-C, SIGTERM outside SLURM), so that
+    the command run again resumes it at once. Under SLURM the trial stays RUNNING: a requeued job takes it back as
+    it starts (`release_own_trials`), and a job that is not requeued leaves it stale, for another worker."""
+    if this_worker() is None:
+        fail_and_retry(study, [t for t in study.get_trials(deepcopy=False) if t.number == number])
 
 
 def retried_trial(trial: optuna.Trial) -> int | None:
@@ -186,10 +209,41 @@ def resume_point(run_dir: str | Path | None) -> Path | None:
     return newest_resume_point(run_dir) if run_dir is not None and Path(run_dir).is_dir() else None
 
 
-def running_elsewhere(study: optuna.Study) -> list[FrozenTrial]:
-    """The trials other workers are running (not stale yet): a worker with nothing left to start waits for them,
-    since any of them may go stale and need it."""
-    return study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+def signal_stop(err: BaseException) -> BaseException:
+    """The `RunInterrupted` (saved, with its exit status: 0 for SLURM's requeue signal, 143 for SIGTERM) behind an
+    interrupt of `Run.fit`, which turns it into a `KeyboardInterrupt` for notebooks; else `err` itself."""
+    return err.__context__ if isinstance(err.__context__, RunInterrupted) else err
+
+
+def silent_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """RUNNING trials that missed a heartbeat: their worker may have died, and a worker with no trial left to
+    start waits for them to go stale rather than leave them behind. Trials that beat on are their workers' to
+    finish."""
+    interval = heartbeat_interval(study._storage)
+    if interval is None:
+        return []
+    now = time.time()
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return [t for t in running if now - last_sign_of_life(t) > 1.5 * interval]
+
+
+def wait_for_silent_trials(study: optuna.Study, said: set[int]) -> bool:
+    """Wait one heartbeat interval if a trial went silent, saying so once per trial (`said` holds those said);
+    whether the worker should look for a trial again."""
+    silent = silent_trials(study)
+    for trial in silent:
+        if trial.number not in said:
+            said.add(trial.number)
+            quiet = time.time() - last_sign_of_life(trial)
+            print(
+                f"Trial {trial.number} has sent no heartbeat for {quiet:.0f} s: its worker may have stopped. "
+                f"Waiting until it is {grace_period(study._storage):.0f} s silent (tune.grace_period) to resume it "
+                "here.",
+                flush=True,
+            )
+    if silent:
+        time.sleep(heartbeat_interval(study._storage))
+    return bool(silent)
 
 
 class Heartbeat:
@@ -204,7 +258,7 @@ class Heartbeat:
 
     def __init__(self, trial: optuna.Trial) -> None:
         self.storage, self.trial_id = trial.storage, trial._trial_id
-        self.interval = self.storage.get_heartbeat_interval() if isinstance(self.storage, BaseHeartbeat) else None
+        self.interval = heartbeat_interval(self.storage)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="hftrain-heartbeat", daemon=True)
 
@@ -221,7 +275,7 @@ class Heartbeat:
     def _beat(self) -> None:
         while not self._stop.wait(timeout=self.interval):
             try:
-                self.storage.record_heartbeat(self.trial_id)
+                beat(self.storage, self.trial_id)
                 taken = self.storage.get_trial(self.trial_id).state != TrialState.RUNNING
             except UpdateFinishedTrialError:
                 taken = True
