@@ -3,12 +3,35 @@ resumed from its own run folder to the weights an uninterrupted trial reaches; t
 n_trials complete or pruned trials. The storage rules on their own first, then killed workers as processes, then
 a requeued worker of a job array on the real local Slurm cluster."""
 
+import re
+import shutil
+import subprocess
 import time
+from pathlib import Path
 
 import optuna
 import pytest
+import torch
+import yaml
+from conftest import REPO, sentiment_rows, write_csv
+from helpers import CPU_DDP, classification_config, hftrain
+from test_slurm import (
+    ENDED,
+    SBATCH_LOCAL,
+    STEPS_PER_EPOCH,
+    array_tasks,
+    job_env,
+    job_log,
+    scale_config,
+    slurm_cluster,  # noqa: F401 - the cluster fixture, used by name
+    submit,
+    wait_job,
+)
 
+from hftrain.core.runs import read_results
 from hftrain.tuning import faults
+
+TUNE_SBATCH = REPO / "scripts" / "slurm" / "tune.sbatch"
 
 
 def two_workers(tmp_path, location: str | None = None, interval: int = 1, grace: int = 2):
@@ -21,7 +44,7 @@ def two_workers(tmp_path, location: str | None = None, interval: int = 1, grace:
 
 def start_trial(study: optuna.Study, folder: str) -> optuna.Trial:
     """What a worker does as a trial starts: draw its values, name its folder, claim it; one validation reported."""
-    trial = study.ask()
+    trial = faults.ask(study)
     trial.suggest_float("lr", 1e-5, 1e-2, log=True)
     trial.set_user_attr("run_dir", folder)
     faults.claim(trial)
@@ -52,8 +75,8 @@ def test_a_silent_trial_is_taken_over_by_exactly_one_worker_and_resumed_in_its_f
     faults.take_over_stale_trials(first)  # found stale by both workers: only one moves it, one retry is queued
     assert states(first) == ["FAIL", "WAITING"]
 
-    retry = second.ask()
-    assert first.ask().number == 2  # popped once: the other worker gets a new trial
+    retry = faults.ask(second)
+    assert faults.ask(first).number == 2  # popped once: the other worker gets a new trial
     retried = second._storage.get_trial(retry._trial_id)
     assert faults.retried_trial(retry) == killed.number == 0
     assert retried.params == killed.params and retried.intermediate_values == {1: 0.5}
@@ -84,8 +107,34 @@ def test_a_requeued_slurm_job_takes_its_own_trial_back_at_once(tmp_path, monkeyp
     monkeypatch.setenv("SLURM_JOB_ID", "101")  # job 101 requeued: its trial, not job 102's, well within the grace
     faults.take_over_stale_trials(first)
     assert states(first) == ["FAIL", "RUNNING", "WAITING"]
-    retry = first.ask()
+    retry = faults.ask(first)
     assert faults.retried_trial(retry) == ours.number
+
+
+def test_a_worker_with_nothing_to_start_waits_only_for_silent_trials(tmp_path, monkeypatch, later, capsys):
+    first, second = two_workers(tmp_path)
+    start_trial(first, "trial_0")
+    naps = []
+    monkeypatch.setattr(faults.time, "sleep", naps.append)
+    said: set[int] = set()
+    assert not faults.wait_for_silent_trials(second, said)  # it beats: its worker finishes it, this one may leave
+    later(1.6)  # a heartbeat missed: its worker may be gone, so the idle worker stays to resume it
+    assert faults.wait_for_silent_trials(second, said) and faults.wait_for_silent_trials(second, said)
+    assert naps == [1, 1] and said == {0}
+    assert capsys.readouterr().out.count("Trial 0 has sent no heartbeat for 2 s") == 1
+
+
+def test_a_trial_stopped_by_a_signal_is_queued_again_at_once_outside_slurm(tmp_path, monkeypatch):
+    first, _ = two_workers(tmp_path, interval=60)
+    trial = start_trial(first, "trial_0")
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_JOB_NAME", "hftrain-tune")
+    monkeypatch.setenv("SLURM_JOB_ID", "101")
+    faults.release(first, trial.number)  # a SLURM job: its requeued run takes the trial back
+    assert states(first) == ["RUNNING"]
+    monkeypatch.delenv("SLURM_NTASKS")
+    faults.release(first, trial.number)  # Ctrl-C or SIGTERM: `hftrain tune` run again resumes it first
+    assert states(first) == ["FAIL", "WAITING"]
 
 
 @pytest.mark.processes  # over 3 s: the database is created, and its clock counts whole seconds
@@ -95,7 +144,7 @@ def test_a_stale_trial_in_a_database_is_taken_over_the_same_way(tmp_path):
     time.sleep(2.1)  # the database's clock, in whole seconds
     faults.take_over_stale_trials(second)
     assert states(second) == ["FAIL", "WAITING"]
-    assert second.ask().user_attrs["run_dir"] == "trial_0"
+    assert faults.ask(second).user_attrs["run_dir"] == "trial_0"
 
 
 def test_a_worker_that_lost_its_trial_stops_without_saving(tmp_path, monkeypatch, later):
@@ -123,3 +172,146 @@ def test_the_resume_point_is_the_newest_checkpoint_of_the_trial_folder(tmp_path)
     time.sleep(0.01)
     (run / "hpc_ckpt_1.ckpt").write_bytes(b"2")  # a requeued SLURM worker's, newer
     assert faults.resume_point(run) == run / "hpc_ckpt_1.ckpt"
+
+
+def search_task(folder: Path, model: str, fault: dict | None = None) -> tuple[Path, Path]:
+    """A text-classification task of 2 epochs of 6 steps, last.ckpt every 2 steps, and a search of 2 trials over
+    the learning rate that keeps every trial's checkpoints (to compare weights) and calls a worker dead after 3 s
+    without a heartbeat."""
+    files = {
+        "train": str(write_csv(folder / "train.csv", sentiment_rows(48, seed=1))),
+        "validation": str(write_csv(folder / "dev.csv", sentiment_rows(16, seed=2))),
+    }
+    task = classification_config(
+        folder / "task.yaml", model, files, data__batch_size=8, checkpoint__every_n_train_steps=2
+    )
+    if fault:
+        settings = yaml.safe_load(task.read_text())
+        settings["trainer"]["callbacks"] = [fault]
+        task.write_text(yaml.safe_dump(settings))
+    space = {"model.learning_rate": {"low": 1.0e-3, "high": 1.0e-1, "log": True}}
+    tune = {"n_trials": 2, "sampler": "random", "pruner": "none", "keep": "all", "space": space}
+    search = folder / "search.yaml"
+    search.write_text(yaml.safe_dump({"tune": {**tune, "heartbeat_interval": 1, "grace_period": 3}}))
+    return task, search
+
+
+def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def max_difference(reference: Path, result: Path) -> float:
+    expected, got = weights(reference), weights(result)
+    assert expected.keys() == got.keys()
+    return max((expected[k].float() - got[k].float()).abs().max().item() for k in expected)
+
+
+def study_trials(study_dir: Path) -> list[optuna.trial.FrozenTrial]:
+    storage = faults.open_storage(str(study_dir / "study.journal"), 1, 3)
+    return optuna.load_study(study_name="task", storage=storage).get_trials()
+
+
+@pytest.mark.processes  # a search killed and run again, as processes
+def test_a_killed_search_run_again_resumes_its_trial_to_the_uninterrupted_weights(tiny_bert, tmp_path):
+    killer = {"class_path": "faults.KillOnceAtStep", "init_args": {"step": 5, "marker": str(tmp_path / "killed")}}
+    task, search = search_task(tmp_path, tiny_bert, killer)
+    first = hftrain("tune", "--config", task, "--config", search)
+    assert first.returncode == -9, first.stdout[-3000:]  # SIGKILL in trial 0 at step 5, after last.ckpt at step 4
+    study = tmp_path / "runs" / "task" / "tune"
+    assert [t.state.name for t in study_trials(study)] == ["RUNNING"]  # left running by the dead worker
+
+    second = hftrain("tune", "--config", task, "--config", search)
+    log = second.stdout + second.stderr
+    assert second.returncode == 0, log[-3000:]
+    trials = study_trials(study)
+    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 2 and [t.state.name for t in trials].count("FAIL") == 1, log[-3000:]
+    killed, resumed = trials[0], next(t for t in trials if faults.RETRIED in t.system_attrs)
+    assert resumed.system_attrs[faults.RETRIED] == 0 and resumed.params == killed.params
+    folder = study / "trial_0"
+    assert resumed.user_attrs["folder"] == str(folder.relative_to(tmp_path))
+    assert f"continues trial 0, whose worker stopped, in {resumed.user_attrs['folder']}: resumes from" in log
+    assert "last.ckpt" in log and "Restored all states from the checkpoint" in log, log[-3000:]
+    assert read_results(folder)["global_step"] == 12
+
+    # the same trial, uninterrupted: its own saved config as a fit
+    straight = hftrain("fit", "--config", folder / "config.yaml")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    reference = Path(re.search(r"Run folder: (\S+)", straight.stdout).group(1))
+    assert reference.resolve() != folder.resolve()
+    worst = max_difference(reference / "checkpoints" / "last.ckpt", folder / "checkpoints" / "last.ckpt")
+    assert worst <= 1e-5, f"max weight difference to the uninterrupted trial {worst}"
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm_cluster")
+def test_a_requeued_worker_of_a_job_array_leaves_its_trial_resumed_to_the_uninterrupted_weights(tiny_bert, tmp_path):
+    """scripts/slurm/tune.sbatch as an array of 2 workers, each trial a 2-task DDP run over the cluster's 2 nodes
+    (1 CPU each: one worker runs at a time, the other waits in the queue). The first worker's job is requeued
+    (`scontrol requeue`) while its ranks are inside optimizer step 3 of trial 0: they finish the step, save and
+    stop; the study still ends with exactly n_trials complete, and trial 0, resumed from its checkpoint by whichever
+    worker comes to it first, ends with the weights of the same trial run uninterrupted."""
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    pause = {
+        "class_path": "faults.PauseOnceInOptimizerStep",
+        "init_args": {"step": 3, "seconds": 15, "ready_dir": str(ready)},
+    }
+    config = scale_config(tmp_path, tiny_bert, pause)
+    space = {"model.learning_rate": {"low": 1.0e-3, "high": 1.0e-1, "log": True}}
+    tune = {"n_trials": 2, "sampler": "random", "pruner": "none", "keep": "all", "space": space}
+    search = tmp_path / "search.yaml"
+    search.write_text(yaml.safe_dump({"tune": {**tune, "heartbeat_interval": 2, "grace_period": 20}}))
+    (tmp_path / "configs").symlink_to(REPO / "configs")
+    array = ["--array=0-1", "--job-name=hftrain-tune-faults", "--output=slurm-%j.out", *SBATCH_LOCAL]
+    options = [*CPU_DDP, "--trainer.max_epochs", "1", "--checkpoint.every_n_train_steps", "2"]
+    done = subprocess.run(
+        ["sbatch", "--parsable", *array, TUNE_SBATCH, config.name, search.name, *options],
+        cwd=tmp_path,
+        env=job_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    array_job = done.stdout.strip().split(";")[0]
+
+    def logs() -> str:
+        return "\n".join(f"--- {t['JobId']}\n{job_log(tmp_path, t['JobId'])}" for t in array_tasks(array_job))
+
+    deadline = time.monotonic() + 600
+    while len(list(ready.glob("rank*"))) < 2:  # both ranks of the first worker paused inside step 3
+        if any(t.get("JobState") in ENDED for t in array_tasks(array_job)) or time.monotonic() > deadline:
+            subprocess.run(["scancel", array_job], timeout=30)
+            pytest.fail(f"no worker reached the pause:\n{logs()}")
+        time.sleep(0.2)
+    paused = (ready / "job").read_text()
+    subprocess.run(["scontrol", "requeue", paused], check=True, timeout=30)
+    while not all(t.get("JobState") in ENDED for t in array_tasks(array_job)):
+        if time.monotonic() > deadline:
+            subprocess.run(["scancel", array_job], timeout=30)
+            pytest.fail(f"the workers did not end in time:\n{logs()}")
+        time.sleep(1)
+    tasks = {t["JobId"]: t for t in array_tasks(array_job)}
+    assert {t["JobState"] for t in tasks.values()} == {"COMPLETED"} and tasks[paused]["Restarts"] == "1", logs()
+    assert "Stopped by SIGTERM at step 4" in job_log(tmp_path, paused), logs()
+
+    study = tmp_path / "runs" / "scale" / "tune"
+    storage = faults.open_storage(str(study / "study.journal"), 2, 20)
+    trials = optuna.load_study(study_name="scale", storage=storage).get_trials()
+    assert [t.state.name for t in trials].count("COMPLETE") + [t.state.name for t in trials].count("PRUNED") == 2
+    resumed = next(t for t in trials if t.system_attrs.get(faults.RETRIED) == 0)
+    folder = study / "trial_0"
+    assert resumed.state.name == "COMPLETE" and resumed.user_attrs["folder"] == str(folder.relative_to(tmp_path))
+    assert "continues trial 0" in logs() and "Restored all states from the checkpoint" in logs(), logs()
+    assert read_results(folder)["global_step"] == STEPS_PER_EPOCH
+
+    # the same trial, uninterrupted: its saved config through fit.sbatch, on the same 2 ranks
+    shutil.copy(folder / "config.yaml", tmp_path / "trial_0.yaml")
+    reference_job = submit(tmp_path, tmp_path / "trial_0.yaml")
+    info = wait_job(reference_job, tmp_path)
+    assert info["JobState"] == "COMPLETED", job_log(tmp_path, reference_job)
+    (reference,) = tmp_path.glob(f"runs/*/version_{reference_job}")
+    worst = max_difference(reference / "checkpoints" / "last.ckpt", folder / "checkpoints" / "last.ckpt")
+    print(f"requeued trial: max weight difference to the uninterrupted run {worst:.2e}")  # shown with -s
+    assert worst <= 1e-5, f"max weight difference {worst}"

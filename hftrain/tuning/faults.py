@@ -46,11 +46,6 @@ WORKER = "hftrain:worker"  # the SLURM job (its own id, also for an array task) 
 RETRIED = "failed_trial"  # Optuna's retry callback's attribute: the number of the trial a retry continues
 WORKER_ATTRS = (HEARTBEAT, WORKER)  # belong to one attempt of a trial, not copied into its retry
 
-# a search whose ranks agree on each trial asks and tells instead of `Study.optimize`, and starts the heartbeat
-# itself (`Heartbeat`); the retry callback is experimental since Optuna 2.8 and the way Optuna's docs retry
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-warnings.filterwarnings("ignore", message="RetryHeartbeatStaleTrialCallback is experimental")
-
 StaleTrialCallback = Callable[[optuna.Study, FrozenTrial], None]
 
 
@@ -60,7 +55,9 @@ class RetryInTrialFolder(RetryHeartbeatStaleTrialCallback):
     history. The failed attempt's heartbeat and worker are left behind: they describe a worker that is gone."""
 
     def __init__(self) -> None:
-        super().__init__(max_retry=None, inherit_intermediate_values=True)
+        with warnings.catch_warnings():  # experimental since Optuna 2.8, and Optuna's documented way to retry
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            super().__init__(max_retry=None, inherit_intermediate_values=True)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         trial = copy.deepcopy(trial)
@@ -113,12 +110,14 @@ def open_storage(location: str, heartbeat_interval: int, grace_period: int | Non
     Stale trials are queued again in their folder."""
     retry = RetryInTrialFolder()
     if "://" in location:
-        return RDBStorage(
-            location,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            heartbeat_stale_trial_callback=retry,
-        )
+        with warnings.catch_warnings():  # Optuna's heartbeat arguments are experimental since 2.9
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            return RDBStorage(
+                location,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=retry,
+            )
     backend = JournalFileBackend(location, lock_obj=JournalFileOpenLock(location))
     return JournalHeartbeatStorage(backend, heartbeat_interval, grace_period, retry)
 
@@ -180,6 +179,14 @@ def beat(storage: BaseStorage, trial_id: int) -> None:
     storage.record_heartbeat(trial_id)
     if not isinstance(storage, JournalHeartbeatStorage):
         storage.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
+
+
+def ask(study: optuna.Study) -> optuna.Trial:
+    """`study.ask()`, the next WAITING trial (a retry) or a new one. Optuna warns that heartbeats go with
+    `Study.optimize`; a search whose ranks agree on each trial asks and tells, and beats itself (`Heartbeat`)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        return study.ask()
 
 
 def claim(trial: optuna.Trial) -> None:

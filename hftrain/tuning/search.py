@@ -15,6 +15,7 @@ import gc
 import json
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from hftrain.core import internals, runs
 from hftrain.core.errors import HFTrainError
 from hftrain.core.monitor import required_monitored_metric
 from hftrain.core.signals import RunInterrupted
-from hftrain.tuning import outputs, ranks
+from hftrain.tuning import faults, outputs, ranks
 from hftrain.tuning.pruning import TrialPruning
 from hftrain.tuning.settings import Dimension, TuneSettings, check_settings, parameter_arguments, read_arguments
 from hftrain.tuning.study import claim_trial, grid_size, open_storage, open_study
@@ -77,14 +78,34 @@ class Search:
         return self.study
 
     def next_trial(self) -> dict[str, Any] | None:
-        """The next trial to run, as every rank receives it (number, values, checkpoint to resume from), or None
-        when the study holds `n_trials`. Rank 0 only."""
-        trial = claim_trial(self.study, self.n_trials)
+        """The next trial to run, as every rank receives it (number, values, run folder, checkpoint to resume
+        from), or None when the study holds `n_trials`. Rank 0 only.
+
+        First the trials whose worker died or stopped are queued again (`faults.take_over_stale_trials`), and one
+        of them is resumed in its own folder before any new trial starts. With nothing left to start, the worker
+        waits while another worker's trial is silent: if that worker died, the trial is resumed here."""
+        said: set[int] = set()
+        while True:
+            faults.take_over_stale_trials(self.study)
+            trial = claim_trial(self.study, self.n_trials)
+            if trial is not None or not faults.wait_for_silent_trials(self.study, said):
+                break
         if trial is None:
             return None
+        faults.claim(trial)
         params = {d.key: _suggest(trial, d) for d in self.space}
-        trial.set_user_attr(outputs.FOLDER, str(outputs.trial_folder(self.folder, trial.number)))
-        return {"number": trial.number, "params": params, "ckpt_path": None}
+        retried = faults.retried_trial(trial)
+        if retried is None:
+            folder = outputs.trial_folder(self.folder, trial.number)
+            trial.set_user_attr(outputs.FOLDER, str(folder))
+            return {"number": trial.number, "params": params, "folder": str(folder), "ckpt_path": None}
+        folder = Path(trial.user_attrs[outputs.FOLDER])  # the trial it continues: its folder and checkpoints
+        resume = faults.resume_point(folder)
+        start = f"resumes from {resume}" if resume else "starts over: it saved no checkpoint"
+        print(
+            f"Trial {trial.number} continues trial {retried}, whose worker stopped, in {folder}: {start}.", flush=True
+        )
+        return {"number": trial.number, "params": params, "folder": str(folder), "ckpt_path": resume and str(resume)}
 
     # ------------------------------------------------------------------ the loop (every rank)
 
@@ -103,19 +124,21 @@ class Search:
         """One trial on this rank: its values → its run folder's config → fit (resumed from `ckpt_path` when
         given) → on rank 0, the result told to the study, the summary written and the progress line printed. The
         trial's state on rank 0, None on the others."""
-        number, params = assignment["number"], assignment["params"]
-        folder = outputs.trial_folder(self.folder, number)
+        number, params, folder = assignment["number"], assignment["params"], Path(assignment["folder"])
         trial = internals.optuna_trial(self.study, number) if ranks.is_rank_zero() else None
         if trial is not None:
             values = ", ".join(f"{key}={value}" for key, value in params.items())
             print(f"Trial {number} of study '{self.name}' ({folder}): {values}", flush=True)
         pruning = TrialPruning(trial)
         try:
-            run = Run(args=[*self.fit_arguments, *parameter_arguments(params)], folder=folder)
-            run.trainer.callbacks.append(pruning)
-            run.fit(ckpt_path=assignment.get("ckpt_path"))
-        except RunInterrupted:
-            raise  # stopped on a signal after saving: the trial stays running, to be resumed from its checkpoint
+            with faults.Heartbeat(trial) if trial is not None else nullcontext():
+                run = Run(args=[*self.fit_arguments, *parameter_arguments(params)], folder=folder)
+                run.trainer.callbacks.append(pruning)
+                run.fit(ckpt_path=assignment.get("ckpt_path"))
+        except (RunInterrupted, KeyboardInterrupt) as err:
+            if trial is not None:  # stopped on a signal: resumed from its checkpoint, not redone
+                faults.release(self.study, number)
+            raise faults.signal_stop(err) from None
         except HFTrainError as err:
             return self._failed(trial, err)
         except BaseException as err:

@@ -56,6 +56,11 @@ class TuneSettings:
         study_name: The study's name, also the `<name>` of its folder `runs/<name>/tune/`; null: the run name
             fit would use (the task config's file name).
         keep: Whose `hf_model/` and checkpoints are kept once trials end: `best` (the best trial's only) or `all`.
+        heartbeat_interval: Seconds between the heartbeats a running trial records in the study, by which other
+            workers know it is alive.
+        grace_period: Seconds without a heartbeat after which a running trial counts as stale (its worker died:
+            killed, out of memory, a lost node) and the next worker to look resumes it from its last checkpoint;
+            null: twice the heartbeat interval.
     """
 
     space: dict[str, Any] = field(default_factory=dict)
@@ -68,6 +73,8 @@ class TuneSettings:
     storage: str | None = None
     study_name: str | None = None
     keep: Literal["best", "all"] = "best"
+    heartbeat_interval: int = 60
+    grace_period: int | None = None
 
 
 @dataclass(frozen=True)
@@ -179,6 +186,10 @@ def check_settings(settings: TuneSettings, fit_arguments: list[str]) -> list[Dim
     for name, allowed in (("sampler", SAMPLERS), ("pruner", PRUNERS), ("keep", ("best", "all"))):
         if getattr(settings, name) not in allowed:
             raise HFTrainError(f"tune.{name} must be one of {', '.join(allowed)}; got {getattr(settings, name)!r}.")
+    for name in ("heartbeat_interval", "grace_period"):
+        value = getattr(settings, name)
+        if not (value is None and name == "grace_period") and (not _is_int(value) or value < 1):
+            raise HFTrainError(f"tune.{name} must be a whole number of seconds, 1 or more; got {value!r}.")
     found = dimensions(settings)
     try:
         preflight.check(["fit", *fit_arguments, *parameter_arguments({d.key: d.first() for d in found})])

@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import optuna
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from hftrain.core.errors import HFTrainError
+from hftrain.tuning import faults
 from hftrain.tuning.settings import Dimension, TuneSettings
 
 JOURNAL_FILE = "study.journal"
@@ -30,11 +30,11 @@ def open_storage(settings: TuneSettings, study_dir: Path) -> BaseStorage:
     or `study.journal` in the study folder). One that cannot be opened is said in a paragraph."""
     target = settings.storage
     try:
-        if target and "://" in target:
-            return RDBStorage(target)
-        path = Path(target) if target else study_dir / JOURNAL_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+        if not (target and "://" in target):
+            path = Path(target) if target else study_dir / JOURNAL_FILE
+            path.parent.mkdir(parents=True, exist_ok=True)
+            target = str(path)
+        return faults.open_storage(target, settings.heartbeat_interval, settings.grace_period)
     except Exception as err:  # noqa: BLE001 - drivers, URLs and file systems fail in many types
         where = target or str(study_dir / JOURNAL_FILE)
         raise HFTrainError(
@@ -129,15 +129,19 @@ def counted(study: optuna.Study) -> int:
 
 
 def claim_trial(study: optuna.Study, n_trials: int) -> optuna.Trial | None:
-    """A new trial within the budget of `n_trials`, or None when the study holds them all.
+    """A trial to run: a trial queued again (`faults`: its worker died or stopped; it is already within the budget),
+    else a new trial within the budget of `n_trials`, or None when the study holds them all.
 
     Several workers asking at once could each see one trial left. The storage gives trial numbers in order, under
     its lock, so each worker asks first, then counts the trials numbered before its own: the first `n_trials` win,
     and a trial past them is marked failed (`surplus`) before any value is drawn for it.
     """
-    if counted(study) >= n_trials:
+    queued = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    if counted(study) >= n_trials and not queued:
         return None
-    trial = study.ask()
+    trial = faults.ask(study)
+    if faults.retried_trial(trial) is not None:
+        return trial
     earlier = [t for t in study.get_trials(deepcopy=False, states=COUNTED) if t.number < trial.number]
     if len(earlier) >= n_trials:
         trial.set_user_attr(SURPLUS, True)
