@@ -520,7 +520,7 @@ def run_hftrain(args: argparse.Namespace, workdir: Path, clock: StepClock, remov
     import torch
     from lightning.pytorch.profilers import PassThroughProfiler
 
-    from hftrain.core import callbacks, data
+    from hftrain.core import callbacks, loaders
     from hftrain.core.module import TaskModule
     from hftrain.core.training_log import TrainingLog
 
@@ -529,7 +529,7 @@ def run_hftrain(args: argparse.Namespace, workdir: Path, clock: StepClock, remov
     if "reseed" in removed:
         TaskModule.on_train_batch_start = lambda self, batch, batch_idx: None
     if "stateful-loader" in removed:
-        data.StatefulDataLoader = torch.utils.data.DataLoader
+        loaders.StatefulDataLoader = torch.utils.data.DataLoader
     if args.parts:
         time_lightning_parts(clock.parts)
     from hftrain.cli import HFTrainCLI

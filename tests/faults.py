@@ -150,3 +150,34 @@ class PauseOnceInOptimizerStep(PauseInOptimizerStep):
         job = os.environ.get("SLURM_JOB_ID", "")
         if trainer.global_step == self.step and first_to_claim(self.ready_dir / "job", job):
             super().on_before_optimizer_step(trainer, pl_module, optimizer)
+
+
+class SlowCacheWrites(Callback):
+    """Every write of a tokenized cache in this process takes `delay` seconds longer and leaves a line
+    `write <host> <pid>` in `log`; at setup, the process logs `read <pid> <digest>` of the training split it
+    loaded. Patched in the constructor, which the CLI runs before Lightning's `prepare_data`."""
+
+    def __init__(self, log: str, delay: float = 3.0) -> None:
+        import socket
+
+        import datasets
+
+        self.log = Path(log)
+        save = datasets.DatasetDict.save_to_disk
+
+        def slow_save(dataset_dict, path, **options):
+            with self.log.open("a") as out:
+                out.write(f"write {socket.gethostname()} {os.getpid()}\n")
+            time.sleep(delay)
+            return save(dataset_dict, path, **options)
+
+        datasets.DatasetDict.save_to_disk = slow_save
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        import hashlib
+        import json
+
+        ids = trainer.datamodule.datasets["train"]["input_ids"]
+        digest = hashlib.sha256(json.dumps(ids[:]).encode()).hexdigest()
+        with self.log.open("a") as out:
+            out.write(f"read {os.getpid()} {digest}\n")

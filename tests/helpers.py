@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,13 @@ def hftrain(*args, env: dict[str, str] | None = None, wait: bool = True):
     if not wait:
         return subprocess.Popen(command, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return subprocess.run(command, env=full_env, capture_output=True, text=True, timeout=600)
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for a DDP rendezvous (`MASTER_PORT`)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def hftrain_ok(*args, env: dict[str, str] | None = None) -> str:

@@ -9,9 +9,10 @@ from conftest import sentiment_rows
 from helpers import TEXT_CLASSIFICATION, TEXT_CLASSIFICATION_DATA, hftrain
 
 from hftrain.cli import HFTrainCLI
-from hftrain.core.data import TaskDataModule, column, tokenizer_fingerprint
+from hftrain.core.cache import tokenizer_fingerprint
 from hftrain.core.errors import HFTrainError
 from hftrain.core.pretrained import load_tokenizer
+from hftrain.core.sources import column, hub_split_name
 from hftrain.tasks.language_modeling import LanguageModelingData
 from hftrain.tasks.question_answering import QuestionAnsweringData
 from hftrain.tasks.seq2seq import Seq2SeqData
@@ -24,7 +25,7 @@ def splits(*names: str) -> datasets.DatasetDict:
 
 
 def test_hub_split_names_map_to_ours():
-    name = TaskDataModule._hub_split_name
+    name = hub_split_name
     assert [name(s, splits("train", "dev", "test")) for s in ("train", "dev", "test")] == [
         "train",
         "validation",

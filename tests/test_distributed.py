@@ -7,7 +7,6 @@ GPUs only, so here only its preset and the export of a sharded checkpoint are ch
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,18 +16,12 @@ import pytest
 import torch
 import yaml
 from conftest import REPO
-from helpers import CPU_DDP, classification_config, hftrain, hftrain_ok, run_cli
+from helpers import CPU_DDP, classification_config, free_port, hftrain, hftrain_ok, run_cli
 from lightning.pytorch import Callback, Trainer
 
 from hftrain.core.runs import read_results
 
 TESTS = Path(__file__).resolve().parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

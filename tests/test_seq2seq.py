@@ -51,7 +51,9 @@ def cipher_files(tmp_path) -> dict[str, str]:
 def texts(data: Seq2SeqData, split: str) -> tuple[list | None, list | None]:
     """A split's sources and targets (None without targets)."""
     dataset = data.raw[split]
-    return data.texts(dataset, "source"), data.texts(dataset, "target") if data.has_texts(dataset, "target") else None
+    return data.texts(dataset, "source"), data.texts(dataset, "target") if data.has_texts(
+        dataset.features, "target"
+    ) else None
 
 
 def write_parallel(folder: Path, stem: str, rows: list[dict[str, str]], src="en", tgt="de") -> str:

@@ -19,12 +19,14 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from hftrain.core.corpus import TEXT_SUFFIXES, DocumentSplit, log_perplexity, pack_blocks, split_documents
-from hftrain.core.data import TaskDataModule, column
+from hftrain.core.data import TaskDataModule
+from hftrain.core.data_checks import require_columns, require_text
 from hftrain.core.errors import HFTrainError
 from hftrain.core.generation import log_text_table, set_generation_config
 from hftrain.core.losses import IGNORE_INDEX
 from hftrain.core.module import Stage, TaskModule
 from hftrain.core.pretrained import load_model, require_eos
+from hftrain.core.sources import column
 from hftrain.tasks import chat_packing, lora
 from hftrain.tasks import chat_processing as chat
 
@@ -397,8 +399,8 @@ class LanguageModelingData(TaskDataModule):
             columns = {"prompt_column": self.prompt_column, "completion_column": self.completion_column}
         else:
             columns = {"text_column": self.text_column}
-        self.require_columns(raw, columns, optional=("completion_column",))
-        self.require_text(raw, list(columns.values()))
+        require_columns(raw, columns, self.source, optional=("completion_column",))
+        require_text(raw, list(columns.values()), self.source)
 
     def _check_conversations(self, raw: datasets.DatasetDict) -> None:
         """Chat settings, then every conversation's messages, roles and turns, naming the first bad row; each row
@@ -413,7 +415,7 @@ class LanguageModelingData(TaskDataModule):
                 "with. Give one as data.chat_template (a Jinja template, or a file holding it), or use the "
                 "tokenizer of a chat model."
             )
-        self.require_columns(raw, {"messages_column": self.messages_column})
+        require_columns(raw, {"messages_column": self.messages_column}, self.source)
         for split, dataset in raw.items():
             for row, conversation in enumerate(column(dataset, self.messages_column)):
                 try:
@@ -469,7 +471,7 @@ class LanguageModelingData(TaskDataModule):
         return self.block_size
 
     def preprocess(self, raw: datasets.DatasetDict) -> datasets.DatasetDict:
-        processed = self.map_splits(raw, self.encode, with_indices=True)
+        processed = self.map_splits(raw, self.encode)
         if self.messages_column:
             processed = self._fit_conversations(processed)
         processed = self.report_truncation(
@@ -493,7 +495,7 @@ class LanguageModelingData(TaskDataModule):
                 )
         return processed
 
-    def row_fields(self, batch: dict[str, list], split: str) -> dict[str, list] | None:
+    def row_fields(self, batch: dict[str, list], split: str, features: datasets.Features) -> dict[str, list] | None:
         """Prompts to continue (`predict`) keep their text and, where the data has it, the gold completion;
         the other splits' rows are packed or dropped when blank, so they carry none."""
         if split != "predict":
@@ -510,7 +512,9 @@ class LanguageModelingData(TaskDataModule):
             fields["gold"] = batch[self.completion_column]
         return fields
 
-    def encode(self, batch: dict[str, list], split: str, rows: list[int]) -> dict[str, list]:
+    def encode(
+        self, batch: dict[str, list], split: str, features: datasets.Features, rows: list[int]
+    ) -> dict[str, list]:
         """Prompts to continue for `predict`, labelled examples for the other splits (`rows`: the batch's
         positions in its split, for error messages)."""
         if split == "predict":

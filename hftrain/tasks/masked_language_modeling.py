@@ -17,10 +17,12 @@ import torch
 from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, PreTrainedTokenizerBase
 
 from hftrain.core.corpus import TEXT_SUFFIXES, DocumentSplit, log_perplexity, pack_blocks, split_documents
-from hftrain.core.data import TaskDataModule, column
+from hftrain.core.data import TaskDataModule
+from hftrain.core.data_checks import require_columns, require_text
 from hftrain.core.errors import HFTrainError
 from hftrain.core.losses import IGNORE_INDEX
 from hftrain.core.module import Stage, TaskModule
+from hftrain.core.sources import column
 
 
 def require_mask_token(tokenizer: PreTrainedTokenizerBase, name: str | None) -> PreTrainedTokenizerBase:
@@ -189,8 +191,8 @@ class MaskedLanguageModelingData(TaskDataModule):
                 f"tokens, the tokenizer's model_max_length). Set data.max_length to {tokenizer.model_max_length} "
                 "or less."
             )
-        self.require_columns(raw, {"text_column": self.text_column})
-        self.require_text(raw, [self.text_column])
+        require_columns(raw, {"text_column": self.text_column}, self.source)
+        require_text(raw, [self.text_column], self.source)
         # texts given to fill in; the test split that predict falls back to is scored, not filled in
         if "predict" in raw and raw["predict"] is not raw.get("test"):
             texts = column(raw["predict"], self.text_column)
@@ -205,14 +207,16 @@ class MaskedLanguageModelingData(TaskDataModule):
     def input_columns(self) -> list[str]:
         return [self.text_column]
 
-    def row_fields(self, batch: dict[str, list], split: str) -> dict[str, list] | None:
+    def row_fields(self, batch: dict[str, list], split: str, features: datasets.Features) -> dict[str, list] | None:
         """Texts to fill in (`predict`) keep their text; the other splits' rows are packed or masked, not
         one per input."""
         return {"text": batch[self.text_column]} if split == "predict" else None
 
     # ------------------------------------------------------------------ tokenization and masking
 
-    def encode(self, batch: dict[str, list], split: str) -> dict[str, list]:
+    def encode(
+        self, batch: dict[str, list], split: str, features: datasets.Features, rows: list[int]
+    ) -> dict[str, list]:
         """Token ids per document (blank ones skipped), with the special-token mask the masking needs (and
         the offsets whole-word masking reads); predict texts as they are, cut at `max_length`."""
         if split == "predict":

@@ -19,9 +19,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric, MetricCollection
 from transformers import AutoModelForMultipleChoice, PreTrainedTokenizerBase
 
-from hftrain.core.data import TaskDataModule, column
+from hftrain.core.data import TaskDataModule
+from hftrain.core.data_checks import require_columns, require_text
 from hftrain.core.errors import HFTrainError
 from hftrain.core.module import Stage, TaskModule, is_validation
+from hftrain.core.sources import column
 
 # the batch key of `MultipleChoiceCollator`'s mask of real (not padding) choices
 CHOICE_MASK = "choice_mask"
@@ -163,8 +165,8 @@ class MultipleChoiceData(TaskDataModule):
         }
         columns.update({f"ending_columns[{i}]": name for i, name in enumerate(self.ending_columns or [])})
         self.context_column = columns["context_column"]
-        self.require_columns(raw, columns, optional=("label_column",))
-        self.require_text(raw, [self.context_column, self.question_column, *(self.ending_columns or [])])
+        require_columns(raw, columns, self.source, optional=("label_column",))
+        require_text(raw, [self.context_column, self.question_column, *(self.ending_columns or [])], self.source)
         for split, dataset in raw.items():
             if self.label_column in dataset.column_names and all(
                 v in (-1, "", None) for v in column(dataset, self.label_column)
@@ -222,7 +224,7 @@ class MultipleChoiceData(TaskDataModule):
             labels.append(index)
         return labels
 
-    def row_fields(self, batch: dict[str, list], split: str) -> dict[str, list]:
+    def row_fields(self, batch: dict[str, list], split: str, features: datasets.Features) -> dict[str, list]:
         """The context, the choices as read after it, and the gold choice's index where the data has one."""
         choices = self._choices(batch, split)
         fields = {"context": batch[self.context_column], "choices": choices}
@@ -234,7 +236,9 @@ class MultipleChoiceData(TaskDataModule):
         choices = self.ending_columns or [self.choices_column]
         return [self.context_column] + ([self.question_column] if self.question_column else []) + choices
 
-    def encode(self, batch: dict[str, list], split: str) -> dict[str, list]:
+    def encode(
+        self, batch: dict[str, list], split: str, features: datasets.Features, rows: list[int]
+    ) -> dict[str, list]:
         """Each (context, choice) pair tokenized as `run_swag.py` does, then grouped back into rows."""
         choices = self._choices(batch, split)
         contexts = [

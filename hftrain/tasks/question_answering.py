@@ -16,9 +16,11 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics.text import SQuAD
 from transformers import AutoModelForQuestionAnswering
 
-from hftrain.core.data import TaskDataModule, column
+from hftrain.core.data import TaskDataModule
+from hftrain.core.data_checks import require_columns
 from hftrain.core.errors import HFTrainError
 from hftrain.core.module import Stage, TaskModule, is_validation
+from hftrain.core.sources import column
 from hftrain.tasks.question_answering_processing import (
     Answer,
     QuestionAnsweringCollator,
@@ -197,7 +199,7 @@ class QuestionAnsweringData(TaskDataModule):
             "answer_column": self.answer_column,
             "id_column": self.id_column,
         }
-        self.require_columns(raw, columns, optional=("answer_column",))
+        require_columns(raw, columns, self.source, optional=("answer_column",))
         for split, dataset in raw.items():
             self._check_split(split, dataset)
 
@@ -259,7 +261,9 @@ class QuestionAnsweringData(TaskDataModule):
         rows = super().predict_rows(inputs)
         return [{self.id_column: str(number), **row} for number, row in enumerate(rows)]
 
-    def encode(self, batch: dict[str, list], split: str) -> dict[str, list]:
+    def encode(
+        self, batch: dict[str, list], split: str, features: datasets.Features, rows: list[int]
+    ) -> dict[str, list]:
         """Training rows are windows; evaluation rows are whole questions."""
         return self._encode_windows(batch) if split == "train" else self._encode_examples(batch)
 

@@ -16,12 +16,15 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq
 
-from hftrain.core.data import TaskDataModule, column
+from hftrain.core.data import TaskDataModule
+from hftrain.core.data_checks import require_columns
 from hftrain.core.errors import HFTrainError
 from hftrain.core.generation import set_generation_config
 from hftrain.core.losses import IGNORE_INDEX
 from hftrain.core.module import Stage, TaskModule, is_validation
 from hftrain.core.pretrained import require_eos
+from hftrain.core.sources import column
+from hftrain.core.truncation import tokenize_truncated
 from hftrain.metrics.text_generation import Task, generation_metrics, scores
 
 # the column holding `{source_lang: …, target_lang: …}` pairs in Hub translation datasets (wmt16, opus_books)
@@ -224,7 +227,7 @@ class Seq2SeqData(TaskDataModule):
             return
         columns = dataset.column_names
         if TRANSLATION_COLUMN in columns:
-            languages = ", ".join(self._languages(dataset)) or "none"
+            languages = ", ".join(self._languages(dataset.features)) or "none"
             raise HFTrainError(
                 f"{where} holds pairs in a '{TRANSLATION_COLUMN}' column (languages: {languages}): set "
                 "data.source_lang and data.target_lang to the two to translate from and to."
@@ -245,17 +248,17 @@ class Seq2SeqData(TaskDataModule):
         self.target_column = self.target_column or found[1]
         rank_zero_info(f"Reading sources from column '{self.source_column}', targets from '{self.target_column}'.")
 
-    def _languages(self, dataset: datasets.Dataset) -> list[str]:
-        feature = dataset.features.get(TRANSLATION_COLUMN)
+    def _languages(self, features: datasets.Features) -> list[str]:
+        feature = features.get(TRANSLATION_COLUMN)
         if isinstance(feature, datasets.Translation):
             return list(feature.languages)
         return list(feature) if isinstance(feature, dict) else []
 
-    def has_texts(self, dataset: datasets.Dataset, role: Literal["source", "target"]) -> bool:
-        """Whether a dataset holds source (or target) texts: predict data may have no targets."""
+    def has_texts(self, features: datasets.Features, role: Literal["source", "target"]) -> bool:
+        """Whether a split (its `features`) holds source (or target) texts: predict data may have no targets."""
         if self.parallel:
-            return getattr(self, f"{role}_lang") in self._languages(dataset)
-        return getattr(self, f"{role}_column") in dataset.column_names
+            return getattr(self, f"{role}_lang") in self._languages(features)
+        return getattr(self, f"{role}_column") in features
 
     def texts(self, data: datasets.Dataset | dict[str, list], role: Literal["source", "target"]) -> list:
         """The source or target texts of a dataset or of a batch of its rows."""
@@ -265,14 +268,15 @@ class Seq2SeqData(TaskDataModule):
 
     def check_data(self, raw: datasets.DatasetDict) -> None:
         if self.parallel:
-            self.require_columns(raw, {"source_lang": TRANSLATION_COLUMN})
+            require_columns(raw, {"source_lang": TRANSLATION_COLUMN}, self.source)
             for split, dataset in raw.items():
                 self._check_languages(dataset, split)
         else:
             self._find_columns(raw["train"] if "train" in raw else next(iter(raw.values())), "The Hub dataset")
-            self.require_columns(
+            require_columns(
                 raw,
                 {"source_column": self.source_column, "target_column": self.target_column},
+                self.source,
                 optional=("target_column",),
             )
         if self.dataset_name:  # local files were checked as they were read
@@ -284,7 +288,7 @@ class Seq2SeqData(TaskDataModule):
 
     def _check_languages(self, dataset: datasets.Dataset, split: str) -> None:
         """The `translation` dicts must hold both languages (the source alone in predict data)."""
-        languages = self._languages(dataset)
+        languages = self._languages(dataset.features)
         file = self.files().get(split)
         text_file = file and Path(file).suffix == f".{self.source_lang}"
         if text_file and self.target_lang not in languages and split != "predict":
@@ -306,7 +310,7 @@ class Seq2SeqData(TaskDataModule):
         `where(role)` says where the rows of that role live, e.g. `"data/train.de, line"`.
         """
         for role in ("source", "target"):
-            texts = self.texts(dataset, role) if self.has_texts(dataset, role) else []
+            texts = self.texts(dataset, role) if self.has_texts(dataset.features, role) else []
             bad = [
                 i
                 for i, text in enumerate(texts)
@@ -336,23 +340,25 @@ class Seq2SeqData(TaskDataModule):
 
     # ------------------------------------------------------------------ tokenization
 
-    def row_fields(self, batch: dict[str, list], split: str) -> dict[str, list]:
+    def row_fields(self, batch: dict[str, list], split: str, features: datasets.Features) -> dict[str, list]:
         """The source text (without `source_prefix`) and, where the data has one, the gold target."""
         fields = {"source": self.texts(batch, "source")}
-        if self.has_texts(self.raw[split], "target"):
+        if self.has_texts(features, "target"):
             fields["gold"] = self.texts(batch, "target")
         return fields
 
-    def encode(self, batch: dict[str, list], split: str) -> dict[str, list]:
+    def encode(
+        self, batch: dict[str, list], split: str, features: datasets.Features, rows: list[int]
+    ) -> dict[str, list]:
         """Sources with the prefix; targets ending in the end-of-sequence token, which is appended where the
         tokenizer does not add it (a tokenizer without a post-processor): a model that never sees it as a
         target never learns to stop, and every generation runs to max_new_tokens."""
         sources = [self.source_prefix + text for text in self.texts(batch, "source")]
-        encoded, lengths = self.tokenize_truncated([sources], self.max_length)
+        encoded, lengths = tokenize_truncated(self.tokenizer, [sources], self.max_length)
         encoded["source_length"] = lengths
-        if self.has_texts(self.raw[split], "target"):
-            targets, lengths = self.tokenize_truncated(
-                [self.texts(batch, "target")], self.max_target_length, as_target=True
+        if self.has_texts(features, "target"):
+            targets, lengths = tokenize_truncated(
+                self.tokenizer, [self.texts(batch, "target")], self.max_target_length, as_target=True
             )
             eos = require_eos(self.tokenizer, self.tokenizer_name, "seq2seq training, so generation stops").eos_token_id
             ended = [ids[-1:] == [eos] for ids in targets["input_ids"]]

@@ -17,10 +17,13 @@ from torchmetrics.classification import Accuracy, F1Score, MatthewsCorrCoef
 from torchmetrics.regression import MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
 from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
 
-from hftrain.core.data import TaskDataModule, column
+from hftrain.core.data import TaskDataModule
+from hftrain.core.data_checks import class_names, distinct_labels, require_columns, require_text
 from hftrain.core.errors import HFTrainError
 from hftrain.core.losses import check_label_smoothing, class_weight_tensor, cross_entropy
 from hftrain.core.module import Stage, TaskModule, is_validation
+from hftrain.core.sources import column
+from hftrain.core.truncation import tokenize_truncated
 
 ProblemType = Literal["single_label_classification", "multi_label_classification", "regression"]
 
@@ -211,16 +214,17 @@ class TextClassificationData(TaskDataModule):
     def check_data(self, raw: datasets.DatasetDict) -> None:
         if self.text_column is None:
             self._find_text_columns(raw)
-        self.require_columns(
+        require_columns(
             raw,
             {
                 "text_column": self.text_column,
                 "text_pair_column": self.text_pair_column,
                 "label_column": self.label_column,
             },
+            self.source,
             optional=("label_column",),
         )
-        self.require_text(raw, [self.text_column, self.text_pair_column])
+        require_text(raw, [self.text_column, self.text_pair_column], self.source)
         for split, dataset in raw.items():
             feature = dataset.features.get(self.label_column)
             if isinstance(feature, datasets.ClassLabel) and all(v == -1 for v in column(dataset, self.label_column)):
@@ -239,7 +243,7 @@ class TextClassificationData(TaskDataModule):
             self.label_names = self._discover_labels(train)
         for split, dataset in raw.items():
             if self.label_column in dataset.column_names and (split != "predict" or "test" not in raw):
-                self._encode_labels(column(dataset, self.label_column), split)
+                self._encode_labels(column(dataset, self.label_column), split, dataset.features)
 
     def _find_text_columns(self, raw: datasets.DatasetDict) -> None:
         """Set the text column(s) from the data when unset, the way `run_glue.py` reads a csv/json file."""
@@ -285,14 +289,14 @@ class TextClassificationData(TaskDataModule):
         return [value]
 
     def _discover_labels(self, train: datasets.Dataset) -> list[str]:
-        names = self.class_names(train, self.label_column)
+        names = class_names(train.features, self.label_column)
         if names is not None:
             return names
-        return self.distinct_labels(
+        return distinct_labels(
             v for row in column(train, self.label_column) for v in self._row_labels(row) if v is not None
         )
 
-    def _encode_labels(self, values: list, split: str) -> list:
+    def _encode_labels(self, values: list, split: str, features: datasets.Features) -> list:
         """Label values to model targets; any value outside the label set is an error naming its row."""
         for row, value in enumerate(values):
             if value is None or (isinstance(value, str) and not value.strip()):
@@ -313,7 +317,7 @@ class TextClassificationData(TaskDataModule):
         if not self.label_names:
             raise HFTrainError("The label set is unknown: give a training split or set data.label_names.")
         index = {name: i for i, name in enumerate(self.label_names)}
-        feature = self.raw[split].features.get(self.label_column)
+        feature = features.get(self.label_column)
         class_label = isinstance(getattr(feature, "feature", feature), datasets.ClassLabel)
         targets = []
         for row, value in enumerate(values):
@@ -333,13 +337,13 @@ class TextClassificationData(TaskDataModule):
                 targets.append(ids[0])
         return targets
 
-    def row_fields(self, batch: dict[str, list], split: str) -> dict[str, list]:
+    def row_fields(self, batch: dict[str, list], split: str, features: datasets.Features) -> dict[str, list]:
         """The text (and text_pair), as the `pipeline` input is named, and the gold label(s) by name."""
         fields = {"text": batch[self.text_column]}
         if self.text_pair_column:
             fields["text_pair"] = batch[self.text_pair_column]
         if self.label_column in batch:
-            targets = self._encode_labels(batch[self.label_column], split)
+            targets = self._encode_labels(batch[self.label_column], split, features)
             if self.problem_type == "multi_label_classification":
                 fields["gold"] = [[n for n, on in zip(self.label_names, t, strict=True) if on] for t in targets]
             elif self.problem_type == "regression":
@@ -351,14 +355,16 @@ class TextClassificationData(TaskDataModule):
     def input_columns(self) -> list[str]:
         return [self.text_column] + ([self.text_pair_column] if self.text_pair_column else [])
 
-    def encode(self, batch: dict[str, list], split: str) -> dict[str, list]:
+    def encode(
+        self, batch: dict[str, list], split: str, features: datasets.Features, rows: list[int]
+    ) -> dict[str, list]:
         texts = [batch[self.text_column]]
         if self.text_pair_column:
             texts.append(batch[self.text_pair_column])
-        encoded, lengths = self.tokenize_truncated(texts, self.max_length)
+        encoded, lengths = tokenize_truncated(self.tokenizer, texts, self.max_length)
         encoded["length"] = lengths
         if self.label_column in batch:
-            encoded["labels"] = self._encode_labels(batch[self.label_column], split)
+            encoded["labels"] = self._encode_labels(batch[self.label_column], split, features)
         return encoded
 
     def preprocess(self, raw: datasets.DatasetDict) -> datasets.DatasetDict:

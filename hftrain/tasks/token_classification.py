@@ -23,11 +23,13 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from hftrain.core.data import TaskDataModule, column
+from hftrain.core.data import TaskDataModule
+from hftrain.core.data_checks import class_names, distinct_labels, require_columns
 from hftrain.core.errors import HFTrainError
 from hftrain.core.losses import IGNORE_INDEX as IGNORE
 from hftrain.core.losses import check_label_smoothing, class_weight_tensor, cross_entropy
 from hftrain.core.module import Stage, TaskModule
+from hftrain.core.sources import column
 from hftrain.metrics.span_f1 import Mode, Scheme, SpanF1, detect_scheme, extract_spans, split_tag
 
 CONLL_SUFFIXES = (".conll", ".txt")
@@ -265,19 +267,19 @@ class TokenClassificationData(TaskDataModule):
     def supported_suffixes(self) -> list[str]:
         return sorted({*super().supported_suffixes(), *CONLL_SUFFIXES})
 
-    def _where(self, split: str, row: int, word: int | None = None) -> str:
-        """`the train data (file) at row 3` plus the file line for CoNLL input."""
+    def _where(self, split: str, row: int, line: int | None, word: int | None = None) -> str:
+        """`the train data (file) at row 3` plus the file line for CoNLL input (`line`: the row's first)."""
         where = f"the {split} data ({self.source(split)}) at row {row + 1}"
-        if "line" in self.raw[split].column_names:
-            line = self.raw[split][row]["line"] + (word or 0)
-            where += f" (line {line})"
+        if line is not None:
+            where += f" (line {line + (word or 0)})"
         return where
 
     def check_data(self, raw: datasets.DatasetDict) -> None:
         self._find_columns(raw)
-        self.require_columns(
+        require_columns(
             raw,
             {"tokens_column": self.tokens_column, "tag_column": self.tag_column},
+            self.source,
             optional=("tag_column",),
         )
         train = raw.get("train")
@@ -286,16 +288,18 @@ class TokenClassificationData(TaskDataModule):
         for split, dataset in raw.items():
             has_tags = self.tag_column in dataset.column_names and split != "predict"
             tags = column(dataset, self.tag_column) if has_tags else None
-            class_names = self.class_names(dataset, self.tag_column)
+            names = class_names(dataset.features, self.tag_column)
+            lines = column(dataset, "line") if "line" in dataset.column_names else None
             for row, words in enumerate(column(dataset, self.tokens_column)):
+                line = lines[row] if lines else None
                 if not isinstance(words, list) or not words or not all(isinstance(w, str) for w in words):
                     raise HFTrainError(
-                        f"{self._where(split, row)}: column '{self.tokens_column}' must be a non-empty list "
-                        f"of words, got {words!r}. Drop empty sentences, or split the text into a list of "
-                        "words."
+                        f"{self._where(split, row, line)}: column '{self.tokens_column}' must be a "
+                        f"non-empty list of words, got {words!r}. Drop empty sentences, or split the text into a "
+                        "list of words."
                     )
                 if tags is not None:
-                    self._tag_ids(split, row, words, tags[row], class_names)
+                    self._tag_ids(split, row, words, tags[row], names, line)
 
     def _find_columns(self, raw: datasets.DatasetDict) -> None:
         """Fill in unset column names as `run_ner.py` does, among the columns that hold lists: `tokens` else
@@ -323,7 +327,7 @@ class TokenClassificationData(TaskDataModule):
         rank_zero_info(f"Reading words from column '{self.tokens_column}', tags from '{self.tag_column}'.")
 
     def _discover_labels(self, train: datasets.Dataset) -> list[str]:
-        names = self.class_names(train, self.tag_column)
+        names = class_names(train.features, self.tag_column)
         if names is not None:
             return names
         values = [tag for row in column(train, self.tag_column) for tag in row or []]
@@ -332,31 +336,33 @@ class TokenClassificationData(TaskDataModule):
                 f"The training data ({self.source('train')}) has tag ids in column '{self.tag_column}' but "
                 "no tag names. Set data.label_names to the tag names in id order."
             )
-        return self.distinct_labels(values)
+        return distinct_labels(values)
 
-    def _tag_ids(self, split: str, row: int, words: list[str], tags: Any, class_names: list[str] | None) -> list[int]:
-        """One sentence's tags as ids (`class_names`: those of ClassLabel tags); a wrong count or an unknown
-        tag is an error naming the row."""
+    def _tag_ids(
+        self, split: str, row: int, words: list[str], tags: Any, names: list[str] | None, line: int | None
+    ) -> list[int]:
+        """One sentence's tags as ids (`names`: those of ClassLabel tags); a wrong count or an unknown tag is an
+        error naming the row (and its first `line` in a CoNLL file)."""
         if not self.label_names:
             raise HFTrainError("The tag set is unknown: give a training split or set data.label_names.")
         if not isinstance(tags, list) or len(tags) != len(words):
             count = len(tags) if isinstance(tags, list) else type(tags).__name__
             raise HFTrainError(
-                f"{self._where(split, row)} has {len(words)} words but {count} tags in column "
+                f"{self._where(split, row, line)} has {len(words)} words but {count} tags in column "
                 f"'{self.tag_column}'. Give exactly one tag per word."
             )
         index = {name: i for i, name in enumerate(self.label_names)}
         ids = []
         for word, tag in enumerate(tags):
-            if class_names is not None:  # ClassLabel ids go by name: label_names may order them otherwise
-                tag = class_names[tag]
+            if names is not None:  # ClassLabel ids go by name: label_names may order them otherwise
+                tag = names[tag]
             if tag in index:
                 ids.append(index[tag])
             elif isinstance(tag, int) and 0 <= tag < len(self.label_names):
                 ids.append(tag)
             else:
                 raise HFTrainError(
-                    f"{self._where(split, row, word)} has the tag {tag!r} (word {word + 1}, "
+                    f"{self._where(split, row, line, word)} has the tag {tag!r} (word {word + 1}, "
                     f"{words[word]!r}), which is not in the tag set {self.label_names}. Fix the tag, or add "
                     "it to data.label_names."
                 )
@@ -375,7 +381,9 @@ class TokenClassificationData(TaskDataModule):
         budget = self.max_length - self.tokenizer.num_special_tokens_to_add()
         return num_words if len(word_ids) <= budget else max(word_ids[budget], 1)
 
-    def encode(self, batch: dict[str, list], split: str, rows: list[int]) -> dict[str, list]:
+    def encode(
+        self, batch: dict[str, list], split: str, features: datasets.Features, rows: list[int]
+    ) -> dict[str, list]:
         sentences = batch[self.tokens_column]
         pieces = self.tokenizer(sentences, is_split_into_words=True, add_special_tokens=False, verbose=False)
         kept = [self._words_that_fit(pieces.word_ids(i), len(s)) for i, s in enumerate(sentences)]
@@ -387,11 +395,14 @@ class TokenClassificationData(TaskDataModule):
         )
         with_tags = self.tag_column in batch and split != "predict"
         continuation = self._continuation_ids()
-        class_names = self.class_names(self.raw[split], self.tag_column)
+        names = class_names(features, self.tag_column)
+        lines = batch.get("line")
         word_ids, labels = [], []
         for i, sentence in enumerate(sentences):
             tag_ids = (
-                self._tag_ids(split, rows[i], sentence, batch[self.tag_column][i], class_names) if with_tags else None
+                self._tag_ids(split, rows[i], sentence, batch[self.tag_column][i], names, lines[i] if lines else None)
+                if with_tags
+                else None
             )
             firsts, targets, previous = [], [], None
             for word in encoded.word_ids(i):
@@ -413,11 +424,11 @@ class TokenClassificationData(TaskDataModule):
         encoded["subwords"] = [len(ids) + specials for ids in pieces["input_ids"]]
         return encoded
 
-    def row_fields(self, batch: dict[str, list], split: str) -> dict[str, list]:
+    def row_fields(self, batch: dict[str, list], split: str, features: datasets.Features) -> dict[str, list]:
         """The words and, where the data has them, the gold tag of each word by name."""
         fields = {"tokens": batch[self.tokens_column]}
         if self.tag_column in batch:
-            names = self.class_names(self.raw[split], self.tag_column)
+            names = class_names(features, self.tag_column)
             fields["gold"] = [[names[t] if names else t for t in tags] for tags in batch[self.tag_column]]
         return fields
 
@@ -442,7 +453,7 @@ class TokenClassificationData(TaskDataModule):
                 "classification needs to map subwords to words. Use a model that ships a tokenizer.json."
             )
         processed = self.report_truncation(
-            self.map_splits(raw, self.encode, with_indices=True),
+            self.map_splits(raw, self.encode),
             "subwords",
             "max_length",
             lambda split, encoded: (
