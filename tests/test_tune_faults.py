@@ -101,12 +101,16 @@ def test_a_requeued_slurm_job_takes_its_own_trial_back_at_once(tmp_path, monkeyp
     monkeypatch.setenv("SLURM_JOB_NAME", "hftrain-tune")
     monkeypatch.setenv("SLURM_JOB_ID", "101")
     ours = start_trial(first, "trial_0")
-    monkeypatch.setenv("SLURM_JOB_ID", "102")
-    start_trial(second, "trial_1")
-
-    monkeypatch.setenv("SLURM_JOB_ID", "101")  # job 101 requeued: its trial, not job 102's, well within the grace
+    start_trial(second, "trial_1")  # another worker started in the same job (a second srun step)
     faults.take_over_stale_trials(first)
-    assert states(first) == ["FAIL", "RUNNING", "WAITING"]
+    assert states(first) == ["RUNNING", "RUNNING"]  # workers of one run leave each other's trials alone
+    monkeypatch.setenv("SLURM_JOB_ID", "102")
+    start_trial(second, "trial_2")
+
+    monkeypatch.setenv("SLURM_JOB_ID", "101")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # job 101 requeued: its trials, not job 102's, within the grace
+    faults.take_over_stale_trials(first)
+    assert states(first) == ["FAIL", "FAIL", "RUNNING", "WAITING", "WAITING"]
     retry = faults.ask(first)
     assert faults.retried_trial(retry) == ours.number
 

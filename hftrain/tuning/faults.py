@@ -42,7 +42,7 @@ from hftrain.core.runs import newest_resume_point
 from hftrain.core.signals import RunInterrupted
 
 HEARTBEAT = "hftrain:heartbeat"  # journal trials: time.time() of the latest heartbeat
-WORKER = "hftrain:worker"  # the SLURM job (its own id, also for an array task) that runs the trial, None elsewhere
+WORKER = "hftrain:worker"  # the SLURM job and run that runs the trial (`this_worker`), None elsewhere
 RETRIED = "failed_trial"  # Optuna's retry callback's attribute: the number of the trial a retry continues
 WORKER_ATTRS = (HEARTBEAT, WORKER)  # belong to one attempt of a trial, not copied into its retry
 
@@ -123,8 +123,11 @@ def open_storage(location: str, heartbeat_interval: int, grace_period: int | Non
 
 
 def this_worker() -> str | None:
-    """The SLURM job this process belongs to (an array task's own id, kept when the job is requeued), else None."""
-    return str(SLURMEnvironment.job_id()) if SLURMEnvironment.detect() else None
+    """`<job id>/<restarts>` of the SLURM job this process belongs to (an array task has an id of its own, kept
+    when the job is requeued; each requeue adds a restart), else None."""
+    if not SLURMEnvironment.detect():
+        return None
+    return f"{SLURMEnvironment.job_id()}/{int(os.environ.get('SLURM_RESTART_COUNT') or 0)}"
 
 
 def grace_period(storage: BaseStorage) -> float:
@@ -150,14 +153,23 @@ def fail_and_retry(study: optuna.Study, trials: list[FrozenTrial]) -> list[int]:
     return [t.number for t in moved]
 
 
-def release_own_trials(study: optuna.Study, worker: str | None = None) -> list[int]:
-    """Queue again the trials this SLURM job was running when it was requeued (or preempted and requeued): its
-    earlier processes have ended, so they are resumed at once instead of after the grace period."""
-    worker = worker or this_worker()
+def release_own_trials(study: optuna.Study) -> list[int]:
+    """Queue again the trials this SLURM job was running in an earlier run, before it was requeued (or preempted
+    and requeued): Slurm starts a job again only after all its processes ended, so they are resumed at once
+    instead of after the grace period. Workers started together in one job (several `srun` steps) are in the
+    same run and leave each other's trials alone."""
+    worker = this_worker()
     if worker is None:
         return []
-    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    return fail_and_retry(study, [t for t in running if t.system_attrs.get(WORKER) == worker])
+    job, restarts = worker.split("/")
+
+    def earlier_run(trial: FrozenTrial) -> bool:
+        their_job, _, their_restarts = str(trial.system_attrs.get(WORKER)).partition("/")
+        return their_job == job and their_restarts.isdigit() and int(their_restarts) < int(restarts)
+
+    return fail_and_retry(
+        study, [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if earlier_run(t)]
+    )
 
 
 def take_over_stale_trials(study: optuna.Study) -> None:
