@@ -9,13 +9,14 @@ import optuna
 import pytest
 import yaml
 from conftest import sentiment_rows, write_csv
-from helpers import CPU_DDP, classification_config, hftrain_ok, run_cli, tree_digest
+from helpers import CPU_DDP, classification_config, hftrain, hftrain_ok, run_cli, tree_digest
 from lightning.pytorch.callbacks import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-import hftrain
+import hftrain as hftrain_api
 from hftrain.core import runs
+from hftrain.core.errors import HFTrainError
 from hftrain.tuning import outputs
 from hftrain.tuning import study as study_module
 from hftrain.tuning.settings import TuneSettings
@@ -72,7 +73,7 @@ def test_tune_runs_trials_as_fit_runs_and_continues_to_the_total(task, tmp_path,
     assert run_cli("fit", "--config", study / "best.yaml", "--print_config") == 0
 
     # the same search again, from Python, with a larger total: one more trial, numbered on
-    result = hftrain.tune(task, search, tune={"n_trials": 3})
+    result = hftrain_api.tune(task, search, tune={"n_trials": 3})
     assert list(result.trials["number"]) == [0, 1, 2] and set(result.trials["state"]) == {"COMPLETE"}
     assert result.best_value == result.trials["value"].max()
     assert set(result.best_params) == set(SPACE)
@@ -169,7 +170,8 @@ def test_ddp_trials_use_rank_zeros_values_and_stop_together_when_pruned(tiny_ber
     )
     search = tmp_path / "search.yaml"
     space = {"model.learning_rate": [1.0e-2, 1.0], "data.batch_size": [8]}
-    settings = {"n_trials": 2, "sampler": "grid", "seed": 1, "space": space, "pruner_options": {"n_startup_trials": 1}}
+    settings = {"n_trials": 2, "sampler": "grid", "seed": 1, "space": space, "keep": "all"}
+    settings["pruner_options"] = {"n_startup_trials": 1}
     search.write_text(yaml.safe_dump({"tune": settings}))
     output = hftrain_ok("tune", "--config", task, "--config", search, *CPU_DDP, "--trainer.devices", 2)
     study = Path("runs/task/tune")
@@ -183,5 +185,65 @@ def test_ddp_trials_use_rank_zeros_values_and_stop_together_when_pruned(tiny_ber
         validations = max(trial.intermediate_values)
         assert ranks[0]["global_step"] == 2 * validations  # 2 steps an epoch, stopped at its last validation
         assert validations == 3 if trial.state.name == "COMPLETE" else validations < 3
-        assert (folder / "results.json").is_file()
+        assert (folder / "results.json").is_file() and (folder / "checkpoints" / "last.ckpt").is_file()  # keep: all
     assert output.count("Study folder:") == 1  # rank 1 ran the trials, and left the study to rank 0
+
+
+@pytest.mark.processes  # three workers at once
+def test_workers_started_together_share_the_study_and_its_exact_total(task, tmp_path):
+    """Three `hftrain tune` processes on one study of 4 trials: every trial number once, exactly 4 trials run, each
+    in its own folder; a worker that asked past the total ran nothing for it."""
+    search = search_config(tmp_path / "search.yaml", n_trials=4, sampler="random", pruner="none")
+    workers = [hftrain("tune", "--config", task, "--config", search, wait=False) for _ in range(3)]
+    try:
+        printed = [worker.communicate(timeout=900)[0] for worker in workers]
+    finally:
+        for worker in workers:
+            worker.kill()
+    assert [worker.returncode for worker in workers] == [0, 0, 0], "\n".join(printed)
+    study = Path("runs/task/tune")
+    trials = optuna.load_study(study_name="task", storage=open_storage(TuneSettings(), study)).trials
+    ran = [t.number for t in trials if t.state.name == "COMPLETE"]
+    assert len(ran) == 4 and all(t.user_attrs.get("surplus") for t in trials if t.state.name != "COMPLETE")
+    assert sorted(p.name for p in study.glob("trial_*")) == sorted(f"trial_{n}" for n in ran)
+    assert [int(row["number"]) for row in csv.DictReader((study / "trials.csv").open())] == ran
+    best = optuna.load_study(study_name="task", storage=open_storage(TuneSettings(), study)).best_trial.number
+    assert [n for n in ran if (study / f"trial_{n}" / "hf_model").is_dir()] == [best]  # freed by whichever worker
+    assert sum(output.count("Trial ") for output in printed) >= 4
+
+
+def test_a_worker_that_asked_past_the_total_runs_nothing(monkeypatch):
+    """The race `claim_trial` is for: a worker counted one trial left, but another asked first. Its trial, numbered
+    after the total, is marked failed (surplus) before any value is drawn, and the study keeps n_trials."""
+    from hftrain.tuning import study as study_module
+
+    study = optuna.create_study()
+    assert study_module.claim_trial(study, 2) is not None and study_module.claim_trial(study, 2) is not None
+    assert study_module.claim_trial(study, 2) is None  # counted: nothing asked
+    monkeypatch.setattr(study_module, "counted", lambda study: 1)  # what a worker saw before the other asked
+    assert study_module.claim_trial(study, 2) is None
+    surplus = study.trials[-1]
+    assert (surplus.number, surplus.state.name, surplus.params) == (2, "FAIL", {})
+    assert surplus.user_attrs == {"surplus": True}
+    assert len(study.get_trials(states=study_module.COUNTED)) == 2
+
+
+def test_samplers_and_pruners_are_optunas_and_seeded():
+    from hftrain.tuning.settings import dimensions
+    from hftrain.tuning.study import grid_size, pruner_of, sampler_of
+
+    ranges = {"a": {"low": 1, "high": 4}, "b": [0.1, 0.2], "c": {"low": 0.0, "high": 0.2, "step": 0.1}}
+    space = dimensions(TuneSettings(space=ranges))
+    assert [d.grid() for d in space] == [[1, 2, 3, 4], [0.1, 0.2], [0.0, 0.1, 0.2]] and grid_size(space) == 24
+    draws = []
+    for _ in range(2):
+        study = optuna.create_study(sampler=sampler_of(TuneSettings(sampler="random", seed=3), space))
+        draws.append(study.ask().suggest_float("x", 0, 1))
+    assert draws[0] == draws[1]
+    assert isinstance(sampler_of(TuneSettings(), space), optuna.samplers.TPESampler)
+    assert isinstance(sampler_of(TuneSettings(sampler="grid"), space), optuna.samplers.GridSampler)
+    assert isinstance(pruner_of(TuneSettings()), optuna.pruners.MedianPruner)
+    assert isinstance(pruner_of(TuneSettings(pruner="hyperband")), optuna.pruners.HyperbandPruner)
+    assert isinstance(pruner_of(TuneSettings(pruner="none")), optuna.pruners.NopPruner)
+    with pytest.raises(HFTrainError, match="grid sampler cannot list"):
+        dimensions(TuneSettings(space={"x": {"low": 0.0, "high": 1.0}}))[0].grid()

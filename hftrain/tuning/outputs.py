@@ -11,9 +11,12 @@
 import math
 import shutil
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
+from optuna.storages.journal import JournalFileOpenLock
 from optuna.trial import FrozenTrial, TrialState
 
 from hftrain.core import runs
@@ -65,8 +68,20 @@ def trials_frame(study: optuna.Study):
     return pd.DataFrame(rows)
 
 
+@contextmanager
+def summary_lock(study_dir: Path) -> Iterator[None]:
+    """One worker at a time writes the study folder's summary files (workers of one study share the folder, and a
+    file is written through one `.partial` beside it). The lock is Optuna's journal lock, which works on NFS."""
+    lock = JournalFileOpenLock(str(study_dir / "summary"))
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def write_summary(study: optuna.Study, study_dir: Path) -> None:
-    """`trials.csv`, and `best.yaml` from the best trial's saved config."""
+    """`trials.csv`, and `best.yaml` from the best trial's saved config (under `summary_lock`)."""
     write_text(study_dir / TRIALS_FILE, trials_frame(study).to_csv(index=False))
     best = best_trial(study)
     config = Path(best.user_attrs.get(FOLDER, "")) / "config.yaml" if best else None
@@ -101,8 +116,8 @@ PLOTS = {
 
 
 def draw_plots(study: optuna.Study, study_dir: Path) -> list[str]:
-    """Optuna's matplotlib plots as PNG files in the study folder; the names of those drawn (importances need two
-    finished trials that differ, intermediate values a trial that validated)."""
+    """Optuna's matplotlib plots as PNG files in the study folder (under `summary_lock`); the names of those drawn
+    (importances need two finished trials that differ, intermediate values a trial that validated)."""
     import matplotlib
 
     matplotlib.use("Agg")

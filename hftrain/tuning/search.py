@@ -117,8 +117,9 @@ class Search:
         while (assignment := ranks.share(self.next_trial() if ranks.is_rank_zero() else None)) is not None:
             self.run_trial(assignment)
         if ranks.is_rank_zero():
-            outputs.write_summary(self.study, self.folder)
-            outputs.draw_plots(self.study, self.folder)
+            with outputs.summary_lock(self.folder):
+                outputs.write_summary(self.study, self.folder)
+                outputs.draw_plots(self.study, self.folder)
 
     def run_trial(self, assignment: dict[str, Any]) -> TrialState | None:
         """One trial on this rank: its values → its run folder's config → fit (resumed from `ckpt_path` when
@@ -154,8 +155,9 @@ class Search:
             return None
         self._failures = 0
         state = self._tell(trial, folder, pruning.pruned)
-        outputs.write_summary(self.study, self.folder)
-        outputs.free_disk(self.study, self.settings.keep)
+        with outputs.summary_lock(self.folder):
+            outputs.write_summary(self.study, self.folder)
+            outputs.free_disk(self.study, self.settings.keep)
         frozen = next(t for t in self.study.get_trials(deepcopy=False) if t.number == number)
         print(outputs.progress_line(self.study, self.n_trials, frozen), flush=True)
         return state
