@@ -3,13 +3,16 @@ bad search configs are refused in one paragraph before anything is written."""
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
 from conftest import sentiment_rows, write_csv
-from helpers import CPU_DDP, classification_config, hftrain, hftrain_ok, run_cli, tree_digest
+from helpers import CPU_DDP, TESTS, classification_config, free_port, hftrain, hftrain_ok, run_cli, tree_digest
 from lightning.pytorch.callbacks import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
@@ -148,26 +151,35 @@ class RecordRankValues(Callback):
         (folder / f"rank_{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
-@pytest.mark.processes  # two DDP processes on CPU
-def test_ddp_trials_use_rank_zeros_values_and_stop_together_when_pruned(tiny_bert, tmp_path):
-    """Lightning's launcher re-runs `hftrain tune` for rank 1: it must train rank 0's trial with rank 0's values,
-    and stop at the validation where rank 0's pruner stopped it. The grid's order under this seed runs the small
-    learning rate first; the large one then has a worse validation loss and is pruned before its last epoch."""
+def recording_task(tiny_bert: str, tmp_path: Path) -> Path:
+    """A task config of 3 epochs of 2 steps on 2 ranks, judged by the validation loss, whose ranks record their
+    values (`RecordRankValues`)."""
     files = {
         "train": str(write_csv(tmp_path / "train.csv", sentiment_rows(48, seed=1))),
         "validation": str(write_csv(tmp_path / "dev.csv", sentiment_rows(16, seed=2))),
     }
-    callbacks = [{"class_path": "test_tune.RecordRankValues"}]
-    task = classification_config(
+    return classification_config(
         tmp_path / "task.yaml",
         tiny_bert,
         files,
         trainer__limit_train_batches=2,
         trainer__max_epochs=3,
-        trainer__callbacks=callbacks,
+        trainer__callbacks=[{"class_path": "test_tune.RecordRankValues"}],
         checkpoint__monitor="val/loss",
         checkpoint__mode="min",
     )
+
+
+def rank_records(trial_folder: Path) -> list[dict]:
+    return [json.loads((trial_folder / f"rank_{rank}.json").read_text()) for rank in (0, 1)]
+
+
+@pytest.mark.processes  # two DDP processes on CPU
+def test_ddp_trials_use_rank_zeros_values_and_stop_together_when_pruned(tiny_bert, tmp_path):
+    """Lightning's launcher re-runs `hftrain tune` for rank 1: it must train rank 0's trial with rank 0's values,
+    and stop at the validation where rank 0's pruner stopped it. The grid's order under this seed runs the small
+    learning rate first; the large one then has a worse validation loss and is pruned before its last epoch."""
+    task = recording_task(tiny_bert, tmp_path)
     search = tmp_path / "search.yaml"
     space = {"model.learning_rate": [1.0e-2, 1.0], "data.batch_size": [8]}
     settings = {"n_trials": 2, "sampler": "grid", "seed": 1, "space": space, "keep": "all"}
@@ -179,7 +191,7 @@ def test_ddp_trials_use_rank_zeros_values_and_stop_together_when_pruned(tiny_ber
     assert [(t.state.name, t.params["model.learning_rate"]) for t in trials] == [("COMPLETE", 1e-2), ("PRUNED", 1.0)]
     for trial in trials:
         folder = study / f"trial_{trial.number}"
-        ranks = [json.loads((folder / f"rank_{rank}.json").read_text()) for rank in (0, 1)]
+        ranks = rank_records(folder)
         assert ranks[0] == ranks[1]  # the same values, and the same last step
         assert ranks[0]["learning_rate"] == trial.params["model.learning_rate"]
         validations = max(trial.intermediate_values)
@@ -187,6 +199,27 @@ def test_ddp_trials_use_rank_zeros_values_and_stop_together_when_pruned(tiny_ber
         assert validations == 3 if trial.state.name == "COMPLETE" else validations < 3
         assert (folder / "results.json").is_file() and (folder / "checkpoints" / "last.ckpt").is_file()  # keep: all
     assert output.count("Study folder:") == 1  # rank 1 ran the trials, and left the study to rank 0
+
+
+@pytest.mark.processes  # two processes started by torchrun
+def test_ranks_started_outside_receive_rank_zeros_trials(tiny_bert, tmp_path):
+    """Ranks that torchrun (or Slurm, one task per rank) starts all run `hftrain tune` from the start: they join one
+    process group before the first trial, and only rank 0 asks the study."""
+    task = recording_task(tiny_bert, tmp_path)
+    search = search_config(tmp_path / "search.yaml", pruner="none", sampler="random")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", 2, "--master_port", free_port()]
+    command += ["-m", "hftrain", "tune", "--config", task, "--config", search, *CPU_DDP, "--trainer.devices", "2"]
+    path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    done = subprocess.run(list(map(str, command)), env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    study = Path("runs/task/tune")
+    trials = optuna.load_study(study_name="task", storage=open_storage(TuneSettings(), study)).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]  # rank 1 asked for none
+    for trial in trials:
+        ranks = rank_records(study / f"trial_{trial.number}")
+        assert ranks[0] == ranks[1] and ranks[0]["learning_rate"] == trial.params["model.learning_rate"]
+        assert ranks[0]["global_step"] == 6
 
 
 @pytest.mark.processes  # three workers at once
