@@ -280,3 +280,12 @@ def test_samplers_and_pruners_are_optunas_and_seeded():
     assert isinstance(pruner_of(TuneSettings(pruner="none")), optuna.pruners.NopPruner)
     with pytest.raises(HFTrainError, match="grid sampler cannot list"):
         dimensions(TuneSettings(space={"x": {"low": 0.0, "high": 1.0}}))[0].grid()
+
+
+def test_help_lists_the_search_settings(capsys):
+    from hftrain.command import main
+
+    main(["tune", "--help"])
+    printed = capsys.readouterr().out
+    assert all(f"--tune.{name} " in printed for name in ("space", "n_trials", "sampler", "pruner", "storage", "keep"))
+    assert "default_factory" not in printed
