@@ -13,6 +13,17 @@ from collections.abc import Iterable
 from pathlib import Path
 
 EOS = "<|endoftext|>"
+# ChatML (Qwen's, SmolLM's) with `{% generation %}` markers around what the assistant writes: its content and the
+# end-of-turn token. hftrain finds those spans without the markers (which render as nothing); TRL's SFTTrainer needs
+# them for `assistant_only_loss`, so with this template both train on the same tokens (scripts/bench_vs_trl.py).
+CHATML = (
+    "{%- if messages[0]['role'] != 'system' %}{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+    "{%- endif %}{%- for message in messages %}{%- if message['role'] == 'assistant' %}"
+    "{{- '<|im_start|>assistant\\n' }}{%- generation %}{{- message['content'] + '<|im_end|>' }}{%- endgeneration %}"
+    "{{- '\\n' }}{%- else %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+CHATML_TOKENS = ["<|im_start|>", "<|im_end|>"]
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, model_max_length: int):
@@ -68,6 +79,27 @@ def make_model(
     GPT2LMHeadModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def add_chat_template(
+    folder: str | Path, template: str = CHATML, special_tokens: list[str] = CHATML_TOKENS, dropout: float | None = None
+) -> Path:
+    """Make the causal LM saved in `folder` a chat model: the template's special tokens added to its tokenizer
+    (with embeddings for them), the template as the tokenizer's own; `dropout` (if given) replaces every dropout
+    rate of its config, e.g. 0 for runs that must take identical steps."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.add_tokens(special_tokens, special_tokens=True)
+    tokenizer.chat_template = template
+    tokenizer.save_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    if dropout is not None:
+        for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop"):
+            setattr(model.config, key, dropout)
+    model.save_pretrained(folder)
+    return Path(folder)
 
 
 def main() -> None:

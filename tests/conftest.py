@@ -125,6 +125,20 @@ def tiny_gpt2(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_chat_gpt2(tiny_gpt2, tmp_path_factory) -> str:
+    """The tiny GPT-2 as a chat model, dropout off: ChatML with `{% generation %}` markers as its template (the one
+    TRL's `assistant_only_loss` reads; hftrain finds the same spans without them) and its special tokens added."""
+    import shutil
+
+    from helpers import load_script
+
+    folder = tmp_path_factory.mktemp("tiny-chat-gpt2")
+    shutil.copytree(tiny_gpt2, folder, dirs_exist_ok=True)
+    load_script("make_lm_model").add_chat_template(folder, dropout=0.0)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
 def tiny_t5(tmp_path_factory) -> str:
     """A 2-layer random T5 with a T5-style unigram tokenizer holding every cipher word as one piece.
 

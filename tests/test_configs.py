@@ -87,6 +87,11 @@ def texts(n: int = 8) -> list[str]:
     return [r["text"] for r in sentiment_rows(n)]
 
 
+def chats() -> list[list[dict[str, str]]]:
+    """Conversations in the OpenAI format that TRL's examples and the Hub's chat data sets use."""
+    return [[{"role": "user", "content": t}, {"role": "assistant", "content": t.upper()}] for t in texts()]
+
+
 def ner_rows(words: str, tags: str) -> list[dict]:
     return [{words: t.split(), tags: [NER_TAGS.get(w, "O") for w in t.split()]} for t in texts()]
 
@@ -134,6 +139,10 @@ def hf_example_file(config: Path, folder: Path) -> tuple[Path, dict]:
         }
     if task == "multiple_choice":  # run_swag: swag/sample.json, sent1, sent2, ending0..3, label
         return Path(write_jsonl(folder / "sample.json", swag_rows(8, 0))), SWAG_COLUMNS
+    if is_chat(config):  # TRL's sft example: conversational rows, a `messages` column
+        return Path(write_jsonl(folder / "sample.json", [{"messages": c} for c in chats()])), {
+            "messages_column": "messages"
+        }
     (folder / "sample_text.txt").write_text("\n\n".join(texts()) + "\n")  # run_clm: sample_text.txt
     return folder / "sample_text.txt", {"text_column": "text"}
 
@@ -214,6 +223,9 @@ def target_file(config: Path, folder: Path) -> tuple[Path, dict]:
         }
     if task == "seq2seq":  # the Hub's columns: xsum's are those of run_summarization's fixture, wmt16's its own
         return hf_example_file(config, folder)
+    if stem.startswith("capybara"):  # trl-lib/Capybara's columns: source, messages, num_turns
+        rows = [{"source": "Airoboros", "messages": c, "num_turns": 1} for c in chats()]
+        return Path(write_jsonl(folder / "hub.jsonl", rows)), {"messages_column": "messages"}
     (folder / "valid.txt").write_text(" = A = \n\n" + "\n\n".join(texts()) + "\n")  # WikiText-2's raw text
     return folder / "valid.txt", {"text_column": "text"}
 
@@ -228,7 +240,14 @@ def file_settings(config: Path, file: Path) -> dict[str, str]:
 
 
 def tiny_model(config: Path, request) -> str:
+    if is_chat(config):
+        return request.getfixturevalue("tiny_chat_gpt2")
     return request.getfixturevalue(TINY_MODELS.get(task_of(config), "tiny_bert"))
+
+
+def is_chat(config: Path) -> bool:
+    """Whether the config trains on conversations: its model needs a chat template."""
+    return bool(settings(config)["data"]["init_args"].get("messages_column"))
 
 
 def settings(config: Path) -> dict:
