@@ -1,5 +1,6 @@
 """Faults injected into a training subprocess (importable there through PYTHONPATH=tests)."""
 
+import json
 import os
 import shutil
 import signal
@@ -181,3 +182,17 @@ class SlowCacheWrites(Callback):
         digest = hashlib.sha256(json.dumps(ids[:]).encode()).hexdigest()
         with self.log.open("a") as out:
             out.write(f"read {os.getpid()} {digest}\n")
+
+
+class RecordBatches(Callback):
+    """Append every training batch's token ids, with the step it trains, to `folder/rank<R>.jsonl`: to compare the
+    batches of a resumed run with an uninterrupted one's, and the rows every rank saw."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        line = {"step": trainer.global_step, "input_ids": batch["input_ids"].tolist()}
+        with (self.folder / f"rank{trainer.global_rank}.jsonl").open("a") as f:
+            f.write(json.dumps(line) + "\n")

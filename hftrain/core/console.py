@@ -138,10 +138,18 @@ class RunHeader(Callback):
         if raw is None:
             return None
         used = SPLITS_USED.get(stage, ())
-        sizes = [f"{len(dataset):,} {split}" for split, dataset in raw.items() if split.split("/")[0] in used]
+        streamed = getattr(datamodule, "streaming", False)  # the train split holds only the stream's first rows
+        sizes = [
+            f"{len(dataset):,} {split}"
+            for split, dataset in raw.items()
+            if split.split("/")[0] in used and not (streamed and split == "train")
+        ]
+        parts = [f"{', '.join(sizes)} rows"] if sizes else []
+        if streamed and "train" in used:
+            parts.append(f"train streamed from {len(datamodule.shards)} shard(s)")
         labels = getattr(datamodule, "label_names", None)
         described = f"; {len(labels)} labels: {_listing(labels, 6)}" if labels else ""
-        return f"Data: {', '.join(sizes)} rows{described}" if sizes else None
+        return f"Data: {', '.join(parts)}{described}" if parts else None
 
     @staticmethod
     def model_line(pl_module: LightningModule, with_load_report: bool) -> str:

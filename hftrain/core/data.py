@@ -34,6 +34,15 @@ from hftrain.core.length_split import LengthSplit
 from hftrain.core.loaders import KeepRows, LoaderOptions
 from hftrain.core.pretrained import load_tokenizer
 from hftrain.core.sources import Source, Split, column
+from hftrain.core.streaming import (
+    BadRowPolicy,
+    Shard,
+    StreamDataset,
+    StreamSource,
+    first_rows,
+    hub_shards,
+    local_shards,
+)
 from hftrain.core.truncation import truncation_note
 
 
@@ -95,6 +104,20 @@ class TaskDataModule(LightningDataModule, metaclass=ABCMeta):
             size and modification time, the tokenizer and the settings, so this is rarely needed).
         id_column: Column whose value is each row's `id` in predictions.jsonl. Unset: a column named `id` if
             the data has one, else the row's position in its file (counting from 0).
+        streaming: Read the training data as training goes instead of tokenizing it ahead into the cache: a
+            Hub dataset (`dataset_name`, loaded with `streaming=True`) or local shards (`train_file`, a path or
+            glob of .jsonl/.json lines, .csv, .tsv, .txt or .parquet files, optionally .gz/.bz2/.xz). Rows are
+            tokenized in the dataloader workers (`num_workers`). The stream has no length: set
+            `trainer.max_steps`, or `examples_per_epoch`. Validation reads `validation_file` (map-style), or the
+            first `max_eval_samples` rows of the Hub dataset's validation split. See docs/streaming.md.
+        shuffle_buffer: Streaming: rows held in the seeded shuffle buffer (the shard order is shuffled every pass
+            too). Larger mixes more, costs memory and a larger checkpoint (the buffer is saved in it).
+        on_bad_row: Streaming: what a training row that cannot be read (corrupt or truncated shard, a needed
+            column missing) does: `stop` the run with an error naming its file and line, or `skip` it with a
+            warning naming them.
+        examples_per_epoch: Streaming: training examples (rows, or packed blocks for causal LM) that make an
+            epoch across all processes, which sets when validation and epoch-end checkpoints run. Unset: the
+            run is one epoch of `trainer.max_steps` steps.
     """
 
     tokenizer_name: str | None = None
@@ -123,12 +146,19 @@ class TaskDataModule(LightningDataModule, metaclass=ABCMeta):
     max_predict_samples: int | None = None
     overwrite_cache: bool = False
     id_column: str | None = None
+    streaming: bool = False
+    shuffle_buffer: int = 10_000
+    on_bad_row: BadRowPolicy = "stop"
+    examples_per_epoch: int | None = None
 
     # whether the tokenizer pads with its end-of-sequence token when it has no padding token (causal LMs)
     pad_with_eos: ClassVar[bool] = False
     # whether the training loss counts a batch's padded positions (question answering's start and end softmax
     # runs over every position), so that a batch split by length, each part padded less, has another loss
     loss_reads_padding: ClassVar[bool] = False
+    # whether the task can train on streamed data (`data.streaming`): its `encode` turns any batch of rows into
+    # examples, with no look at the whole split
+    streams: ClassVar[bool] = False
     # settings that change how batches are served but not what the tokenized data holds
     loader_settings: ClassVar[frozenset[str]] = frozenset(
         {
@@ -141,6 +171,9 @@ class TaskDataModule(LightningDataModule, metaclass=ABCMeta):
             "length_group_batches",
             "split_by_length",
             "overwrite_cache",
+            "shuffle_buffer",
+            "on_bad_row",
+            "examples_per_epoch",
         }
     )
 
@@ -155,12 +188,14 @@ class TaskDataModule(LightningDataModule, metaclass=ABCMeta):
         self._predicting_inputs = False
         self._notes: list[str] = []
         self.datasets: Mapping[str, Split] | None = None
+        self.shards: list[Shard] = []
         self.raw = self.load_raw()
         self.check_data(self.raw)
         if self.id_column:
             evaluated = {k: v for k, v in self.raw.items() if k != "train"}
             require_columns(evaluated, {"id_column": self.id_column}, self.source)
-        sources.hold_out_validation(self.raw, self.validation_split_percentage, self.seed, self.source("train"))
+        held_out = 0 if self.streaming else self.validation_split_percentage  # a stream's rows are all trained on
+        sources.hold_out_validation(self.raw, held_out, self.seed, self.source("train"))
         sources.limit_rows(self.raw, self.max_train_samples, self.max_eval_samples, self.max_predict_samples)
         self.save_hyperparameters()
         # the CLI records the config as given; add what was learnt from the data (the label set)
@@ -294,8 +329,11 @@ class TaskDataModule(LightningDataModule, metaclass=ABCMeta):
         return [f"validation/{name}" for name in self.validation_sets] if self.validation_sets else ["validation"]
 
     def files(self) -> dict[str, str]:
-        """Every split given as a local file: split name -> path (named validation sets one by one)."""
+        """Every split given as a local file: split name -> path (named validation sets one by one); a streamed
+        training split's shards are not among them (`shards`)."""
         files = {split: getattr(self, f"{split}_file") for split in sources.SPLITS if getattr(self, f"{split}_file")}
+        if self.streaming:
+            files.pop("train", None)
         if self.validation_sets:
             del files["validation"]
             files.update({f"validation/{name}": path for name, path in self.validation_file.items()})
@@ -305,6 +343,8 @@ class TaskDataModule(LightningDataModule, metaclass=ABCMeta):
         """Where a split comes from, in words for error messages."""
         if split == "predict" and self._predicting_inputs:
             return "the inputs given to predict"
+        if split == "train" and self.streaming:
+            return self.train_file or f"{self.dataset_name} (streamed)"
         path = self.files().get(split)
         if path:
             return path
@@ -318,6 +358,8 @@ class TaskDataModule(LightningDataModule, metaclass=ABCMeta):
         """Load every configured split (`sources.load_splits`). A training file replaces a Hub dataset set
         alongside it (a config's `dataset_name: glue` with `--data.train_file` on the command line reads the
         files, as the HF scripts do, and never goes to the Hub)."""
+        if self.streaming:
+            return self._load_streamed()
         if self.dataset_name and self.train_file:
             rank_zero_info(
                 f"data.train_file is set, so it replaces the Hub dataset '{self.dataset_name}' (data.dataset_name), "
@@ -328,6 +370,59 @@ class TaskDataModule(LightningDataModule, metaclass=ABCMeta):
         return sources.load_splits(
             self.files(), hub, self.reader_options, self.read_file, self.supported_suffixes(), self.source
         )
+
+    def _load_streamed(self) -> datasets.DatasetDict:
+        """Streaming: the training shards (`shards`) and their first rows as the `train` split that `check_data`
+        checks and learns from; the other splits read whole, a Hub dataset's first `max_eval_samples` /
+        `max_predict_samples` rows of each."""
+        if not self.streams:
+            raise HFTrainError(
+                f"data.streaming is true, but {type(self).__name__} trains on map-style data only: its examples "
+                "are built from whole splits (labels aligned over word lists, answers over context windows). Set "
+                "data.streaming=false; streamed training covers text classification, seq2seq and causal LM."
+            )
+        if self.max_train_samples is not None or self.group_by_length:
+            raise HFTrainError(
+                "data.max_train_samples and data.group_by_length need map-style training data; a stream's length "
+                "is set by trainer.max_steps or data.examples_per_epoch. Unset them, or set data.streaming=false."
+            )
+        raw = datasets.DatasetDict()
+        if self.train_file:
+            self.shards = local_shards(self.train_file, "data.train_file")
+            if self.dataset_name:
+                rank_zero_info(f"data.train_file is set, so it replaces the Hub dataset '{self.dataset_name}'.")
+                self.dataset_name = self.dataset_config_name = None
+        elif self.dataset_name:
+            hub = sources.load_hub_dataset(
+                self.dataset_name, self.dataset_config_name, self.reader_options, streaming=True
+            )
+            if "train" not in hub:
+                raise HFTrainError(
+                    f"The Hub dataset '{self.dataset_name}' has no train split to stream (it has "
+                    f"{', '.join(hub)}). Give data.train_file, or another dataset."
+                )
+            self.shards = hub_shards(hub.pop("train"))
+            for split, stream in hub.items():
+                limit = self.max_predict_samples if split in ("test", "predict") else self.max_eval_samples
+                if limit is not None:
+                    raw[split] = datasets.Dataset.from_list(list(stream.take(limit)), features=stream.features)
+        else:
+            raise HFTrainError(
+                "data.streaming is true but no training data is given: set data.dataset_name to a Hub dataset or "
+                "data.train_file to local shards (a path or a glob such as 'data/train-*.jsonl.gz')."
+            )
+        if self.files():
+            raw.update(
+                sources.load_splits(
+                    self.files(), None, self.reader_options, self.read_file, self.supported_suffixes(), self.source
+                )
+            )
+        raw["train"] = datasets.Dataset.from_list(first_rows(self.shards, **self._shard_options()))
+        return raw
+
+    def _shard_options(self) -> dict[str, str]:
+        """How local shards are read: the column a .txt line fills, and the encoding of text-based shards."""
+        return {"text_column": getattr(self, "text_column", None) or "text", "encoding": self.file_encoding}
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
@@ -365,8 +460,64 @@ class TaskDataModule(LightningDataModule, metaclass=ABCMeta):
         """How the splits become model inputs and batches (see `sources.Source`): map-style, tokenized once."""
         if self._data_source is None:
             cache = TokenizedCache(self.cache_path(), overwrite=self.overwrite_cache)
-            self._data_source = sources.MapSource(self.raw, self._tokenize, cache)
+            if self.streaming:
+                evaluated = datasets.DatasetDict({k: v for k, v in self.raw.items() if k != "train"})
+                self._data_source = StreamSource(
+                    self.raw, sources.MapSource(evaluated, self._tokenize, cache), self._stream()
+                )
+            else:
+                self._data_source = sources.MapSource(self.raw, self._tokenize, cache)
         return self._data_source
+
+    def _stream(self) -> StreamDataset:
+        """The streamed training split, as one process reads it; `StreamSource.loader` deals it to this rank."""
+        return StreamDataset(
+            self.shards,
+            self._encode_stream,
+            examples=1,
+            seed=self.seed,
+            buffer_size=self.shuffle_buffer,
+            on_bad_row=self.on_bad_row,
+            needed_columns=self._needed_columns(),
+            block_size=self.stream_block_size(),
+            **self._shard_options(),
+        )
+
+    def stream_block_size(self) -> int | None:
+        """Streaming: pack encoded examples into blocks of this many tokens (causal LM); None: one per row."""
+        return None
+
+    def _needed_columns(self) -> tuple[str, ...]:
+        """The columns a streamed row must have: those the settings name (`text_column`, `label_column`, …) that
+        the first rows of the stream have."""
+        present = set(self.raw["train"].column_names)
+        named = {v for k, v in self.settings().items() if k.endswith("_column") and k != "id_column"}
+        return tuple(sorted(c for c in named if isinstance(c, str) and c in present))
+
+    def _encode_stream(self, rows: list[dict], numbers: list[int]) -> list[dict[str, list]]:
+        """`encode` over a chunk of streamed rows (numbered in the stream, for its messages), as one example a
+        row; the lengths it returns for the cache's truncation notes are dropped."""
+        names = list(dict.fromkeys(name for row in rows for name in row))
+        batch = {name: [row.get(name) for row in rows] for name in names}
+        encoded = self.encode(batch, "train", self.raw["train"].features, [n - 1 for n in numbers])
+        keys = [k for k in encoded if k != "length" and not k.endswith("_length")]
+        return [dict(zip(keys, values, strict=True)) for values in zip(*(encoded[k] for k in keys), strict=True)]
+
+    def _stream_examples(self) -> int | None:
+        """The training examples one rank serves per epoch of a stream: its share of `examples_per_epoch`, else
+        of the whole run (`trainer.max_steps`); None for map-style data, whose splits have a length."""
+        if not self.streaming:
+            return None
+        trainer = self.trainer
+        if self.examples_per_epoch is not None:
+            return max(self.examples_per_epoch // (trainer.world_size if trainer else 1), 1)
+        if trainer is None or trainer.max_steps is None or trainer.max_steps < 0:
+            raise HFTrainError(
+                "Streamed training data (data.streaming=true) has no length, so the run cannot tell when it ends: "
+                "set trainer.max_steps (optimizer steps to train), or data.examples_per_epoch (the training "
+                "examples that make an epoch; validation and epoch checkpoints follow it) with trainer.max_epochs."
+            )
+        return trainer.max_steps * trainer.accumulate_grad_batches * self.batch_size
 
     def _tokenize(self, raw: datasets.DatasetDict) -> tuple[datasets.DatasetDict, list[str]]:
         """`preprocess`, and the notes it left (rows cut at max_length)."""
@@ -407,6 +558,7 @@ class TaskDataModule(LightningDataModule, metaclass=ABCMeta):
             group_by_length=self.group_by_length,
             length_group_batches=self.length_group_batches,
             sharding=self._sharding() if train else None,
+            examples=self._stream_examples() if train else None,
         )
         return self.data_source.loader(self.datasets[split], options)
 

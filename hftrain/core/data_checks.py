@@ -31,6 +31,14 @@ def check_settings(settings: Mapping[str, Any], task: str, loss_reads_padding: b
             raise HFTrainError(f"data.{name} must be a positive integer, got {settings[name]}.")
     if settings["eval_batch_size"] is not None and settings["eval_batch_size"] < 1:
         raise HFTrainError(f"data.eval_batch_size must be a positive integer, got {settings['eval_batch_size']}.")
+    if settings["shuffle_buffer"] < 1:
+        raise HFTrainError(
+            f"data.shuffle_buffer must be a positive integer (1: no shuffle), got {settings['shuffle_buffer']}."
+        )
+    if settings["examples_per_epoch"] is not None and settings["examples_per_epoch"] < 1:
+        raise HFTrainError(
+            f"data.examples_per_epoch must be a positive integer (or unset), got {settings['examples_per_epoch']}."
+        )
     if settings["num_workers"] < 0:
         raise HFTrainError(f"data.num_workers must be 0 or more, got {settings['num_workers']}.")
     if settings["split_by_length"] and loss_reads_padding:

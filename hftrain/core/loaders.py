@@ -29,6 +29,7 @@ class LoaderOptions:
         group_by_length: Shuffle training examples in groups of similar length.
         length_group_batches: With `group_by_length`, how many batches are sorted together.
         sharding: Under DDP, this rank's share of the training order: `num_replicas` and `rank`.
+        examples: Streamed training data: the examples this rank serves per epoch (a stream has no length).
     """
 
     train: bool
@@ -40,6 +41,7 @@ class LoaderOptions:
     group_by_length: bool = False
     length_group_batches: int = 50
     sharding: dict[str, int] | None = None
+    examples: int | None = None
 
 
 def map_loader(dataset: datasets.Dataset, options: LoaderOptions) -> StatefulDataLoader:

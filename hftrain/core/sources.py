@@ -222,10 +222,13 @@ def existing_file(setting: str, file: str, suffixes: list[str]) -> Path:
 # ---------------------------------------------------------------------------------------------- the Hub
 
 
-def load_hub_dataset(name: str, config: str | None, reader_options: dict[str, Any] | None) -> datasets.DatasetDict:
-    """Every split of a Hub dataset, under our split names (`hub_split_name`)."""
+def load_hub_dataset(
+    name: str, config: str | None, reader_options: dict[str, Any] | None, streaming: bool = False
+) -> datasets.DatasetDict:
+    """Every split of a Hub dataset, under our split names (`hub_split_name`); with `streaming`, as streams
+    (`datasets.IterableDataset`) that read it as they are iterated."""
     try:
-        raw = datasets.load_dataset(name, config, **(reader_options or {}))
+        raw = datasets.load_dataset(name, config, streaming=streaming, **(reader_options or {}))
     except Exception as err:  # noqa: BLE001 - network, missing dataset and config errors all land here
         raise HFTrainError(
             f"Could not load the dataset '{name}'{f' ({config})' if config else ''} from the Hugging "

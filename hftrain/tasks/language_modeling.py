@@ -341,6 +341,7 @@ class LanguageModelingData(TaskDataModule):
     overflow: chat_packing.Overflow = "drop"
 
     pad_with_eos: ClassVar[bool] = True
+    streams: ClassVar[bool] = True
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
@@ -379,6 +380,11 @@ class LanguageModelingData(TaskDataModule):
         return split_documents(text, self.text_file_documents, self.text_column)
 
     def check_data(self, raw: datasets.DatasetDict) -> None:
+        if self.messages_column and self.streaming:
+            raise HFTrainError(
+                "data.messages_column is set with data.streaming=true: conversations are checked and measured "
+                "whole before training (long ones are left out), which a stream cannot do. Set data.streaming=false."
+            )
         if self.messages_column:
             self._check_conversations(raw)
             return
@@ -469,6 +475,9 @@ class LanguageModelingData(TaskDataModule):
                 f"tokenizer's model_max_length). Set data.block_size to {limit} or less."
             )
         return self.block_size
+
+    def stream_block_size(self) -> int | None:
+        return self.packed_block_size() if self.packing else None
 
     def preprocess(self, raw: datasets.DatasetDict) -> datasets.DatasetDict:
         processed = self.map_splits(raw, self.encode)

@@ -9,7 +9,7 @@ and chrF for translation, ROUGE-1/2/L/Lsum for summarization, all on the 0-100 s
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import datasets
 import torch
@@ -166,6 +166,8 @@ class Seq2SeqData(TaskDataModule):
     target_column: str | None = None
     source_prefix: str = ""
     max_target_length: int = 128
+
+    streams: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if (self.source_lang is None) != (self.target_lang is None):

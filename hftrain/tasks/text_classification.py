@@ -211,6 +211,8 @@ class TextClassificationData(TaskDataModule):
     problem_type: ProblemType | None = None
     label_separator: str | None = None
 
+    streams: ClassVar[bool] = True
+
     def check_data(self, raw: datasets.DatasetDict) -> None:
         if self.text_column is None:
             self._find_text_columns(raw)
