@@ -163,11 +163,11 @@ class SlowCacheWrites(Callback):
 
         import datasets
 
-        self.log = Path(log)
+        self.record = Path(log)
         save = datasets.DatasetDict.save_to_disk
 
         def slow_save(dataset_dict, path, **options):
-            with self.log.open("a") as out:
+            with self.record.open("a") as out:
                 out.write(f"write {socket.gethostname()} {os.getpid()}\n")
             time.sleep(delay)
             return save(dataset_dict, path, **options)
@@ -180,7 +180,7 @@ class SlowCacheWrites(Callback):
 
         ids = trainer.datamodule.datasets["train"]["input_ids"]
         digest = hashlib.sha256(json.dumps(ids[:]).encode()).hexdigest()
-        with self.log.open("a") as out:
+        with self.record.open("a") as out:
             out.write(f"read {os.getpid()} {digest}\n")
 
 
