@@ -10,6 +10,7 @@ from helpers import classification_config, hf_flag_table, quiet_trainer, readme_
 from lightning.pytorch import Callback, Trainer
 from safetensors.torch import load_file
 
+from hftrain.cli import HFTrainCLI
 from hftrain.core.errors import HFTrainError
 from hftrain.core.runs import read_results
 from hftrain.tasks.text_classification import TextClassification, TextClassificationData
@@ -286,19 +287,23 @@ def test_max_samples_and_overwrite_cache(tiny_bert, sentiment_files):
     assert not marker.exists()
 
 
-def test_preprocessing_num_workers_tokenize_the_same(tiny_bert, sentiment_files):
-    splits = {}
+def test_preprocessing_num_workers_tokenize_the_same(tiny_bert, sentiment_files, tmp_path):
+    splits, keys = {}, {}
     for workers in (None, 2):
-        data = TextClassificationData(
-            tokenizer_name=tiny_bert,
-            train_file=sentiment_files["train"],
-            validation_file=sentiment_files["validation"],
-            preprocessing_num_workers=workers,
-            cache_dir=f"cache-{workers}",
+        config = classification_config(
+            tmp_path / f"workers-{workers}.yaml",
+            tiny_bert,
+            sentiment_files,
+            data__preprocessing_num_workers=workers,
+            data__cache_dir=f"cache-{workers}",
         )
+        cli = HFTrainCLI(args=["--config", str(config)], run=False)
+        data = cli.datamodule
+        data.trainer = cli.trainer  # as in a fit: the trainer (its callbacks hold the parser) does not pickle
         data.setup("fit")
-        splits[workers] = data.datasets["train"]["input_ids"]
+        splits[workers], keys[workers] = data.datasets["train"]["input_ids"][:], data.cache_path().name
     assert splits[None] == splits[2]
+    assert keys[None] == keys[2]  # not part of the cache key: any number of workers reuses one copy
 
 
 def test_batches_are_padded_to_their_longest_row_not_max_length(tiny_bert, sentiment_files):

@@ -201,6 +201,14 @@ class TaskDataModule(LightningDataModule, metaclass=ABCMeta):
         # the CLI records the config as given; add what was learnt from the data (the label set)
         self.save_hyperparameters({**self.hparams, **self.settings()})
 
+    def __getstate__(self) -> dict[str, Any]:
+        """A copy, as pickled into each tokenizing process of `datasets.map(num_proc=…)`, has the settings and the
+        tokenizer that `encode` reads, not the splits (which `encode` gets as arguments: copying them would cost
+        each process the data's size) nor the trainer, which does not pickle; Lightning attaches the trainer."""
+        state = dict(self.__dict__)
+        state.update(trainer=None, raw=None, datasets=None, _data_source=None)
+        return state
+
     def settings(self) -> dict[str, Any]:
         """The current value of every field, including those filled in from the data."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
