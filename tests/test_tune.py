@@ -282,6 +282,35 @@ def test_samplers_and_pruners_are_optunas_and_seeded():
         dimensions(TuneSettings(space={"x": {"low": 0.0, "high": 1.0}}))[0].grid()
 
 
+def _draw(study: optuna.Study, settings: TuneSettings, space) -> tuple[int, float]:
+    from hftrain.tuning.study import reseed_for
+
+    trial = study.ask()
+    reseed_for(study, trial, settings, space)
+    return trial.number, trial.suggest_float("lr", 1e-5, 1e-3, log=True)
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_each_trial_draws_from_a_seed_of_its_own(sampler):
+    """Workers started together, and reruns continuing a study, each hold a sampler seeded with tune.seed: without
+    a seed per trial they all suggested the same values."""
+    from hftrain.tuning.settings import dimensions
+    from hftrain.tuning.study import sampler_of
+
+    settings = TuneSettings(sampler=sampler, seed=7, space={"lr": {"low": 1e-5, "high": 1e-3, "log": True}})
+    space = dimensions(settings)
+    storage = optuna.storages.InMemoryStorage()
+    draws = []
+    for _ in range(3):  # a fresh worker process each time on the shared study: its own sampler, seeded alike
+        worker = optuna.create_study(
+            study_name="s", storage=storage, sampler=sampler_of(settings, space), load_if_exists=True
+        )
+        draws.append(_draw(worker, settings, space))
+    assert len({value for _, value in draws}) == 3, draws
+    alone = optuna.create_study(sampler=sampler_of(settings, space))  # the same search in one worker: same values
+    assert [_draw(alone, settings, space) for _ in range(3)] == draws
+
+
 def test_help_lists_the_search_settings(capsys):
     from hftrain.command import main
 

@@ -33,7 +33,7 @@ from hftrain.core.signals import RunInterrupted
 from hftrain.tuning import faults, outputs, ranks
 from hftrain.tuning.pruning import TrialPruning
 from hftrain.tuning.settings import Dimension, TuneSettings, check_settings, parameter_arguments, read_arguments
-from hftrain.tuning.study import claim_trial, grid_size, open_storage, open_study
+from hftrain.tuning.study import claim_trial, grid_size, open_storage, open_study, reseed_for
 
 STUDY_DIR = "tune"  # runs/<name>/tune/
 MAX_FAILURES_IN_A_ROW = 3  # trials that failed on their own (a NaN loss): the search goes on, unless all of them do
@@ -93,6 +93,7 @@ class Search:
         if trial is None:
             return None
         faults.claim(trial)
+        reseed_for(self.study, trial, self.settings, self.space)
         params = {d.key: _suggest(trial, d) for d in self.space}
         retried = faults.retried_trial(trial)
         if retried is None:

@@ -54,16 +54,29 @@ class GridOnce(optuna.samplers.GridSampler):
         pass
 
 
-def sampler_of(settings: TuneSettings, space: Sequence[Dimension]) -> optuna.samplers.BaseSampler:
+def sampler_of(
+    settings: TuneSettings, space: Sequence[Dimension], seed: int | None = None
+) -> optuna.samplers.BaseSampler:
+    """The sampler `tune.sampler` names, seeded with `seed` (default `tune.seed`)."""
     options = dict(settings.sampler_options)
+    seed = settings.seed if seed is None else seed
     try:
         if settings.sampler == "grid":
-            return GridOnce({d.key: d.grid() for d in space}, seed=settings.seed, **options)
+            return GridOnce({d.key: d.grid() for d in space}, seed=seed, **options)
         if settings.sampler == "random":
-            return optuna.samplers.RandomSampler(seed=settings.seed, **options)
-        return optuna.samplers.TPESampler(seed=settings.seed, **options)
+            return optuna.samplers.RandomSampler(seed=seed, **options)
+        return optuna.samplers.TPESampler(seed=seed, **options)
     except TypeError as err:
         raise HFTrainError(f"tune.sampler_options do not fit the {settings.sampler} sampler: {err}") from None
+
+
+def reseed_for(study: optuna.Study, trial: optuna.Trial, settings: TuneSettings, space: Sequence[Dimension]) -> None:
+    """Give the study's sampler a seed of the trial's own, `tune.seed` + its number, before its values are drawn.
+
+    Each worker process holds a sampler of its own, seeded alike: workers started together, and a rerun that
+    continues the study, each replayed the seed's sequence and suggested the same values. Seeded by number, every
+    trial draws other values than the trials before it, and a search in one worker stays reproducible."""
+    study.sampler = sampler_of(settings, space, seed=settings.seed + trial.number)
 
 
 def pruner_of(settings: TuneSettings) -> optuna.pruners.BasePruner:
