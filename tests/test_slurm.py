@@ -276,3 +276,22 @@ def test_array_tasks_started_together_get_a_run_folder_each(slurm_cluster, tiny_
         assert [p.name for p in folder.glob("config*.yaml")] == ["config.yaml"]
         assert read_results(folder)["global_step"] == 2
         assert (folder / "hf_model" / "model.safetensors").is_file()
+
+
+def test_two_nodes_write_the_tokenized_cache_once_and_read_the_same_data(slurm_cluster, tiny_bert, tmp_path):
+    """Both nodes' first process runs Lightning's `prepare_data` into the one `$HFTRAIN_CACHE` they share: one
+    writes (each write slowed by 3 s, so the other is there at the same time), the other waits and reads it."""
+    log = tmp_path / "cache.log"
+    config = scale_config(
+        tmp_path, tiny_bert, fault={"class_path": "faults.SlowCacheWrites", "init_args": {"log": str(log)}}
+    )
+    settings = yaml.safe_load(config.read_text())
+    settings["trainer"]["max_steps"] = 1
+    config.write_text(yaml.safe_dump(settings))
+    job = submit(tmp_path, config)
+    info = wait_job(job, tmp_path)
+    assert info["JobState"] == "COMPLETED", job_log(tmp_path, job)
+    lines = [line.split() for line in log.read_text().splitlines()]
+    assert [line[0] for line in lines].count("write") == 1, lines
+    reads = [line for line in lines if line[0] == "read"]
+    assert len(reads) == 2 and reads[0][2] == reads[1][2], lines
