@@ -198,7 +198,22 @@ def all_names(model: str | None, data: str | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+# what other tools call an option of ours (`datasets.map`, the HF Trainer), too unlike ours for a spelling match
+OTHER_NAMES = {
+    "num_proc": "preprocessing_num_workers",
+    "dataloader_num_workers": "num_workers",
+    "per_device_train_batch_size": "batch_size",
+    "per_device_eval_batch_size": "eval_batch_size",
+}
+
+
 def closest(name: str, candidates: list[str]) -> list[str]:
+    """The candidate a mistyped option most likely meant: its name in hftrain for another tool's name, else the
+    nearest spelling."""
+    section, dot, last = name.rpartition(".")
+    ours = section + dot + OTHER_NAMES.get(last, last)
+    if ours != name and ours in candidates:
+        return [ours]
     return difflib.get_close_matches(name, candidates, n=1, cutoff=0.7)
 
 

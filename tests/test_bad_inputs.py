@@ -85,6 +85,10 @@ def unknown_config_key(tmp_path, model):
     return ["--config", classification_config(tmp_path / "bad.yaml", model, _files(tmp_path), model__learning_rat=0.1)]
 
 
+def another_tools_option_name(tmp_path, model):
+    return ["--config", classification_config(tmp_path / "bad.yaml", model, _files(tmp_path), data__num_proc=2)]
+
+
 def wrong_type(tmp_path, model):
     return ["--config", classification_config(tmp_path / "bad.yaml", model, _files(tmp_path), data__batch_size="lots")]
 
@@ -252,6 +256,7 @@ CASES = {
     row_without_text: ["no text in column 'text'", "row 2", "holes.csv"],
     empty_label_cell: ["unlabelled.csv", "no label at row 2", "column 'label' is empty"],
     unknown_config_key: ["learning_rat"],
+    another_tools_option_name: ["no option num_proc", "Did you mean --data.preprocessing_num_workers?"],
     wrong_type: ["batch_size", "lots"],
     negative_batch_size: ["data.batch_size must be a positive integer", "-4"],
     bad_validation_percentage: ["validation_split_percentage", "150"],
