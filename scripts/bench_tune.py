@@ -1,0 +1,421 @@
+"""`hftrain tune` on MRPC with all-MiniLM-L6-v2: what the search finds, what pruning saves, and what a trial
+costs next to `transformers.Trainer.hyperparameter_search(backend="optuna")`.
+
+Every search runs in a fresh process (`bench_common.run_child`), one after the other, on the same work:
+the first `--train-rows` rows of MRPC's training file (hftrain's `data.max_train_samples`; the HF side takes
+the same rows of the same tokenized splits, see scripts/bench_tasks.py), the whole dev set, the same
+starting weights (all-MiniLM-L6-v2 with a seeded classification head, `bench_tasks.prepare`), `--epochs`
+epochs with `--evals-per-epoch` validations each (every validation reports an intermediate value, so a
+trial can be pruned after a part of an epoch), the same search space (`SPACE`, suggested in the same order
+under the same names on both sides), `--trials` trials and a TPE sampler seeded with `--sampler-seed`.
+
+Variants:
+- `fit`: a plain fit of the shipped config (configs/glue/mrpc_minilm_local.yaml: lr 5e-5, warmup 10%,
+  batch 32, weight decay 0.01) on the same rows, epochs and validations: the value the search has to beat;
+- `hftrain:<pruner>`: `hftrain.tune` with that pruner (`median`, `hyperband`, `none`);
+- `hf:<pruner>`: the HF Trainer's search; its study gets the same Optuna pruner (Optuna's own default,
+  when no pruner is passed, is the median pruner).
+
+Per search: trials complete and pruned, the best dev accuracy, the trial-epochs trained (and the share saved
+against the same side's `none` search, when both ran), the search's wall time per trial, and the start-up cost
+per trial: from the trial's start (Optuna's `datetime_start`, when the study hands the trial out) to the end
+of its first optimizer step, i.e. what a trial pays before it trains (model load, data, optimizer, workers).
+
+The objective differs by design: hftrain scores a trial by its best validation (the best checkpoint); the HF
+Trainer by its last evaluation. Both are printed for the HF side ("last" and "best of evals").
+
+    python scripts/bench_tune.py --train-rows 512 --epochs 2 --trials 12
+    python scripts/bench_tune.py --variants hf:none --train-rows 64 --epochs 1 --trials 2   # a quick check
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from bench_common import machine_note, machine_record, markdown_table, run_child
+from bench_tasks import DATA, TASKS, hf_run, prepare
+from lightning.pytorch import Callback
+
+TASK = "mrpc"
+# the search space in `tune.space` form: learning rate, warmup, batch size, weight decay
+SPACE = {
+    "model.learning_rate": {"low": 1.0e-5, "high": 5.0e-4, "log": True},
+    "model.warmup_steps": {"low": 0.0, "high": 0.2},
+    "data.batch_size": [16, 32],
+    "model.weight_decay": {"low": 0.0, "high": 0.1},
+}
+# the HF Trainer's names for SPACE's keys
+HF_NAMES = {
+    "model.learning_rate": "learning_rate",
+    "model.warmup_steps": "warmup_steps",
+    "data.batch_size": "per_device_train_batch_size",
+    "model.weight_decay": "weight_decay",
+}
+PRUNERS = ("median", "hyperband", "none")
+DEFAULT_VARIANTS = "fit,hf:none,hftrain:none,hftrain:median"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma list (default {DEFAULT_VARIANTS})")
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--evals-per-epoch", type=int, default=2, help="validations per epoch (each reports)")
+    parser.add_argument("--train-rows", type=int, default=512, help="first N training rows (data.max_train_samples)")
+    parser.add_argument("--eval-rows", type=int, help="first N dev rows only (data.max_eval_samples), for quick checks")
+    parser.add_argument("--sampler-seed", type=int, default=0)
+    parser.add_argument(
+        "--pruner-options",
+        type=json.loads,
+        default={"n_startup_trials": 3},
+        help="JSON keyword arguments of the Optuna pruner, both sides (tune.pruner_options)",
+    )
+    parser.add_argument("--seed", type=int, default=42, help="training seed (seed_everything / TrainingArguments)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each search")
+    parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "hftrain-bench-tune"))
+    parser.add_argument("--json", help="also write every search's trials to this file")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--started", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--prepared", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    for variant in args.variants.split(","):
+        side, _, pruner = variant.partition(":")
+        if not (variant == "fit" or (side in ("hftrain", "hf") and pruner in PRUNERS)):
+            parser.error(f"unknown variant {variant!r}: fit, or hftrain:<pruner> / hf:<pruner>, pruners {PRUNERS}")
+    return args
+
+
+def optuna_pruner(name: str, options: dict):
+    import optuna
+
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    return {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner}[name](**options)
+
+
+def suggest(trial, key: str, spec) -> float | int | str:
+    """One parameter of SPACE, suggested as `tune.space` describes it: a list is categorical, a range of ints
+    an int, any other range a float (log scale with `log: true`)."""
+    if isinstance(spec, list):
+        return trial.suggest_categorical(key, spec)
+    if isinstance(spec["low"], int) and isinstance(spec["high"], int):
+        return trial.suggest_int(key, spec["low"], spec["high"], log=spec.get("log", False))
+    return trial.suggest_float(key, spec["low"], spec["high"], log=spec.get("log", False))
+
+
+def trial_rows(study, clocks: list[dict], evals_per_epoch: int) -> list[dict]:
+    """One row per trial of an Optuna study: its state, parameters and value, the trial-epochs it trained (one
+    `1 / evals_per_epoch` per intermediate value), and its start-up cost (`clocks[n]["first_step"]`, the end
+    of trial n's first optimizer step, minus the trial's start)."""
+    rows = []
+    for trial, clock in zip(study.trials, clocks, strict=False):
+        start = trial.datetime_start.timestamp()
+        end = trial.datetime_complete.timestamp() if trial.datetime_complete else None
+        intermediate = dict(sorted(trial.intermediate_values.items()))
+        rows.append(
+            {
+                "number": trial.number,
+                "state": trial.state.name,
+                "params": trial.params,
+                "value": trial.value,
+                "best_eval": max(intermediate.values(), default=None),
+                "intermediate": list(intermediate.values()),
+                "epochs": len(intermediate) / evals_per_epoch,
+                "start": start,
+                "duration_s": end - start if end else None,
+                "startup_s": clock["first_step"] - start if clock.get("first_step") else None,
+                **{key: value for key, value in clock.items() if key != "first_step"},
+            }
+        )
+    return rows
+
+
+def progress(args: argparse.Namespace, line: str) -> None:
+    """A line in `<workdir>/progress-<variant>.log`, to follow a search whose output comes at its end."""
+    with open(Path(args.workdir) / f"progress-{args.child.replace(':', '-')}.log", "a") as log:
+        log.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+
+
+# ---------------------------------------------------------------------------------------------- HF side
+
+
+def hf_search(args: argparse.Namespace, prepared: dict, pruner: str) -> dict:
+    """`Trainer.hyperparameter_search(backend="optuna")` over SPACE; the study lives in an in-memory storage
+    that the benchmark passes in, so its trials can be read back afterwards."""
+    import optuna
+    from transformers import AutoModelForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
+
+    task = TASKS[TASK]
+    run = hf_run(TASK, prepared)
+    clocks: list[dict] = []  # one per trial, in order: the search runs its trials one after the other
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, arguments, state, control, **kwargs):
+            clocks.append({"first_step": None})
+
+        def on_step_end(self, arguments, state, control, **kwargs):
+            clocks[-1]["first_step"] = clocks[-1]["first_step"] or time.time()
+
+        def on_train_end(self, arguments, state, control, **kwargs):
+            clocks[-1]["trained_epochs"] = state.epoch  # a pruned trial ends here too, before TrialPruned
+            progress(args, f"trial {len(clocks)}: {state.epoch:g} epochs, {state.log_history[-1:]}")
+
+    def hp_space(trial) -> dict:
+        return {HF_NAMES[key]: suggest(trial, key, spec) for key, spec in SPACE.items()}
+
+    evaluations = args.epochs * args.evals_per_epoch
+    trainer = Trainer(
+        model_init=lambda: AutoModelForSequenceClassification.from_pretrained(prepared["model"]),
+        args=TrainingArguments(
+            output_dir=tempfile.mkdtemp(prefix="hf-bench-tune-"),
+            per_device_train_batch_size=task.batch_size,
+            per_device_eval_batch_size=2 * task.batch_size,
+            learning_rate=task.learning_rate,
+            weight_decay=task.weight_decay,
+            # a float: the search's values are cast to the type of the value set here, and the default (int 0)
+            # would turn every warmup fraction into 0 steps
+            warmup_steps=float(task.warmup),
+            num_train_epochs=args.epochs,
+            seed=args.seed,
+            eval_strategy="steps",
+            eval_steps=1 / evaluations,  # a fraction of all steps: evals_per_epoch per epoch (rows = 64 k)
+            save_strategy="no",
+            logging_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            use_cpu=True,
+        ),
+        train_dataset=run.train.select(range(args.train_rows)),
+        eval_dataset=run.validation.select(range(min(args.eval_rows or len(run.validation), len(run.validation)))),
+        data_collator=run.collator,
+        processing_class=run.tokenizer,
+        compute_metrics=run.compute_metrics,
+        callbacks=[Clock()],
+    )
+    storage = optuna.storages.InMemoryStorage()
+    searched = time.time()
+    best = trainer.hyperparameter_search(
+        hp_space=hp_space,
+        compute_objective=lambda metrics: metrics["eval_accuracy"],
+        n_trials=args.trials,
+        direction="maximize",
+        backend="optuna",
+        sampler=optuna.samplers.TPESampler(seed=args.sampler_seed),
+        pruner=optuna_pruner(pruner, args.pruner_options),
+        storage=storage,
+        study_name="hf",
+    )
+    study = optuna.load_study(study_name="hf", storage=storage)
+    return {
+        "search_s": time.time() - searched,
+        "best_value": best.objective,
+        "best_params": study.best_trial.params,
+        "trials": trial_rows(study, clocks, args.evals_per_epoch),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- hftrain side
+
+
+def hftrain_overrides(args: argparse.Namespace, prepared: dict) -> dict:
+    """What the shipped config's plain fit and every hftrain trial change in it: the same starting weights,
+    absolute data paths, the benchmark's rows, epochs and validations, and no checkpoints beyond the run's."""
+    return {
+        "model": {"model_name_or_path": prepared["model"]},
+        "data": {
+            "train_file": str(DATA / "glue" / "MRPC" / "train.tsv"),
+            "validation_file": str(DATA / "glue" / "MRPC" / "dev.tsv"),
+            "max_train_samples": args.train_rows,
+            "max_eval_samples": args.eval_rows,
+            "cache_dir": str(Path(args.workdir) / "cache"),
+            "seed": args.seed,
+        },
+        "trainer": {
+            "max_epochs": args.epochs,
+            "val_check_interval": 1 / args.evals_per_epoch,
+            "enable_progress_bar": False,
+        },
+        "seed_everything": args.seed,
+    }
+
+
+def shipped_fit(args: argparse.Namespace, prepared: dict) -> dict:
+    import hftrain
+
+    run = hftrain.fit(REPO_CONFIG, **hftrain_overrides(args, prepared))
+    return {
+        "best_value": run.best["val/accuracy"],
+        "best_params": {key: value for key, value in SHIPPED.items()},
+        "history": [entry["val/accuracy"] for entry in run.history],
+    }
+
+
+REPO_CONFIG = str(Path(__file__).resolve().parents[1] / TASKS[TASK].config)
+SHIPPED = {
+    "model.learning_rate": TASKS[TASK].learning_rate,
+    "model.warmup_steps": TASKS[TASK].warmup,
+    "data.batch_size": TASKS[TASK].batch_size,
+    "model.weight_decay": TASKS[TASK].weight_decay,
+}
+
+
+class FirstStepClock(Callback):
+    """Writes when a trial's first optimizer step ended, with its run folder, as a JSON line to the file
+    `$BENCH_TUNE_CLOCK`: the trial's start-up cost, measured as the HF side's `on_step_end` measures it."""
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self.done:
+            self.done = True
+            line = {"folder": str(Path(trainer.log_dir).resolve()), "first_step": time.time()}
+            with open(os.environ["BENCH_TUNE_CLOCK"], "a") as clock:
+                clock.write(json.dumps(line) + "\n")
+
+
+def hftrain_search(args: argparse.Namespace, prepared: dict, pruner: str) -> dict:
+    """`hftrain.tune` on the shipped config and a search config of SPACE, each trial with `FirstStepClock`."""
+    import hftrain
+
+    work = Path.cwd()
+    os.environ["BENCH_TUNE_CLOCK"] = str(work / "clock.jsonl")
+    search = {
+        "n_trials": args.trials,
+        "sampler": "tpe",
+        "seed": args.sampler_seed,
+        "pruner": pruner,
+        "pruner_options": args.pruner_options if pruner != "none" else {},
+        "space": SPACE,
+        "study_name": f"bench-{pruner}",
+    }
+    (work / "search.yaml").write_text(yaml.safe_dump({"tune": search}, sort_keys=False))
+    overrides = hftrain_overrides(args, prepared)
+    overrides["trainer"]["callbacks"] = [{"class_path": "bench_tune.FirstStepClock"}]
+    searched = time.time()
+    result = hftrain.tune(REPO_CONFIG, work / "search.yaml", **overrides)
+    search_s = time.time() - searched
+    firsts = {}
+    for line in (work / "clock.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        firsts[entry["folder"]] = entry["first_step"]
+    clocks = [
+        {"first_step": firsts.get(str(Path(trial.user_attrs["folder"]).resolve()))} for trial in result.study.trials
+    ]
+    return {
+        "search_s": search_s,
+        "best_value": result.best_value,
+        "best_params": result.best_params,
+        "trials": trial_rows(result.study, clocks, args.evals_per_epoch),
+    }
+
+
+def child(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    prepared = json.loads(Path(args.prepared).read_text())
+    os.chdir(tempfile.mkdtemp(prefix="hftrain-bench-tune-", dir=args.workdir))  # the run folders
+    side, _, pruner = args.child.partition(":")
+    if side == "fit":
+        result = shipped_fit(args, prepared)
+    else:
+        result = (hftrain_search if side == "hftrain" else hf_search)(args, prepared, pruner)
+    result.update(variant=args.child, wall_s=time.time() - args.started, started=args.started)
+    Path(args.result).write_text(json.dumps(result, default=str))
+
+
+# ---------------------------------------------------------------------------------------------- parent side
+
+
+def fmt(value, spec: str) -> str:
+    return "" if value is None or value != value else format(value, spec)
+
+
+def search_row(run: dict, runs: dict[str, dict]) -> list[str]:
+    """A search's line of the table (the plain fit's has its value and wall time only)."""
+    if run["variant"] == "fit":
+        params = ", ".join(f"{key.split('.')[-1]} {value:g}" for key, value in run["best_params"].items())
+        return ["fit (shipped config)", "1", fmt(run["best_value"], ".4f"), "", params, ""]
+    trials = run["trials"]
+    states = [t["state"] for t in trials]
+    epochs = sum(t["epochs"] for t in trials)
+    side = run["variant"].split(":")[0]
+    unpruned = runs.get(f"{side}:none")
+    saved = ""
+    if unpruned and run["variant"] != f"{side}:none":
+        saved = f" ({1 - epochs / sum(t['epochs'] for t in unpruned['trials']):.0%} saved)"
+    startups = [t["startup_s"] for t in trials if t["startup_s"] is not None]
+    best = run["best_value"]
+    if side == "hf":
+        best_of_evals = max((t["best_eval"] for t in trials if t["best_eval"] is not None), default=None)
+        best_text = f"{fmt(best, '.4f')} last, {fmt(best_of_evals, '.4f')} best of evals"
+    else:
+        best_text = fmt(best, ".4f")
+    params = ", ".join(f"{key.split('.')[-1]} {value:.3g}" for key, value in run["best_params"].items())
+    timing = (
+        f"{run['search_s'] / len(trials):.0f} s/trial, start-up {statistics.median(startups):.1f} s "
+        f"(first {startups[0]:.1f}, max {max(startups):.1f})"
+        if startups
+        else ""
+    )
+    return [
+        run["variant"],
+        f"{states.count('COMPLETE')} + {states.count('PRUNED')} pruned",
+        best_text,
+        f"{epochs:g}{saved}",
+        params,
+        timing,
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.child:
+        child(args)
+        return
+    work = Path(args.workdir)
+    prepared = prepare(TASK, work, None, args.seed, str(work / "cache"))
+    prepared_file = work / TASK / "prepared.json"
+    prepared_file.write_text(json.dumps(prepared))
+    argv = [*argv, "--prepared", str(prepared_file)]
+    print(
+        f"MRPC, first {args.train_rows} training rows, {args.epochs} epochs x {args.evals_per_epoch} validations, "
+        f"{args.trials} trials, sampler seed {args.sampler_seed}, {args.threads} thread(s); before: {machine_note()}",
+        flush=True,
+    )
+    runs: dict[str, dict] = {}
+    for variant in args.variants.split(","):
+        runs[variant] = run = run_child(__file__, argv, variant, args.threads)
+        first = (
+            f" (process start to first trial {run['trials'][0]['start'] - run['started']:.1f} s)"
+            if run.get("trials")
+            else ""
+        )
+        best = fmt(run["best_value"], ".4f")
+        print(f"{variant}: best {best}, wall {run['wall_s']:.0f} s{first}, load {run['load']:.1f}", flush=True)
+        for trial in run.get("trials", []):
+            params = ", ".join(f"{key.split('.')[-1]}={value:.3g}" for key, value in trial["params"].items())
+            evals = " ".join(f"{value:.3f}" for value in trial["intermediate"])
+            print(
+                f"  #{trial['number']} {trial['state']:8} {params}: [{evals}] {fmt(trial['duration_s'], '.0f')} s, "
+                f"start-up {fmt(trial['startup_s'], '.1f')} s",
+                flush=True,
+            )
+    print(f"after: {machine_note()}")
+    header = ["search", "trials", "best dev accuracy", "trial-epochs", "best parameters", "wall per trial"]
+    print(markdown_table(header, [search_row(run, runs) for run in runs.values()]))
+    if args.json:
+        Path(args.json).write_text(json.dumps({**machine_record(), "argv": argv, "runs": runs}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
