@@ -31,6 +31,7 @@ Trainer by its last evaluation. Both are printed for the HF side ("last" and "be
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -58,6 +59,8 @@ HF_NAMES = {
     "model.weight_decay": "weight_decay",
 }
 PRUNERS = ("median", "hyperband", "none")
+STUDY_FILE = "study.journal"  # a search's Optuna journal (hftrain tune's name for it, used on the HF side too)
+CLOCK_FILE = "clock.jsonl"  # a search's trials' first optimizer steps, one line each, in the order they ran
 DEFAULT_VARIANTS = "fit,hf:none,hftrain:none,hftrain:median"
 
 
@@ -80,6 +83,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each search")
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "hftrain-bench-tune"))
     parser.add_argument("--json", help="also write every search's trials to this file")
+    parser.add_argument(
+        "--collect",
+        action="store_true",
+        help="run nothing: report what the variants' folders in --workdir hold (a search stopped part way)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--started", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -112,12 +120,13 @@ def suggest(trial, key: str, spec) -> float | int | str:
 
 def trial_rows(study, clocks: list[dict], evals_per_epoch: int) -> list[dict]:
     """One row per trial of an Optuna study: its state, parameters and value, the trial-epochs it trained (one
-    `1 / evals_per_epoch` per intermediate value), and its start-up cost (`clocks[n]["first_step"]`, the end
-    of trial n's first optimizer step, minus the trial's start)."""
+    `1 / evals_per_epoch` per intermediate value), and its start-up cost: the end of its first optimizer step
+    (`clocks[n]`, in the order the trials ran, one after the other) minus the trial's start."""
     rows = []
-    for trial, clock in zip(study.trials, clocks, strict=False):
+    for trial in study.trials:
         start = trial.datetime_start.timestamp()
         end = trial.datetime_complete.timestamp() if trial.datetime_complete else None
+        first_step = clocks[trial.number]["first_step"] if trial.number < len(clocks) else None
         intermediate = dict(sorted(trial.intermediate_values.items()))
         rows.append(
             {
@@ -129,69 +138,117 @@ def trial_rows(study, clocks: list[dict], evals_per_epoch: int) -> list[dict]:
                 "intermediate": list(intermediate.values()),
                 "epochs": len(intermediate) / evals_per_epoch,
                 "start": start,
+                "end": end,
                 "duration_s": end - start if end else None,
-                "startup_s": clock["first_step"] - start if clock.get("first_step") else None,
-                **{key: value for key, value in clock.items() if key != "first_step"},
+                "startup_s": first_step - start if first_step else None,
             }
         )
     return rows
 
 
-def progress(args: argparse.Namespace, line: str) -> None:
-    """A line in `<workdir>/progress-<variant>.log`, to follow a search whose output comes at its end."""
-    with open(Path(args.workdir) / f"progress-{args.child.replace(':', '-')}.log", "a") as log:
-        log.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+def search_study(variant: str, folder: Path):
+    """The study a search keeps in its folder: the HF side's journal file, or `hftrain tune`'s own."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    side, _, pruner = variant.partition(":")
+    name = "hf" if side == "hf" else f"bench-{pruner}"
+    path = folder / STUDY_FILE if side == "hf" else folder / "runs" / name / "tune" / STUDY_FILE
+    return optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(path))))
+
+
+def collect(variant: str, folder: Path, evals_per_epoch: int) -> dict:
+    """A variant's figures from what it left in its folder, so that a search stopped part way still counts its
+    finished trials: the plain fit's `results.json`, or a search's study and clock file."""
+    if variant == "fit":
+        results = json.loads(next(folder.glob("runs/*/version_*/results.json")).read_text())
+        return {
+            "best_value": results["best"]["val/accuracy"],
+            "best_params": SHIPPED,
+            "history": [entry["val/accuracy"] for entry in results["history"]],
+        }
+    study = search_study(variant, folder)
+    clock = folder / CLOCK_FILE
+    clocks = [json.loads(line) for line in clock.read_text().splitlines()] if clock.is_file() else []
+    trials = trial_rows(study, clocks, evals_per_epoch)
+    finished = [t for t in trials if t["state"] in ("COMPLETE", "PRUNED")]
+    complete = [t for t in finished if t["state"] == "COMPLETE"]
+    best = max(complete, key=lambda t: t["value"], default=None)
+    return {
+        "best_value": best["value"] if best else None,
+        "best_params": best["params"] if best else {},
+        "trials": trials,
+        # first trial's start to last finished trial's end: trials and what the search does between them
+        "search_s": max(t["end"] for t in finished) - min(t["start"] for t in finished) if finished else None,
+        "finished": len(finished),
+    }
+
+
+def record_first_step() -> None:
+    """Append the end of a trial's first optimizer step to the search's clock file (`$BENCH_TUNE_CLOCK`)."""
+    with open(os.environ["BENCH_TUNE_CLOCK"], "a") as clock:
+        clock.write(json.dumps({"first_step": time.time()}) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------- HF side
 
 
-def hf_search(args: argparse.Namespace, prepared: dict, pruner: str) -> dict:
-    """`Trainer.hyperparameter_search(backend="optuna")` over SPACE; the study lives in an in-memory storage
-    that the benchmark passes in, so its trials can be read back afterwards."""
-    import optuna
-    from transformers import AutoModelForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
+def hf_space(trial) -> dict:
+    """The HF side's `hp_space`: SPACE under the HF Trainer's argument names, suggested in SPACE's order under
+    hftrain's keys (so that, with the same sampler seed, both searches draw the same values)."""
+    return {HF_NAMES[key]: suggest(trial, key, spec) for key, spec in SPACE.items()}
+
+
+def hf_arguments(args: argparse.Namespace):
+    """The HF side's `TrainingArguments`: the shipped config's settings (the search overrides four of them),
+    `--evals-per-epoch` evaluations per epoch, nothing saved or logged."""
+    from transformers import TrainingArguments
 
     task = TASKS[TASK]
+    return TrainingArguments(
+        output_dir=tempfile.mkdtemp(prefix="hf-bench-tune-"),
+        per_device_train_batch_size=task.batch_size,
+        per_device_eval_batch_size=2 * task.batch_size,
+        learning_rate=task.learning_rate,
+        weight_decay=task.weight_decay,
+        # a float: the search's values are cast to the type of the value set here, and the default (int 0)
+        # would turn every warmup fraction into 0 steps
+        warmup_steps=float(task.warmup),
+        num_train_epochs=args.epochs,
+        seed=args.seed,
+        eval_strategy="steps",
+        eval_steps=1 / (args.epochs * args.evals_per_epoch),  # a fraction of all steps (rows: a multiple of 64)
+        save_strategy="no",
+        logging_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+    )
+
+
+def hf_search(args: argparse.Namespace, prepared: dict, pruner: str) -> None:
+    """`Trainer.hyperparameter_search(backend="optuna")` over SPACE, its study in a journal file of the search
+    folder (Optuna's `storage`, passed through), each trial's first step in the clock file."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from transformers import AutoModelForSequenceClassification, Trainer, TrainerCallback
+
     run = hf_run(TASK, prepared)
-    clocks: list[dict] = []  # one per trial, in order: the search runs its trials one after the other
 
     class Clock(TrainerCallback):
         def on_train_begin(self, arguments, state, control, **kwargs):
-            clocks.append({"first_step": None})
+            self.stepped = False
 
         def on_step_end(self, arguments, state, control, **kwargs):
-            clocks[-1]["first_step"] = clocks[-1]["first_step"] or time.time()
+            if not self.stepped:
+                self.stepped = True
+                record_first_step()
 
-        def on_train_end(self, arguments, state, control, **kwargs):
-            clocks[-1]["trained_epochs"] = state.epoch  # a pruned trial ends here too, before TrialPruned
-            progress(args, f"trial {len(clocks)}: {state.epoch:g} epochs, {state.log_history[-1:]}")
-
-    def hp_space(trial) -> dict:
-        return {HF_NAMES[key]: suggest(trial, key, spec) for key, spec in SPACE.items()}
-
-    evaluations = args.epochs * args.evals_per_epoch
     trainer = Trainer(
         model_init=lambda: AutoModelForSequenceClassification.from_pretrained(prepared["model"]),
-        args=TrainingArguments(
-            output_dir=tempfile.mkdtemp(prefix="hf-bench-tune-"),
-            per_device_train_batch_size=task.batch_size,
-            per_device_eval_batch_size=2 * task.batch_size,
-            learning_rate=task.learning_rate,
-            weight_decay=task.weight_decay,
-            # a float: the search's values are cast to the type of the value set here, and the default (int 0)
-            # would turn every warmup fraction into 0 steps
-            warmup_steps=float(task.warmup),
-            num_train_epochs=args.epochs,
-            seed=args.seed,
-            eval_strategy="steps",
-            eval_steps=1 / evaluations,  # a fraction of all steps: evals_per_epoch per epoch (rows = 64 k)
-            save_strategy="no",
-            logging_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            use_cpu=True,
-        ),
+        args=hf_arguments(args),
         train_dataset=run.train.select(range(args.train_rows)),
         eval_dataset=run.validation.select(range(min(args.eval_rows or len(run.validation), len(run.validation)))),
         data_collator=run.collator,
@@ -199,26 +256,17 @@ def hf_search(args: argparse.Namespace, prepared: dict, pruner: str) -> dict:
         compute_metrics=run.compute_metrics,
         callbacks=[Clock()],
     )
-    storage = optuna.storages.InMemoryStorage()
-    searched = time.time()
-    best = trainer.hyperparameter_search(
-        hp_space=hp_space,
+    trainer.hyperparameter_search(
+        hp_space=hf_space,
         compute_objective=lambda metrics: metrics["eval_accuracy"],
         n_trials=args.trials,
         direction="maximize",
         backend="optuna",
         sampler=optuna.samplers.TPESampler(seed=args.sampler_seed),
         pruner=optuna_pruner(pruner, args.pruner_options),
-        storage=storage,
+        storage=JournalStorage(JournalFileBackend(STUDY_FILE)),
         study_name="hf",
     )
-    study = optuna.load_study(study_name="hf", storage=storage)
-    return {
-        "search_s": time.time() - searched,
-        "best_value": best.objective,
-        "best_params": study.best_trial.params,
-        "trials": trial_rows(study, clocks, args.evals_per_epoch),
-    }
 
 
 # ---------------------------------------------------------------------------------------------- hftrain side
@@ -246,15 +294,10 @@ def hftrain_overrides(args: argparse.Namespace, prepared: dict) -> dict:
     }
 
 
-def shipped_fit(args: argparse.Namespace, prepared: dict) -> dict:
+def shipped_fit(args: argparse.Namespace, prepared: dict) -> None:
     import hftrain
 
-    run = hftrain.fit(REPO_CONFIG, **hftrain_overrides(args, prepared))
-    return {
-        "best_value": run.best["val/accuracy"],
-        "best_params": {key: value for key, value in SHIPPED.items()},
-        "history": [entry["val/accuracy"] for entry in run.history],
-    }
+    hftrain.fit(REPO_CONFIG, **hftrain_overrides(args, prepared))
 
 
 REPO_CONFIG = str(Path(__file__).resolve().parents[1] / TASKS[TASK].config)
@@ -267,26 +310,22 @@ SHIPPED = {
 
 
 class FirstStepClock(Callback):
-    """Writes when a trial's first optimizer step ended, with its run folder, as a JSON line to the file
-    `$BENCH_TUNE_CLOCK`: the trial's start-up cost, measured as the HF side's `on_step_end` measures it."""
+    """`record_first_step` for an hftrain trial, added to the trainer's callbacks by the search's overrides."""
 
-    def __init__(self) -> None:
-        self.done = False
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.stepped = False
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not self.done:
-            self.done = True
-            line = {"folder": str(Path(trainer.log_dir).resolve()), "first_step": time.time()}
-            with open(os.environ["BENCH_TUNE_CLOCK"], "a") as clock:
-                clock.write(json.dumps(line) + "\n")
+        if not self.stepped:
+            self.stepped = True
+            record_first_step()
 
 
-def hftrain_search(args: argparse.Namespace, prepared: dict, pruner: str) -> dict:
-    """`hftrain.tune` on the shipped config and a search config of SPACE, each trial with `FirstStepClock`."""
+def hftrain_search(args: argparse.Namespace, prepared: dict, pruner: str) -> None:
+    """`hftrain.tune` on the shipped config and a search config of SPACE (`search.yaml` in the search folder),
+    each trial with `FirstStepClock`."""
     import hftrain
 
-    work = Path.cwd()
-    os.environ["BENCH_TUNE_CLOCK"] = str(work / "clock.jsonl")
     search = {
         "n_trials": args.trials,
         "sampler": "tpe",
@@ -296,25 +335,15 @@ def hftrain_search(args: argparse.Namespace, prepared: dict, pruner: str) -> dic
         "space": SPACE,
         "study_name": f"bench-{pruner}",
     }
-    (work / "search.yaml").write_text(yaml.safe_dump({"tune": search}, sort_keys=False))
+    Path("search.yaml").write_text(yaml.safe_dump({"tune": search}, sort_keys=False))
     overrides = hftrain_overrides(args, prepared)
     overrides["trainer"]["callbacks"] = [{"class_path": "bench_tune.FirstStepClock"}]
-    searched = time.time()
-    result = hftrain.tune(REPO_CONFIG, work / "search.yaml", **overrides)
-    search_s = time.time() - searched
-    firsts = {}
-    for line in (work / "clock.jsonl").read_text().splitlines():
-        entry = json.loads(line)
-        firsts[entry["folder"]] = entry["first_step"]
-    clocks = [
-        {"first_step": firsts.get(str(Path(trial.user_attrs["folder"]).resolve()))} for trial in result.study.trials
-    ]
-    return {
-        "search_s": search_s,
-        "best_value": result.best_value,
-        "best_params": result.best_params,
-        "trials": trial_rows(result.study, clocks, args.evals_per_epoch),
-    }
+    hftrain.tune(REPO_CONFIG, "search.yaml", **overrides)
+
+
+def search_folder(args: argparse.Namespace, variant: str) -> Path:
+    """Where a variant runs and leaves its runs, study and clock file: `<workdir>/<variant>`."""
+    return Path(args.workdir) / variant.replace(":", "-")
 
 
 def child(args: argparse.Namespace) -> None:
@@ -322,12 +351,17 @@ def child(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     prepared = json.loads(Path(args.prepared).read_text())
-    os.chdir(tempfile.mkdtemp(prefix="hftrain-bench-tune-", dir=args.workdir))  # the run folders
+    folder = search_folder(args, args.child)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    os.chdir(folder)
+    os.environ["BENCH_TUNE_CLOCK"] = str(folder / CLOCK_FILE)
     side, _, pruner = args.child.partition(":")
     if side == "fit":
-        result = shipped_fit(args, prepared)
+        shipped_fit(args, prepared)
     else:
-        result = (hftrain_search if side == "hftrain" else hf_search)(args, prepared, pruner)
+        (hftrain_search if side == "hftrain" else hf_search)(args, prepared, pruner)
+    result = collect(args.child, folder, args.evals_per_epoch)
     result.update(variant=args.child, wall_s=time.time() - args.started, started=args.started)
     Path(args.result).write_text(json.dumps(result, default=str))
 
@@ -339,41 +373,42 @@ def fmt(value, spec: str) -> str:
     return "" if value is None or value != value else format(value, spec)
 
 
+def finished(run: dict) -> list[dict]:
+    return [t for t in run["trials"] if t["state"] in ("COMPLETE", "PRUNED")]
+
+
 def search_row(run: dict, runs: dict[str, dict]) -> list[str]:
-    """A search's line of the table (the plain fit's has its value and wall time only)."""
+    """A search's line of the table (the plain fit's has its value only). Pruning's savings compare the trial-epochs
+    of the same number of finished trials, in trial order, with the same side's search without pruning."""
     if run["variant"] == "fit":
         params = ", ".join(f"{key.split('.')[-1]} {value:g}" for key, value in run["best_params"].items())
         return ["fit (shipped config)", "1", fmt(run["best_value"], ".4f"), "", params, ""]
-    trials = run["trials"]
+    trials = finished(run)
     states = [t["state"] for t in trials]
-    epochs = sum(t["epochs"] for t in trials)
     side = run["variant"].split(":")[0]
+    epochs = f"{sum(t['epochs'] for t in trials):g}"
     unpruned = runs.get(f"{side}:none")
-    saved = ""
-    if unpruned and run["variant"] != f"{side}:none":
-        saved = f" ({1 - epochs / sum(t['epochs'] for t in unpruned['trials']):.0%} saved)"
+    if unpruned and unpruned is not run:
+        count = min(len(trials), len(finished(unpruned)))
+        pruned_epochs = sum(t["epochs"] for t in trials[:count])
+        saved = 1 - pruned_epochs / sum(t["epochs"] for t in finished(unpruned)[:count])
+        epochs += f" ({saved:.0%} saved over {count} trials)"
     startups = [t["startup_s"] for t in trials if t["startup_s"] is not None]
     best = run["best_value"]
     if side == "hf":
         best_of_evals = max((t["best_eval"] for t in trials if t["best_eval"] is not None), default=None)
-        best_text = f"{fmt(best, '.4f')} last, {fmt(best_of_evals, '.4f')} best of evals"
+        best_text = f"{fmt(best, '.4f')} (last eval; best eval {fmt(best_of_evals, '.4f')})"
     else:
         best_text = fmt(best, ".4f")
     params = ", ".join(f"{key.split('.')[-1]} {value:.3g}" for key, value in run["best_params"].items())
     timing = (
-        f"{run['search_s'] / len(trials):.0f} s/trial, start-up {statistics.median(startups):.1f} s "
-        f"(first {startups[0]:.1f}, max {max(startups):.1f})"
+        f"{run['search_s'] / len(trials):.0f} s; start-up median {statistics.median(startups):.1f} s "
+        f"(first trial {startups[0]:.1f} s)"
         if startups
         else ""
     )
-    return [
-        run["variant"],
-        f"{states.count('COMPLETE')} + {states.count('PRUNED')} pruned",
-        best_text,
-        f"{epochs:g}{saved}",
-        params,
-        timing,
-    ]
+    pruned = f" + {states.count('PRUNED')} pruned" if "PRUNED" in states else ""
+    return [run["variant"], f"{states.count('COMPLETE')}{pruned}", best_text, epochs, params, timing]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -388,20 +423,20 @@ def main(argv: list[str] | None = None) -> None:
     prepared_file.write_text(json.dumps(prepared))
     argv = [*argv, "--prepared", str(prepared_file)]
     print(
-        f"MRPC, first {args.train_rows} training rows, {args.epochs} epochs x {args.evals_per_epoch} validations, "
-        f"{args.trials} trials, sampler seed {args.sampler_seed}, {args.threads} thread(s); before: {machine_note()}",
+        f"MRPC, first {args.train_rows} training rows, {args.eval_rows or 'all'} dev rows, {args.epochs} epochs x "
+        f"{args.evals_per_epoch} validations, {args.trials} trials, sampler seed {args.sampler_seed}, "
+        f"{args.threads} thread(s); before: {machine_note()}",
         flush=True,
     )
     runs: dict[str, dict] = {}
     for variant in args.variants.split(","):
-        runs[variant] = run = run_child(__file__, argv, variant, args.threads)
-        first = (
-            f" (process start to first trial {run['trials'][0]['start'] - run['started']:.1f} s)"
-            if run.get("trials")
-            else ""
-        )
-        best = fmt(run["best_value"], ".4f")
-        print(f"{variant}: best {best}, wall {run['wall_s']:.0f} s{first}, load {run['load']:.1f}", flush=True)
+        if args.collect:
+            run = {**collect(variant, search_folder(args, variant), args.evals_per_epoch), "variant": variant}
+        else:
+            run = run_child(__file__, argv, variant, args.threads)
+            first = f", process start to first trial {run['trials'][0]['start'] - run['started']:.1f} s"
+            print(f"{variant}: wall {run['wall_s']:.0f} s{first if run.get('trials') else ''}, load {run['load']:.1f}")
+        runs[variant] = run
         for trial in run.get("trials", []):
             params = ", ".join(f"{key.split('.')[-1]}={value:.3g}" for key, value in trial["params"].items())
             evals = " ".join(f"{value:.3f}" for value in trial["intermediate"])
