@@ -197,7 +197,7 @@ def test_a_column_missing_from_some_shards_is_named(tmp_path):
     dataset = StreamDataset(
         local_shards(pattern, "data.train_file"), by_id, examples=30, seed=7, needed_columns=("text",)
     )
-    with pytest.raises(HFTrainError, match=r"part-1\.jsonl, a row: it has no value in column\(s\) text"):
+    with pytest.raises(HFTrainError, match=r"part-1\.jsonl, line 1: it has no value in column\(s\) text"):
         list(dataset)
 
 
@@ -373,6 +373,34 @@ def test_text_classification_streams_compressed_csv_shards(tiny_bert, tmp_path):
     assert batch["input_ids"].shape[0] == 8 and set(batch["labels"].tolist()) <= {0, 1}
     assert len(data.train_dataloader()) == 3
     assert len(data.datasets["validation"]) == 16  # map-style, tokenized ahead
+
+
+def test_a_row_the_task_refuses_is_named_by_its_file_and_line(tiny_bert, tmp_path):
+    """A label outside the label set, past the first rows that the checks read: named by its shard and line with
+    the task's words, and left out with data.on_bad_row=skip."""
+    from hftrain.tasks.text_classification import TextClassificationData
+
+    rows = [{"text": row["text"], "label": row["label"]} for row in sentiment_rows(260, seed=3)]
+    rows[250]["label"] = "neutral"
+    pattern = write_shards(tmp_path / "data", rows, shards=1)
+
+    def loader(policy: str):
+        data = TextClassificationData(
+            tokenizer_name=tiny_bert,
+            train_file=pattern,
+            streaming=True,
+            batch_size=4,
+            examples_per_epoch=259,
+            label_names=["neg", "pos"],
+            on_bad_row=policy,
+        )
+        data.setup("fit")
+        return data.train_dataloader()
+
+    with pytest.raises(HFTrainError, match=r"part-0\.jsonl, line 251: .*label 'neutral'.*data.on_bad_row=skip"):
+        list(loader("stop"))
+    with pytest.warns(UserWarning, match=r"Skipped a streamed training row \(.*part-0\.jsonl, line 251\)"):
+        assert sum(len(batch["labels"]) for batch in loader("skip")) == 259
 
 
 def test_seq2seq_streams_parquet_shards(tiny_t5, tmp_path):

@@ -26,6 +26,7 @@ import json
 import lzma
 import math
 import pickle
+import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -118,6 +119,15 @@ class BadRow:
 
     where: str
     reason: str
+
+
+def location(position: dict[str, int]) -> str:
+    """A row's place in its shard, in words, from the position after it (`read_shard`)."""
+    if "line" in position:
+        return f"line {position['line']}"
+    if "group" in position:
+        return f"row group {position['group']}, row {position['row']}"
+    return f"row {position['row']}"
 
 
 def _open(path: str) -> io.BufferedIOBase:
@@ -411,7 +421,7 @@ class StreamDataset(IterableDataset):
                 buffer.pop()
             if not chunk:
                 continue
-            encoded = self.encode([row for _, row in chunk], [number for number, _ in chunk])
+            encoded = self._encode(chunk, state)
             if self.block_size:
                 encoded = pack_stream(encoded, state["leftover"], self.block_size)
             state["pending"].extend(encoded)
@@ -432,12 +442,12 @@ class StreamDataset(IterableDataset):
                     state["line_of_pass"] += 1
                     if step > 1 and (state["line_of_pass"] - 1) % step != reader:
                         continue
-                    problem = row if isinstance(row, BadRow) else self._missing(row)
+                    problem = row if isinstance(row, BadRow) else self._missing(row, after)
                     if problem is not None:
                         self._bad_row(shard, problem, state)
                         continue
                     kept_any = True
-                    yield state["line_of_pass"], row
+                    yield state["line_of_pass"], (shards[state["shard"]], after), row
                 state["shard"] += 1
                 state["position"] = None
             if whole_pass and not kept_any:
@@ -450,22 +460,37 @@ class StreamDataset(IterableDataset):
             state["line_of_pass"] = 0
             yield PASS_END
 
-    def _missing(self, row: dict) -> BadRow | None:
+    def _missing(self, row: dict, after: dict[str, int]) -> BadRow | None:
         missing = [c for c in self.needed_columns if row.get(c) is None]
         if not missing:
             return None
         present = ", ".join(sorted(row)) or "none"
-        return BadRow("a row", f"it has no value in column(s) {', '.join(missing)} (its columns: {present})")
+        return BadRow(location(after), f"it has no value in column(s) {', '.join(missing)} (its columns: {present})")
+
+    def _encode(self, chunk: list[tuple[int, tuple[int, dict], dict]], state: dict[str, Any]) -> list[dict]:
+        """The chunk's rows encoded; where the task refuses one (a label outside the label set, …), the rows
+        one by one, so that the refused row is named by its file and line and `on_bad_row` decides."""
+        try:
+            return self.encode([row for _, _, row in chunk], [number for number, _, _ in chunk])
+        except HFTrainError:
+            encoded = []
+            for number, (shard, after), row in chunk:
+                try:
+                    encoded.extend(self.encode([row], [number]))
+                except HFTrainError as err:
+                    self._bad_row(self.shards[shard], BadRow(location(after), str(err)), state)
+            return encoded
 
     def _bad_row(self, shard: Shard, problem: BadRow, state: dict[str, Any]) -> None:
-        where = f"{shard.name}, {problem.where}"
+        where, reason = f"{shard.name}, {problem.where}", problem.reason.rstrip(".")
         if self.on_bad_row == "stop":
             raise HFTrainError(
-                f"The streamed training data has a row that cannot be used: {where}: {problem.reason}. Fix or "
+                f"The streamed training data has a row that cannot be used: {where}: {reason}. Fix or "
                 "remove it, or set data.on_bad_row=skip to leave such rows out (each is named in a warning)."
             )
         state["skipped"] += 1
-        rank_zero_warn(f"Skipped a streamed training row ({where}): {problem.reason} (data.on_bad_row=skip).")
+        # every rank says its own (a rank-zero warning would hide the other ranks' rows)
+        warnings.warn(f"Skipped a streamed training row ({where}): {reason} (data.on_bad_row=skip).", stacklevel=2)
 
 
 # ---------------------------------------------------------------------------------------------- the loader
