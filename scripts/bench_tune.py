@@ -29,6 +29,7 @@ Trainer by its last evaluation. Both are printed for the HF side ("last" and "be
 """
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -194,9 +195,14 @@ def record_first_step() -> None:
 # ---------------------------------------------------------------------------------------------- HF side
 
 
-def hf_space(trial) -> dict:
+def hf_space(trial, seed: int | None = None) -> dict:
     """The HF side's `hp_space`: SPACE under the HF Trainer's argument names, suggested in SPACE's order under
-    hftrain's keys (so that, with the same sampler seed, both searches draw the same values)."""
+    hftrain's keys. With `seed`, the trial draws from a TPE sampler seeded `seed` + its number, as `hftrain tune`
+    seeds each trial (`study.reseed_for`), so that both searches draw the same values."""
+    if seed is not None:
+        import optuna
+
+        trial.study.sampler = optuna.samplers.TPESampler(seed=seed + trial.number)
     return {HF_NAMES[key]: suggest(trial, key, spec) for key, spec in SPACE.items()}
 
 
@@ -257,7 +263,7 @@ def hf_search(args: argparse.Namespace, prepared: dict, pruner: str) -> None:
         callbacks=[Clock()],
     )
     trainer.hyperparameter_search(
-        hp_space=hf_space,
+        hp_space=functools.partial(hf_space, seed=args.sampler_seed),
         compute_objective=lambda metrics: metrics["eval_accuracy"],
         n_trials=args.trials,
         direction="maximize",
