@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -177,13 +178,18 @@ def alternate(variants: Sequence[str], repeats: int) -> Iterator[tuple[int, str]
             yield repeat, variant
 
 
-def run_child(script: str | Path, argv: Sequence[str], variant: str, threads: int) -> dict:
+def run_child(
+    script: str | Path, argv: Sequence[str], variant: str, threads: int, timeout: float | None = None
+) -> dict:
     """Run `script *argv --child variant --started T --result F` in a fresh Python process; return the JSON
     the child wrote to F, with the machine's 5-minute load average (about one run long) added as `load`.
 
     `T` is the launch time (`time.time()`), so the child can report its wall time from process start,
     imports included. The child imports this checkout's hftrain (`PYTHONPATH`), never reaches the Hub, and
-    gets `threads` OpenMP threads. A failed child ends the benchmark with its output's tail.
+    gets `threads` OpenMP threads. A failed child ends the benchmark with its output's tail. A child still
+    running after `timeout` seconds is killed with its own children (dataloader workers), and the run is
+    `{"variant": …, "timed_out": timeout}` plus whatever the child wrote to F by then: a side capped on purpose,
+    reported as taking longer.
     """
     with tempfile.NamedTemporaryFile(suffix=".json") as result:
         command = [sys.executable, str(script), *argv, "--child", variant]
@@ -195,9 +201,22 @@ def run_child(script: str | Path, argv: Sequence[str], variant: str, threads: in
             "HF_HUB_OFFLINE": "1",
             "OMP_NUM_THREADS": str(threads),
         }
-        completed = subprocess.run(command, env=env, capture_output=True, text=True)
-        if completed.returncode != 0:
-            sys.exit(f"{variant} failed:\n{completed.stdout[-3000:]}\n{completed.stderr[-5000:]}")
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+        with subprocess.Popen(command, env=env, start_new_session=timeout is not None, **pipes) as process:
+            try:
+                stdout, stderr = process.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.communicate()
+                partial = Path(result.name).read_text()
+                return {
+                    **json.loads(partial or "{}"),
+                    "variant": variant,
+                    "timed_out": timeout,
+                    "load": os.getloadavg()[1],
+                }
+        if process.returncode != 0:
+            sys.exit(f"{variant} failed:\n{stdout[-3000:]}\n{stderr[-5000:]}")
         run = json.loads(Path(result.name).read_text())
     run["load"] = os.getloadavg()[1]
     return run
