@@ -65,6 +65,9 @@ HF_CAP_S = 15 * 60
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--workdir", type=Path, default=WORK, help="corpora, model, checkpoints and caches")
+    common.add_argument(
+        "--model", help="a folder from scripts/make_lm_model.py (default: configs/lm/wikitext2_local.yaml's, made here)"
+    )
     common.add_argument("--batch-size", type=int, default=64, help="blocks of 128 tokens per step, both sides")
     common.add_argument("--workers", type=int, default=1, help="dataloader worker processes, both sides")
     common.add_argument("--shuffle-buffer", type=int, default=1000, help="rows in the shuffle buffer, both sides")
@@ -170,6 +173,11 @@ def write_corpus(work: Path, gb: float, seed: int) -> dict:
             joined.write(shard.read_bytes())
     (corpus / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
+
+
+def model_folder(args: argparse.Namespace) -> str:
+    """`--model`, else configs/lm/wikitext2_local.yaml's small GPT-2, made by its documented command."""
+    return args.model or gpt2_wikitext2(args.workdir)
 
 
 def manifest(work: Path) -> dict:
@@ -388,7 +396,7 @@ def resume_plan(args: argparse.Namespace, argv: list[str], positions: list[float
     hftrain's in a child process, `hftrain_positions`). Saved as `checkpoints/plan.json` for the runs."""
     from transformers import AutoTokenizer
 
-    model_dir = gpt2_wikitext2(args.workdir)
+    model_dir = model_folder(args)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     sentences = wikitext_sentences()
     # every row is one of these sentences, drawn cycle after cycle: the stream's tokens are rows x their mean
@@ -561,9 +569,7 @@ def throughput_run(args: argparse.Namespace, variant: str) -> dict:
 
     with TreeMemory() as memory:
         data = hftrain_lm_data(args, side, corpus)
-        module = LanguageModeling(
-            model_name_or_path=gpt2_wikitext2(args.workdir), learning_rate=1e-3, warmup_steps=0.05
-        )
+        module = LanguageModeling(model_name_or_path=model_folder(args), learning_rate=1e-3, warmup_steps=0.05)
         trainer = lightning_trainer(
             argparse.Namespace(accelerator="cpu"),
             "32-true",
@@ -583,7 +589,7 @@ def hftrain_lm_data(args: argparse.Namespace, side: str, corpus: str, **settings
 
     subset = manifest(args.workdir)["big-prefix" if (side, corpus) == ("map", "big") else corpus]
     common = {
-        "tokenizer_name": gpt2_wikitext2(args.workdir),
+        "tokenizer_name": model_folder(args),
         "block_size": BLOCK_SIZE,
         "batch_size": args.batch_size,
         "num_workers": args.workers,
