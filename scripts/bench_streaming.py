@@ -23,20 +23,23 @@ blocks packed across documents, with the same batch size, shuffle buffer and dat
   cheap steps (the loss is 0 x the sum of the weights: no forward pass, so the data loader, not the model, sets
   the pace) that saves a checkpoint at each position: the stream's state in them is the real one.
 Weights at the position differ from a run that trained all the way there; a resume's time does not depend on
-their values.
+their values. Each resume reports wall seconds and the CPU seconds of its process and workers (/proc): on a
+shared machine the wall time is mostly the share of the CPU the others left. A run cut off at the cap notes the
+CPU seconds it had used just before.
 
 `throughput` trains `--max-steps` steps and reports training tokens/s from the end of the first step to the end
-of the last (bench_vs_hf_trainer.py's `Meter`), and the peak memory of the process tree (main process and
-dataloader workers, sampled every 0.2 s) and of the main process. Variants are `<side>@<corpus>`: `stream` (hftrain,
-`data.streaming: true`, tokenizing in the workers) or `map` (hftrain map-style on the same rows tokenized ahead
-into its cache, not timed), on `wikitext2`, `100mb` or `big`. `map@big` pre-tokenizes only the first two shards
-of `big` (200,000 rows, more than a run reads): tokenizing 5 GB ahead takes hours on this machine; its rows are
-the same sentences as every other shard's.
+of the last (bench_vs_hf_trainer.py's `Meter`), tokens per CPU-second of the process and its workers over the
+same steps, and the peak memory of the process tree (main process and dataloader workers, summed, sampled every
+0.2 s) and of the main process. Variants are `<side>@<corpus>`: `stream` (hftrain, `data.streaming: true`,
+tokenizing in the workers) or `map` (hftrain map-style on the same rows tokenized ahead into its cache, not
+timed), on `wikitext2`, `100mb` or `big`. `map@big` pre-tokenizes only the first two shards of `big` (200,000
+rows, more than a run reads): tokenizing 5 GB ahead takes about two hours of a core here; its rows are the same
+sentences as every other shard's.
 
     python scripts/bench_streaming.py corpus --gb 5.2
-    python scripts/bench_streaming.py resume --positions 0.1,0.5,0.9 --repeats 1
-    python scripts/bench_streaming.py throughput --variants map@wikitext2,stream@wikitext2 --max-steps 60
-    python scripts/bench_streaming.py throughput --variants stream@100mb,stream@big,map@big --max-steps 60
+    python scripts/bench_streaming.py resume --variants hftrain,hf --positions 0.1,0.5,0.9
+    python scripts/bench_streaming.py throughput --model /tmp/stream-bench/models/gpt2-small --batch-size 16 \
+        --max-steps 40 --variants map@wikitext2,stream@wikitext2,stream@100mb,stream@big,map@big
     python scripts/bench_streaming.py corpus --delete
 """
 
