@@ -445,6 +445,8 @@ def test_a_hub_dataset_streams_shard_by_shard(tiny_gpt2, tmp_path):
         batch_size=4,
     )
     assert len(data.shards) == 2 and len(data.raw["validation"]) == 10
+    with pytest.warns(UserWarning, match=r"validation split is not used.*data.max_eval_samples rows, which is unset"):
+        LanguageModelingData(tokenizer_name=tiny_gpt2, dataset_name=str(hub), streaming=True, block_size=16)
     batch = first_batch(data)
     assert batch["input_ids"].shape == (4, 16)
     loader = data.train_dataloader()

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import datasets
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerBase
@@ -414,6 +414,12 @@ class TaskDataModule(LightningDataModule, metaclass=ABCMeta):
                 limit = self.max_predict_samples if split in ("test", "predict") else self.max_eval_samples
                 if limit is not None:
                     raw[split] = datasets.Dataset.from_list(list(stream.take(limit)), features=stream.features)
+                else:
+                    setting = "max_predict_samples" if split in ("test", "predict") else "max_eval_samples"
+                    rank_zero_warn(
+                        f"The Hub dataset's {split} split is not used: a streamed split is read only up to "
+                        f"data.{setting} rows, which is unset. Set it to use that split."
+                    )
         else:
             raise HFTrainError(
                 "data.streaming is true but no training data is given: set data.dataset_name to a Hub dataset or "
