@@ -74,6 +74,9 @@ def test_tune_runs_trials_as_fit_runs_and_continues_to_the_total(task, tmp_path,
         best["params.data.batch_size"]
     )
     assert run_cli("fit", "--config", study / "best.yaml", "--print_config") == 0
+    # the first trial runs Lightning's sanity-check validation; later trials of the worker skip its cost
+    sanity = [yaml.safe_load((study / f"trial_{n}" / "config.yaml").read_text())["trainer"] for n in (0, 1)]
+    assert [trainer["num_sanity_val_steps"] for trainer in sanity] == [None, 0]  # None: Lightning's 2 batches
 
     # the same search again, from Python, with a larger total: one more trial, numbered on
     result = hftrain_api.tune(task, search, tune={"n_trials": 3})

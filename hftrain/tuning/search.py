@@ -60,6 +60,10 @@ class Search:
             if ranks.is_rank_zero():
                 print(f"The grid has {self.n_trials} points: the search runs {self.n_trials} trials.", flush=True)
         self._failures = 0
+        # Lightning's sanity check runs two validation batches before training: once a trial of this worker has
+        # trained and validated on the config, later trials skip it, unless the user's arguments set it
+        self._skip_sanity_check = False
+        self._sanity_check_set = "num_sanity_val_steps" in preflight.merged_config(fit_arguments)["trainer"]
 
     # ------------------------------------------------------------------ the study (rank 0)
 
@@ -134,7 +138,8 @@ class Search:
         pruning = TrialPruning(trial)
         try:
             with faults.Heartbeat(trial) if trial is not None else nullcontext():
-                run = Run(args=[*self.fit_arguments, *parameter_arguments(params)], folder=folder)
+                skip = ["--trainer.num_sanity_val_steps", "0"] if self._skip_sanity_check else []
+                run = Run(args=[*self.fit_arguments, *skip, *parameter_arguments(params)], folder=folder)
                 run.trainer.callbacks.append(pruning)
                 run.fit(ckpt_path=assignment.get("ckpt_path"))
         except (RunInterrupted, KeyboardInterrupt) as err:
@@ -152,6 +157,7 @@ class Search:
             ranks.done_sharing()
         del run
         gc.collect()
+        self._skip_sanity_check = not self._sanity_check_set
         if trial is None:
             return None
         self._failures = 0
