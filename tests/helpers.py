@@ -57,6 +57,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def two_nodes_on_localhost(config, *args) -> list[str]:
+    """What each node of a cluster without SLURM runs, both nodes on this machine: `hftrain fit` of `config` on
+    CPU DDP with `--trainer.num_nodes 2`, started together with NODE_RANK 0 and 1. Both must succeed; their
+    outputs."""
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    command = ["fit", "--config", config, *CPU_DDP, "--trainer.num_nodes", 2, "--trainer.devices", 1, *args]
+    nodes = [hftrain(*command, env={**env, "NODE_RANK": str(rank)}, wait=False) for rank in (0, 1)]
+    try:
+        outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(outputs)
+    return outputs
+
+
 def hftrain_ok(*args, env: dict[str, str] | None = None) -> str:
     """Run `hftrain <args>` as a process that must succeed; its output."""
     done = hftrain(*args, env=env)

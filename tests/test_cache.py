@@ -10,7 +10,7 @@ import time
 
 import datasets
 import pytest
-from helpers import CPU_DDP, classification_config, free_port, hftrain
+from helpers import classification_config, two_nodes_on_localhost
 
 from hftrain.core import cache
 from hftrain.core.cache import TokenizedCache
@@ -88,16 +88,7 @@ def test_two_nodes_sharing_the_cache_folder_tokenize_once_and_read_the_same_data
         data__cache_dir=str(tmp_path / "shared-cache"),
         trainer__callbacks=[slow],
     )
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-    args = ["fit", "--config", config, *CPU_DDP, "--trainer.num_nodes", 2, "--trainer.devices", 1]
-    args += ["--trainer.max_steps", 1]
-    nodes = [hftrain(*args, env={**env, "NODE_RANK": str(rank)}, wait=False) for rank in (0, 1)]
-    try:
-        outputs = [node.communicate(timeout=600)[0] for node in nodes]
-    finally:
-        for node in nodes:
-            node.kill()
-    assert [node.returncode for node in nodes] == [0, 0], "\n".join(outputs)
+    two_nodes_on_localhost(config, "--trainer.max_steps", 1)
     lines = [line.split() for line in log.read_text().splitlines()]
     assert len([line for line in lines if line[0] == "write"]) == 1, lines
     reads = [line for line in lines if line[0] == "read"]

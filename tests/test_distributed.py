@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 from conftest import REPO
-from helpers import CPU_DDP, classification_config, free_port, hftrain, hftrain_ok, run_cli
+from helpers import CPU_DDP, classification_config, free_port, hftrain_ok, run_cli, two_nodes_on_localhost
 from lightning.pytorch import Callback, Trainer
 
 from hftrain.core.runs import read_results
@@ -99,16 +99,7 @@ def test_ddp_averages_a_token_level_loss_over_every_ranks_tokens(tiny_gpt2, tmp_
 @pytest.mark.slow  # a cluster's nodes joining over the network: tests/test_slurm.py runs it on a real cluster
 def test_two_nodes_on_localhost_form_one_world_of_two(config, tmp_path):
     """What each node of a cluster without SLURM runs: the same command with its NODE_RANK."""
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-    args = ["fit", "--config", config, *CPU_DDP, "--trainer.num_nodes", 2, "--trainer.devices", 1]
-    args += ["--trainer.max_epochs", 1]
-    nodes = [hftrain(*args, env={**env, "NODE_RANK": str(rank)}, wait=False) for rank in (0, 1)]
-    try:
-        outputs = [node.communicate(timeout=600)[0] for node in nodes]
-    finally:
-        for node in nodes:
-            node.kill()
-    assert [node.returncode for node in nodes] == [0, 0], "\n".join(outputs)
+    outputs = two_nodes_on_localhost(config, "--trainer.max_epochs", 1)
     assert "GLOBAL_RANK: 0, MEMBER: 1/2" in outputs[0] and "GLOBAL_RANK: 1, MEMBER: 2/2" in outputs[1]
     runs = tmp_path / "runs" / "scale"
     assert [p.name for p in runs.iterdir()] == ["version_0"]

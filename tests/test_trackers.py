@@ -2,7 +2,6 @@
 hf_model/) and `--ckpt_path best|last`, and the trackers get the run's hyperparameters, metrics and resolved
 config: MLflow read back from a real tracking server with `MlflowClient`, W&B from its offline run file."""
 
-import socket
 import struct
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import classification_config, hftrain, run_cli
+from helpers import classification_config, free_port, hftrain, run_cli
 
 from hftrain.core.runs import read_results
 
@@ -42,12 +41,6 @@ def continue_and_evaluate(config: Path, logger: list[str], run: Path, command=ru
     assert read_results(run)["validate"]["val/loss"] == pytest.approx(read_results(run)["best"]["val/loss"])
     assert command("fit", "--config", config, *logger, "--ckpt_path", "last", "--trainer.max_epochs", "2") == 0
     check_run_folder(run, global_step=2 * STEPS)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
