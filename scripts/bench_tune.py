@@ -223,8 +223,9 @@ def hf_arguments(args: argparse.Namespace):
         warmup_steps=float(task.warmup),
         num_train_epochs=args.epochs,
         seed=args.seed,
-        eval_strategy="steps",
-        eval_steps=1 / (args.epochs * args.evals_per_epoch),  # a fraction of all steps (rows: a multiple of 64)
+        # a fraction of all steps (rows: a multiple of 64); below 1 only, for a whole 1.0 means one step
+        eval_strategy="epoch" if args.evals_per_epoch == 1 else "steps",
+        eval_steps=None if args.evals_per_epoch == 1 else 1 / (args.epochs * args.evals_per_epoch),
         save_strategy="no",
         logging_strategy="no",
         report_to="none",
