@@ -6,6 +6,8 @@ import json
 import logging
 import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -116,6 +118,23 @@ def test_claim_version_never_hands_out_a_folder_twice(tmp_path):
     assert runs.claim_version(tmp_path / "new") == tmp_path / "new" / "version_1"
     runs.release_version(tmp_path / "new" / "version_1")
     assert (tmp_path / "new" / "version_0").is_dir()  # folders that were there before are kept
+
+
+def test_a_claim_never_written_into_is_released_when_the_process_ends(tmp_path):
+    """A `Run` never fitted, `hftrain.trainer()` unused, a CLI built with run=False: their claimed version_N went
+    with the process instead of staying behind empty."""
+    code = (
+        "import sys; from hftrain.core import runs; "
+        "unused = runs.claim_version(sys.argv[1] + '/runs/never'); "
+        "used = runs.claim_version(sys.argv[1] + '/runs/written'); (used / 'config.yaml').write_text('{}')"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "runs",
+        "runs/written",
+        "runs/written/version_0",
+        "runs/written/version_0/config.yaml",
+    ]
 
 
 def test_free_path_never_overwrites(tmp_path):

@@ -6,6 +6,7 @@ HF Trainer's `get_last_checkpoint(output_dir)`: the CLI and the callbacks call t
 directly. The one question asked of a Trainer is `run_folder`, where its run writes.
 """
 
+import atexit
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -109,7 +110,8 @@ _created_for: dict[Path, list[Path]] = {}
 
 
 def claim_version(root: str | Path) -> Path:
-    """Create the folder of a new run, the next free `version_N` under `root`, and return it.
+    """Create the folder of a new run, the next free `version_N` under `root`, and return it; released at exit if
+    nothing was written into it.
 
     TensorBoard's and CSV's loggers choose N by listing the folder and create it later, so runs started together
     (a job array's tasks, a sweep's workers) all chose the same N and wrote over each other. An exclusive
@@ -124,6 +126,7 @@ def claim_version(root: str | Path) -> Path:
         try:
             folder.mkdir()
             _created_for[folder] = created
+            atexit.register(release_version, folder)  # a claim never written into (a Run never fitted) ends here
             return folder
         except FileExistsError:
             number += 1
