@@ -75,8 +75,12 @@ def reseed_for(study: optuna.Study, trial: optuna.Trial, settings: TuneSettings,
 
     Each worker process holds a sampler of its own, seeded alike: workers started together, and a rerun that
     continues the study, each replayed the seed's sequence and suggested the same values. Seeded by number, every
-    trial draws other values than the trials before it, and a search in one worker stays reproducible."""
-    study.sampler = sampler_of(settings, space, seed=settings.seed + trial.number)
+    trial draws other values than the trials before it, and a search in one worker stays reproducible.
+
+    Not the grid: its seed orders the grid points, and the trial's point was chosen by that order when it was
+    asked for (a point already taken is never handed out again)."""
+    if settings.sampler != "grid":
+        study.sampler = sampler_of(settings, space, seed=settings.seed + trial.number)
 
 
 def pruner_of(settings: TuneSettings) -> optuna.pruners.BasePruner:
