@@ -86,6 +86,8 @@ def test_tune_runs_trials_as_fit_runs_and_continues_to_the_total(task, tmp_path,
     run = result.best_run
     assert run.folder == Path(result.study.best_trial.user_attrs[outputs.FOLDER])
     assert run.best is not None
+    # the search's end was not left in the environment: torchrun's ranks started later read it as their trial
+    assert "HFTRAIN_TUNE_TRIAL" not in os.environ
 
 
 @pytest.mark.parametrize(

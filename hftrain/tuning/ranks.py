@@ -54,7 +54,10 @@ def share(decision: Any) -> Any:
         dist.broadcast_object_list(box, src=0)
         return box[0]
     if is_rank_zero():  # alone so far: ranks a launcher starts during the fit find it in their environment
-        os.environ[TRIAL_ENV] = json.dumps(decision)
+        if decision is None:  # no fit follows: nothing to hand on, and nothing left for later child processes
+            os.environ.pop(TRIAL_ENV, None)
+        else:
+            os.environ[TRIAL_ENV] = json.dumps(decision)
         return decision
     if TRIAL_ENV not in os.environ:
         raise RuntimeError(
