@@ -258,7 +258,8 @@ def test_a_worker_that_asked_past_the_total_runs_nothing(monkeypatch):
     study = optuna.create_study()
     assert study_module.claim_trial(study, 2) is not None and study_module.claim_trial(study, 2) is not None
     assert study_module.claim_trial(study, 2) is None  # counted: nothing asked
-    monkeypatch.setattr(study_module, "counted", lambda study: 1)  # what a worker saw before the other asked
+    used = study_module.budget_used  # what a worker saw before the other asked: one place left
+    monkeypatch.setattr(study_module, "budget_used", lambda study, before=None: used(study, before) - (before is None))
     assert study_module.claim_trial(study, 2) is None
     surplus = study.trials[-1]
     assert (surplus.number, surplus.state.name, surplus.params) == (2, "FAIL", {})

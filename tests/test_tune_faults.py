@@ -85,6 +85,32 @@ def test_a_silent_trial_is_taken_over_by_exactly_one_worker_and_resumed_in_its_f
     assert retry.suggest_float("lr", 1e-5, 1e-2, log=True) == killed.params["lr"]
 
 
+def test_a_worker_asking_while_a_trial_is_taken_over_does_not_add_a_trial_past_the_budget(
+    tmp_path, later, monkeypatch
+):
+    """A stale trial is failed, then its retry is queued: two steps. A worker that asks between them must still see
+    the trial's place taken, else the study ends with n_trials + 1."""
+    from hftrain.tuning.study import budget_used, claim_trial
+
+    first, second = two_workers(tmp_path)
+    start_trial(first, "trial_0")
+    later(2.5)
+    asked_between = []
+    queue_retry = faults.RetryInTrialFolder.__call__
+
+    def other_worker_asks_first(self, study, trial):
+        asked_between.append(claim_trial(second, n_trials=1))
+        queue_retry(self, study, trial)
+
+    monkeypatch.setattr(faults.RetryInTrialFolder, "__call__", other_worker_asks_first)
+    faults.take_over_stale_trials(first)
+    assert asked_between == [None]  # the budget of one trial is the stale trial's
+    assert budget_used(second) == 1 and claim_trial(second, n_trials=1).number == 1  # the retry, not a new trial
+    assert [(t.number, t.state.name) for t in second.get_trials()] == [(0, "FAIL"), (1, "RUNNING")]
+    assert faults.TAKEN_OVER not in second.trials[1].system_attrs  # the retry's place is its own while it runs
+    assert claim_trial(first, n_trials=1) is None and budget_used(first) == 1
+
+
 def test_a_heartbeat_keeps_a_trial_its_workers(tmp_path, later):
     first, second = two_workers(tmp_path)
     trial = start_trial(first, "trial_0")

@@ -8,11 +8,13 @@ Optuna's engine does the bookkeeping; this module adds what it lacks:
   `fail_stale_trials`) only for `RDBStorage`; `JournalStorage`, our default, has none, so a killed worker's trial
   stayed RUNNING for ever. `JournalHeartbeatStorage` records the heartbeat as a trial system attribute (a line
   of the journal) and gives Optuna's `fail_stale_trials` the same two methods the RDB storage has.
-- The takeover keeps Optuna's exactly-once steps: `fail_stale_trials` moves a stale trial from RUNNING to FAIL,
-  which only one worker can do (the journal's replay order, the database's row lock), and only that worker's
+- The takeover keeps Optuna's exactly-once steps: moving a stale trial from RUNNING to FAIL is a step only one
+  worker can take (the journal's replay order, the database's row lock), and only that worker's
   `RetryInTrialFolder` queues the trial again as WAITING, with its parameters, intermediate values and run folder
   (the retry keeps the failed trial's user attributes). Popping a WAITING trial is Optuna's other exactly-once
-  step, so exactly one worker resumes it. The failed attempt stays in the study as FAIL: it counts for nothing.
+  step, so exactly one worker resumes it. The trial is marked `TAKEN_OVER` before it is moved: between the move
+  and the retry's arrival another worker counting the budget (`study.budget_used`) still sees the trial's place
+  taken, and does not start a new trial in it.
 - A requeued SLURM job takes its own trial back at once (`release_own_trials`): Slurm starts a requeued job only
   after all its processes ended, so the job knows its earlier run is gone without waiting for the grace period.
 - The resume point: the newest of `last.ckpt` and a SLURM requeue checkpoint in the trial's folder
@@ -26,7 +28,6 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -34,7 +35,7 @@ import optuna
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages._heartbeat import BaseHeartbeat, fail_stale_trials
+from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import BaseJournalBackend, JournalFileBackend, JournalFileOpenLock
 from optuna.trial import FrozenTrial, TrialState
 
@@ -43,11 +44,9 @@ from hftrain.core.signals import RunInterrupted
 
 HEARTBEAT = "hftrain:heartbeat"  # journal trials: time.time() of the latest heartbeat
 WORKER = "hftrain:worker"  # the SLURM job and run that runs the trial (`this_worker`), None elsewhere
+TAKEN_OVER = "hftrain:taken_over"  # a stale trial about to be failed and queued again: its place in the budget holds
 RETRIED = "failed_trial"  # Optuna's retry callback's attribute: the number of the trial a retry continues
-WORKER_ATTRS = (HEARTBEAT, WORKER)  # belong to one attempt of a trial, not copied into its retry
-
-StaleTrialCallback = Callable[[optuna.Study, FrozenTrial], None]
-
+WORKER_ATTRS = (HEARTBEAT, WORKER, TAKEN_OVER)  # belong to one attempt of a trial, not copied into its retry
 
 class RetryInTrialFolder(RetryHeartbeatStaleTrialCallback):
     """Optuna's retry of a stale trial, queued WAITING with its parameters, user attributes (the run folder among
@@ -76,12 +75,10 @@ class JournalHeartbeatStorage(JournalStorage, BaseHeartbeat):
         backend: BaseJournalBackend,
         heartbeat_interval: int,
         grace_period: int | None = None,
-        stale_trial_callback: StaleTrialCallback | None = None,
     ) -> None:
         super().__init__(backend)
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period or 2 * heartbeat_interval
-        self.stale_trial_callback = stale_trial_callback
 
     def record_heartbeat(self, trial_id: int) -> None:
         self.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
@@ -94,8 +91,8 @@ class JournalHeartbeatStorage(JournalStorage, BaseHeartbeat):
     def get_heartbeat_interval(self) -> int:
         return self.heartbeat_interval
 
-    def get_heartbeat_stale_trial_callback(self) -> StaleTrialCallback | None:
-        return self.stale_trial_callback
+    def get_heartbeat_stale_trial_callback(self) -> None:
+        return None  # stale trials are queued again by `take_over_stale_trials`, not by Optuna's `optimize`
 
 
 def last_sign_of_life(trial: FrozenTrial) -> float:
@@ -107,8 +104,7 @@ def last_sign_of_life(trial: FrozenTrial) -> float:
 def open_storage(location: str, heartbeat_interval: int, grace_period: int | None = None) -> BaseStorage:
     """The study's storage with heartbeats on: an RDB URL (`sqlite:///…`, `postgresql://…`) through Optuna's
     `RDBStorage`, anything else as the path of a journal file (locked by an exclusive `open`, which works on NFS).
-    Stale trials are queued again in their folder."""
-    retry = RetryInTrialFolder()
+    Stale trials are queued again in their folder by `take_over_stale_trials`."""
     if "://" in location:
         with warnings.catch_warnings():  # Optuna's heartbeat arguments are experimental since 2.9
             warnings.simplefilter("ignore", ExperimentalWarning)
@@ -116,10 +112,9 @@ def open_storage(location: str, heartbeat_interval: int, grace_period: int | Non
                 location,
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period,
-                heartbeat_stale_trial_callback=retry,
             )
     backend = JournalFileBackend(location, lock_obj=JournalFileOpenLock(location))
-    return JournalHeartbeatStorage(backend, heartbeat_interval, grace_period, retry)
+    return JournalHeartbeatStorage(backend, heartbeat_interval, grace_period)
 
 
 def this_worker() -> str | None:
@@ -140,10 +135,12 @@ def grace_period(storage: BaseStorage) -> float:
 
 def fail_and_retry(study: optuna.Study, trials: list[FrozenTrial]) -> list[int]:
     """Move each trial from RUNNING to FAIL and queue its retry; the numbers of the trials this worker moved. A
-    trial another worker moved first is left to it (the storage lets only one worker make the move)."""
+    trial another worker moved first is left to it (the storage lets only one worker make the move). Each is marked
+    `TAKEN_OVER` first, so that it keeps its place in the budget until its retry is queued."""
     moved = []
     for trial in trials:
         try:
+            study._storage.set_trial_system_attr(trial._trial_id, TAKEN_OVER, True)
             if study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
                 moved.append(trial)
         except UpdateFinishedTrialError:
@@ -174,11 +171,11 @@ def release_own_trials(study: optuna.Study) -> list[int]:
 
 def take_over_stale_trials(study: optuna.Study) -> None:
     """Before a worker asks for a trial: queue again its own requeued SLURM job's trials and every stale trial
-    (Optuna's `fail_stale_trials`, whose retry callback is `RetryInTrialFolder`)."""
+    (those the storage's heartbeats say are silent for longer than the grace period)."""
     release_own_trials(study)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)
-        fail_stale_trials(study)
+    storage = study._storage
+    if heartbeat_interval(storage) is not None:
+        fail_and_retry(study, [storage.get_trial(i) for i in storage._get_stale_trial_ids(study._study_id)])
 
 
 def heartbeat_interval(storage: BaseStorage) -> int | None:

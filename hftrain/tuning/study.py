@@ -140,9 +140,17 @@ def open_study(
     return study
 
 
-def counted(study: optuna.Study) -> int:
-    """How many of the study's trials count against n_trials."""
-    return len(study.get_trials(deepcopy=False, states=COUNTED))
+def budget_used(study: optuna.Study, before: int | None = None) -> int:
+    """How many of the n_trials places the study's trials (those numbered before `before`, if given) take: one per
+    trial and its retries (`faults.RETRIED` names the first), while one of them is finished or running, queued, or
+    taken over (failed and about to be queued again)."""
+    places = set()
+    for trial in study.get_trials(deepcopy=False):
+        if before is not None and trial.number >= before:
+            continue
+        if trial.state in COUNTED or (trial.state == TrialState.FAIL and trial.system_attrs.get(faults.TAKEN_OVER)):
+            places.add(trial.system_attrs.get(faults.RETRIED, trial.number))
+    return len(places)
 
 
 def claim_trial(study: optuna.Study, n_trials: int) -> optuna.Trial | None:
@@ -150,17 +158,16 @@ def claim_trial(study: optuna.Study, n_trials: int) -> optuna.Trial | None:
     else a new trial within the budget of `n_trials`, or None when the study holds them all.
 
     Several workers asking at once could each see one trial left. The storage gives trial numbers in order, under
-    its lock, so each worker asks first, then counts the trials numbered before its own: the first `n_trials` win,
-    and a trial past them is marked failed (`surplus`) before any value is drawn for it.
+    its lock, so each worker asks first, then counts the places taken by trials numbered before its own: the first
+    `n_trials` win, and a trial past them is marked failed (`surplus`) before any value is drawn for it.
     """
     queued = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    if counted(study) >= n_trials and not queued:
+    if budget_used(study) >= n_trials and not queued:
         return None
     trial = faults.ask(study)
     if faults.retried_trial(trial) is not None:
         return trial
-    earlier = [t for t in study.get_trials(deepcopy=False, states=COUNTED) if t.number < trial.number]
-    if len(earlier) >= n_trials:
+    if budget_used(study, before=trial.number) >= n_trials:
         trial.set_user_attr(SURPLUS, True)
         study.tell(trial, state=TrialState.FAIL)
         return None
