@@ -85,9 +85,7 @@ def test_a_silent_trial_is_taken_over_by_exactly_one_worker_and_resumed_in_its_f
     assert retry.suggest_float("lr", 1e-5, 1e-2, log=True) == killed.params["lr"]
 
 
-def test_a_worker_asking_while_a_trial_is_taken_over_does_not_add_a_trial_past_the_budget(
-    tmp_path, later, monkeypatch
-):
+def test_a_worker_asking_while_a_trial_is_taken_over_does_not_add_a_trial_past_the_budget(tmp_path, later, monkeypatch):
     """A stale trial is failed, then its retry is queued: two steps. A worker that asks between them must still see
     the trial's place taken, else the study ends with n_trials + 1."""
     from hftrain.tuning.study import budget_used, claim_trial

@@ -48,6 +48,7 @@ TAKEN_OVER = "hftrain:taken_over"  # a stale trial about to be failed and queued
 RETRIED = "failed_trial"  # Optuna's retry callback's attribute: the number of the trial a retry continues
 WORKER_ATTRS = (HEARTBEAT, WORKER, TAKEN_OVER)  # belong to one attempt of a trial, not copied into its retry
 
+
 class RetryInTrialFolder(RetryHeartbeatStaleTrialCallback):
     """Optuna's retry of a stale trial, queued WAITING with its parameters, user attributes (the run folder among
     them) and intermediate values, so the retry resumes the trial where it stopped and prunes on its whole
