@@ -18,8 +18,10 @@ Variants:
 
 Per search: trials complete and pruned, the best dev accuracy, the trial-epochs trained (and the share saved
 against the same side's `none` search, when both ran), the search's wall time per trial, and the start-up cost
-per trial: from the trial's start (Optuna's `datetime_start`, when the study hands the trial out) to the end
-of its first optimizer step, i.e. what a trial pays before it trains (model load, data, optimizer, workers).
+per trial: from the trial's start (Optuna's `datetime_start`, when the study hands the trial out) to the start
+of its first training batch, i.e. what a trial pays before it trains (values, config, model load, data,
+optimizer, workers). The first optimizer step is timed apart: its compute depends on which rows the first batch
+holds, which differs between the two sides' samplers.
 
 The objective differs by design: hftrain scores a trial by its best validation (the best checkpoint); the HF
 Trainer by its last evaluation. Both are printed for the HF side ("last" and "best of evals").
@@ -121,13 +123,14 @@ def suggest(trial, key: str, spec) -> float | int | str:
 
 def trial_rows(study, clocks: list[dict], evals_per_epoch: int) -> list[dict]:
     """One row per trial of an Optuna study: its state, parameters and value, the trial-epochs it trained (one
-    `1 / evals_per_epoch` per intermediate value), and its start-up cost: the end of its first optimizer step
-    (`clocks[n]`, in the order the trials ran, one after the other) minus the trial's start."""
+    `1 / evals_per_epoch` per intermediate value), its start-up cost (the start of its first training batch,
+    `clocks[n]` in the order the trials ran, one after the other, minus the trial's start) and its first step."""
     rows = []
     for trial in study.trials:
         start = trial.datetime_start.timestamp()
         end = trial.datetime_complete.timestamp() if trial.datetime_complete else None
-        first_step = clocks[trial.number]["first_step"] if trial.number < len(clocks) else None
+        clock = clocks[trial.number] if trial.number < len(clocks) else {}
+        first_batch, first_step = clock.get("first_batch"), clock.get("first_step")
         intermediate = dict(sorted(trial.intermediate_values.items()))
         rows.append(
             {
@@ -141,7 +144,8 @@ def trial_rows(study, clocks: list[dict], evals_per_epoch: int) -> list[dict]:
                 "start": start,
                 "end": end,
                 "duration_s": end - start if end else None,
-                "startup_s": first_step - start if first_step else None,
+                "startup_s": first_batch - start if first_batch else None,
+                "first_step_s": first_step - first_batch if first_batch and first_step else None,
             }
         )
     return rows
@@ -186,10 +190,22 @@ def collect(variant: str, folder: Path, evals_per_epoch: int) -> dict:
     }
 
 
-def record_first_step() -> None:
-    """Append the end of a trial's first optimizer step to the search's clock file (`$BENCH_TUNE_CLOCK`)."""
-    with open(os.environ["BENCH_TUNE_CLOCK"], "a") as clock:
-        clock.write(json.dumps({"first_step": time.time()}) + "\n")
+class TrialClock:
+    """The start of a trial's first training batch and the end of its first optimizer step, appended to the search's
+    clock file (`$BENCH_TUNE_CLOCK`) as one line when the step ends; both sides' callbacks call it."""
+
+    def trial_started(self) -> None:
+        self.first_batch = None
+        self.written = False
+
+    def batch_started(self) -> None:
+        self.first_batch = self.first_batch or time.time()
+
+    def step_ended(self) -> None:
+        if not self.written:
+            self.written = True
+            with open(os.environ["BENCH_TUNE_CLOCK"], "a") as clock:
+                clock.write(json.dumps({"first_batch": self.first_batch, "first_step": time.time()}) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------- HF side
@@ -244,14 +260,15 @@ def hf_search(args: argparse.Namespace, prepared: dict, pruner: str) -> None:
 
     run = hf_run(TASK, prepared)
 
-    class Clock(TrainerCallback):
+    class Clock(TrainerCallback, TrialClock):
         def on_train_begin(self, arguments, state, control, **kwargs):
-            self.stepped = False
+            self.trial_started()
+
+        def on_step_begin(self, arguments, state, control, **kwargs):
+            self.batch_started()
 
         def on_step_end(self, arguments, state, control, **kwargs):
-            if not self.stepped:
-                self.stepped = True
-                record_first_step()
+            self.step_ended()
 
     trainer = Trainer(
         model_init=lambda: AutoModelForSequenceClassification.from_pretrained(prepared["model"]),
@@ -316,16 +333,17 @@ SHIPPED = {
 }
 
 
-class FirstStepClock(Callback):
-    """`record_first_step` for an hftrain trial, added to the trainer's callbacks by the search's overrides."""
+class FirstStepClock(Callback, TrialClock):
+    """`TrialClock` for an hftrain trial, added to the trainer's callbacks by the search's overrides."""
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self.stepped = False
+        self.trial_started()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.batch_started()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not self.stepped:
-            self.stepped = True
-            record_first_step()
+        self.step_ended()
 
 
 def hftrain_search(args: argparse.Namespace, prepared: dict, pruner: str) -> None:
@@ -426,7 +444,8 @@ def search_row(run: dict, runs: dict[str, dict]) -> list[str]:
         pruned_epochs = sum(t["epochs"] for t in trials[:count])
         saved = 1 - pruned_epochs / sum(t["epochs"] for t in finished(unpruned)[:count])
         epochs += f" ({saved:.0%} saved over {count} trials)"
-    startups = [t["startup_s"] for t in trials if t["startup_s"] is not None]
+    startups = [t["startup_s"] for t in trials if t.get("startup_s") is not None]
+    first_steps = [t["first_step_s"] for t in trials if t.get("first_step_s") is not None]
     best = run["best_value"]
     if side == "hf":
         best_of_evals = max((t["best_eval"] for t in trials if t["best_eval"] is not None), default=None)
@@ -435,8 +454,8 @@ def search_row(run: dict, runs: dict[str, dict]) -> list[str]:
         best_text = fmt(best, ".4f")
     params = ", ".join(f"{key.split('.')[-1]} {value:.3g}" for key, value in run["best_params"].items())
     timing = (
-        f"{run['search_s'] / len(trials):.0f} s; start-up median {statistics.median(startups):.1f} s "
-        f"(first trial {startups[0]:.1f} s)"
+        f"{run['search_s'] / len(trials):.0f} s; start-up median {statistics.median(startups):.2f} s "
+        f"(first trial {startups[0]:.2f} s), first step median {statistics.median(first_steps):.2f} s"
         if startups
         else ""
     )
@@ -475,7 +494,8 @@ def main(argv: list[str] | None = None) -> None:
             evals = " ".join(f"{value:.3f}" for value in trial["intermediate"])
             print(
                 f"  #{trial['number']} {trial['state']:8} {params}: [{evals}] {fmt(trial['duration_s'], '.0f')} s, "
-                f"start-up {fmt(trial['startup_s'], '.1f')} s",
+                f"start-up {fmt(trial.get('startup_s'), '.2f')} s, "
+                f"first step {fmt(trial.get('first_step_s'), '.2f')} s",
                 flush=True,
             )
     for variant, run in runs.items():

@@ -1,6 +1,7 @@
 """scripts/bench_tune.py compares like with like: its HF Trainer side searches the space `hftrain tune` searches,
 under arguments the HF Trainer really sets, and with the same sampler seed both draw the same trials."""
 
+import re
 import subprocess
 import sys
 
@@ -54,4 +55,6 @@ def test_bench_tune_prints_both_searches(tmp_path):
     command += ["--workdir", str(tmp_path)]
     printed = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     assert "| hf:none | 2 |" in printed and "| hftrain:none | 2 |" in printed  # trials complete, none pruned
-    assert printed.count("start-up") >= 6  # each trial's line, and each search's row
+    timed = re.findall(r"start-up (\d+\.\d+) s, first step (\d+\.\d+) s", printed)
+    assert len(timed) == 4 and all(float(a) > 0 and float(b) > 0 for a, b in timed)  # both clocks, every trial
+    assert printed.count("start-up median") == 2  # each search's row
