@@ -113,6 +113,17 @@ def test_bad_search_config_is_one_paragraph_before_anything_runs(task, tmp_path,
     assert not Path("runs").exists()
 
 
+def test_a_range_written_as_yaml_reads_it_is_a_range_of_numbers(task, tmp_path):
+    """PyYAML reads `1e-5` as a string (YAML 1.1 wants `1.0e-5`): the way most people write a learning rate."""
+    from hftrain.tuning.settings import check_settings, read_arguments
+
+    search = tmp_path / "search.yaml"
+    search.write_text("tune:\n  space:\n    model.learning_rate: {low: 1e-5, high: 5e-4, log: true}\n")
+    settings, fit_arguments, _ = read_arguments(["--config", str(task), "--config", str(search)])
+    [dimension] = check_settings(settings, fit_arguments)
+    assert (dimension.low, dimension.high, dimension.log) == (1e-5, 5e-4, True)
+
+
 @pytest.mark.processes  # loads the model to learn the monitored metric first
 def test_a_storage_that_cannot_be_opened_is_said(task, tmp_path, capsys):
     search = search_config(tmp_path / "search.yaml", storage="sqlite:////no/such/folder/study.db")

@@ -125,6 +125,18 @@ def _is_number(value: Any) -> bool:
     return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
 
 
+def _yaml_number(value: Any) -> Any:
+    """`1e-5` as the number it means. YAML 1.1 (PyYAML, which reads the configs) takes a float only with a dot,
+    `1.0e-5`, and reads `1e-5` as a string; the options of `hftrain fit` are typed and convert it, a range's
+    bounds are not. Anything else is returned as it is, for the check to name."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def dimensions(settings: TuneSettings) -> list[Dimension]:
     """The search space as dimensions, each checked: a range needs numbers with low below high (and above 0 on a
     log scale), a list at least one choice."""
@@ -155,7 +167,8 @@ def _dimension(key: str, value: Any) -> Dimension:
         matches = difflib.get_close_matches(str(unknown[0]), RANGE_KEYS, n=1)
         hint = f" Did you mean {matches[0]}?" if matches else ""
         raise HFTrainError(f"{where} has no setting {unknown[0]!r}.{hint} A range takes {', '.join(RANGE_KEYS)}.")
-    low, high, log, step = (value.get(name) for name in RANGE_KEYS)
+    low, high, step = (_yaml_number(value.get(name)) for name in ("low", "high", "step"))
+    log = value.get("log")
     if not (_is_number(low) and _is_number(high)):
         raise HFTrainError(f"{where} needs numbers `low` and `high`; got low={low!r}, high={high!r}.")
     if low >= high:
