@@ -130,7 +130,8 @@ class SaveRunConfig(SaveConfigCallback):
         log_dir = runs.run_folder(trainer)  # every rank must ask, not only rank 0
         if trainer.is_global_zero:
             path = runs.free_path(log_dir, "config", ".yaml")
-            write_text(path, self.parser.dump(self.config, skip_unset=False))
+            # checked when parsed, and set since from values the module ran with: checking again only costs
+            write_text(path, self.parser.dump(self.config, skip_unset=False, skip_validation=True))
             for logger in trainer.loggers:
                 trackers.attach_file(logger, path)
         self.already_saved = trainer.strategy.broadcast(True)
@@ -236,6 +237,9 @@ class HFTrainCLI(LightningCLI):
     def _release_claim(self) -> None:
         if self._claimed is not None:
             runs.release_version(self._claimed)
+
+    def _dump_config(self) -> None:
+        internals.dump_parsed_config(self)
 
     def init_parser(self, **kwargs) -> LightningArgumentParser:
         parser = super().init_parser(**kwargs)

@@ -44,6 +44,27 @@ def test_every_private_member_used_exists_in_the_installed_versions():
     assert "new help" in parser.format_help()
 
 
+def test_the_modules_hyperparameters_are_lightnings_dump_of_the_config(tiny_bert, tmp_path, monkeypatch):
+    """HFTrainCLI overrides LightningCLI._dump_config to skip its second check of the config: Lightning must still
+    dump through it, and the dump must be the one Lightning makes."""
+    import yaml
+    from conftest import sentiment_rows, write_csv
+    from helpers import classification_config
+
+    from hftrain.cli import HFTrainCLI
+
+    monkeypatch.chdir(tmp_path)
+    dumps = []
+    dump = internals.dump_parsed_config
+    monkeypatch.setattr(internals, "dump_parsed_config", lambda cli: dumps.append(cli) or dump(cli))
+    files = {"train": str(write_csv(tmp_path / "train.csv", sentiment_rows(8, seed=1)))}
+    cli = HFTrainCLI(args=["--config", str(classification_config(tmp_path / "task.yaml", tiny_bert, files))], run=False)
+    assert dumps and all(made is cli for made in dumps)  # once per module; the first dumps
+    lightnings = cli.parser.dump(cli.config, skip_link_targets=False, skip_unset=False, format="yaml")
+    assert cli.config_dump == yaml.safe_load(lightnings)
+    assert cli.model.hparams["learning_rate"] == cli.config_dump["model"]["init_args"]["learning_rate"]
+
+
 def test_a_missing_private_member_names_the_tested_versions():
     renamed = types.SimpleNamespace(save_last=True)  # a ModelCheckpoint of a release that renamed its members
     with pytest.raises(HFTrainError, match=r"SimpleNamespace\._last_global_step_saved.*lightning>=2\.6,<2\.7"):
