@@ -271,6 +271,22 @@ def test_a_killed_search_run_again_resumes_its_trial_to_the_uninterrupted_weight
     assert worst <= 1e-5, f"max weight difference to the uninterrupted trial {worst}"
 
 
+@pytest.mark.processes  # a search stopped by SIGTERM, as a process
+def test_a_search_stopped_by_a_signal_says_how_to_resume_it_and_queues_its_trial(tiny_bert, tmp_path):
+    stopper = {"class_path": "faults.SignalAt", "init_args": {"signum": 15, "point": "training_step", "step": 3}}
+    task, search = search_task(tmp_path, tiny_bert, stopper)
+    stopped = hftrain("tune", "--config", task, "--config", search)
+    said = stopped.stdout + stopped.stderr
+    assert stopped.returncode == 143, said[-3000:]
+    assert re.search(
+        r"Stopped by SIGTERM at step \d+; saved \S+last.ckpt: run the same hftrain tune command again, "
+        r"and it resumes trial 0 from it first\.",
+        said,
+    ), said[-3000:]
+    assert "--ckpt_path" not in said  # fit's advice: given to tune, it would go to every trial
+    assert [t.state.name for t in study_trials(tmp_path / "runs" / "task" / "tune")] == ["FAIL", "WAITING"]
+
+
 @pytest.mark.slurm
 @pytest.mark.usefixtures("slurm_cluster")
 def test_a_requeued_worker_of_a_job_array_leaves_its_trial_resumed_to_the_uninterrupted_weights(tiny_bert, tmp_path):

@@ -28,11 +28,13 @@ from hftrain.core.runs import LAST_CHECKPOINT
 
 
 class RunInterrupted(HFTrainError):
-    """A run stopped by a signal after saving where it stood; `exit_code` is the process's exit status."""
+    """A run stopped by a signal after saving where it stood; `exit_code` is the process's exit status, `stopped`
+    what happened and what was saved, without the advice on resuming (a search gives its own)."""
 
-    def __init__(self, message: str, exit_code: int) -> None:
+    def __init__(self, message: str, exit_code: int, stopped: str | None = None) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.stopped = stopped or message
 
 
 class StopOnSignal(Callback):
@@ -120,7 +122,5 @@ class StopOnSignal(Callback):
         name = signal.Signals(signum).name
         saved = f"saved {path}" if path else "no checkpoint callback, nothing saved"
         resume = "the requeued job resumes from it" if requeue else "resume with --ckpt_path last"
-        raise RunInterrupted(
-            f"Stopped by {name} at step {trainer.global_step}; {saved}: {resume}.",
-            exit_code=0 if requeue else 128 + signum,
-        )
+        stopped = f"Stopped by {name} at step {trainer.global_step}; {saved}"
+        raise RunInterrupted(f"{stopped}: {resume}.", exit_code=0 if requeue else 128 + signum, stopped=stopped)

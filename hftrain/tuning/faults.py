@@ -226,10 +226,23 @@ def resume_point(run_dir: str | Path | None) -> Path | None:
     return newest_resume_point(run_dir) if run_dir is not None and Path(run_dir).is_dir() else None
 
 
-def signal_stop(err: BaseException) -> BaseException:
+def signal_stop(err: BaseException, number: int) -> BaseException:
     """The `RunInterrupted` (saved, with its exit status: 0 for SLURM's requeue signal, 143 for SIGTERM) behind an
-    interrupt of `Run.fit`, which turns it into a `KeyboardInterrupt` for notebooks; else `err` itself."""
-    return err.__context__ if isinstance(err.__context__, RunInterrupted) else err
+    interrupt of trial `number`'s `Run.fit`, which turns it into a `KeyboardInterrupt` for notebooks, saying how the
+    search resumes the trial (fit's own advice, `--ckpt_path last`, would be passed to every trial); else `err`."""
+    stopped = err.__context__ if isinstance(err.__context__, RunInterrupted) else err
+    if not isinstance(stopped, RunInterrupted):
+        return err
+    if this_worker() is None:
+        resume = f"run the same hftrain tune command again, and it resumes trial {number} from it first"
+    elif stopped.exit_code == 0:
+        resume = f"the requeued job resumes trial {number} from it"
+    else:
+        resume = (
+            f"trial {number} is resumed from it by this job if it is requeued, else by another worker once the "
+            "trial is tune.grace_period seconds silent"
+        )
+    return RunInterrupted(f"{stopped.stopped}: {resume}.", stopped.exit_code, stopped.stopped)
 
 
 def silent_trials(study: optuna.Study) -> list[FrozenTrial]:

@@ -145,7 +145,7 @@ class Search:
         except (RunInterrupted, KeyboardInterrupt) as err:
             if trial is not None:  # stopped on a signal: resumed from its checkpoint, not redone
                 faults.release(self.study, number)
-            raise faults.signal_stop(err) from None
+            raise faults.signal_stop(err, number) from None
         except HFTrainError as err:
             return self._failed(trial, err)
         except BaseException as err:
