@@ -486,8 +486,9 @@ def main(argv: list[str] | None = None) -> None:
             run = {**collect(variant, search_folder(args, variant), args.evals_per_epoch), "variant": variant}
         else:
             run = run_child(__file__, argv, variant, args.threads)
-            first = f", process start to first trial {run['trials'][0]['start'] - run['started']:.1f} s"
-            print(f"{variant}: wall {run['wall_s']:.0f} s{first if run.get('trials') else ''}, load {run['load']:.1f}")
+            trials = run.get("trials")  # none for the plain fit
+            first = f", process start to first trial {trials[0]['start'] - run['started']:.1f} s" if trials else ""
+            print(f"{variant}: wall {run['wall_s']:.0f} s{first}, load {run['load']:.1f}")
         runs[variant] = run
         for trial in run.get("trials", []):
             params = ", ".join(f"{key.split('.')[-1]}={value:.3g}" for key, value in trial["params"].items())
