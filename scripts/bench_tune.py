@@ -453,12 +453,12 @@ def search_row(run: dict, runs: dict[str, dict]) -> list[str]:
     else:
         best_text = fmt(best, ".4f")
     params = ", ".join(f"{key.split('.')[-1]} {value:.3g}" for key, value in run["best_params"].items())
-    timing = (
-        f"{run['search_s'] / len(trials):.0f} s; start-up median {statistics.median(startups):.2f} s "
-        f"(first trial {startups[0]:.2f} s), first step median {statistics.median(first_steps):.2f} s"
-        if startups
-        else ""
-    )
+    timing = f"{run['search_s'] / len(trials):.0f} s" if trials else ""
+    if startups and first_steps:  # a clock file of an older bench_tune.py has neither
+        timing += (
+            f"; start-up median {statistics.median(startups):.2f} s (first trial {startups[0]:.2f} s), "
+            f"first step median {statistics.median(first_steps):.2f} s"
+        )
     pruned = f" + {states.count('PRUNED')} pruned" if "PRUNED" in states else ""
     return [run["variant"], f"{states.count('COMPLETE')}{pruned}", best_text, epochs, params, timing]
 

@@ -47,13 +47,14 @@ def test_hf_side_sets_what_it_searches():
     assert type(arguments.warmup_steps)(0.15) == 0.15
 
 
-@pytest.mark.processes  # two searches of two trials each on all-MiniLM-L6-v2: a minute or more
+@pytest.mark.processes  # a fit and two searches of two trials each on all-MiniLM-L6-v2: two minutes or more
 @pytest.mark.skipif(minilm_path() is None or not (DATA / "glue" / "MRPC").is_dir(), reason="needs MiniLM and MRPC")
-def test_bench_tune_prints_both_searches(tmp_path):
-    command = [sys.executable, str(REPO / "scripts" / "bench_tune.py"), "--variants", "hf:none,hftrain:none"]
+def test_bench_tune_prints_the_fit_and_both_searches(tmp_path):
+    command = [sys.executable, str(REPO / "scripts" / "bench_tune.py"), "--variants", "fit,hf:none,hftrain:none"]
     command += ["--train-rows", "32", "--eval-rows", "32", "--epochs", "1", "--trials", "2"]
     command += ["--workdir", str(tmp_path)]
     printed = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    assert "| fit (shipped config) | 1 |" in printed  # the plain fit's value, the one to beat
     assert "| hf:none | 2 |" in printed and "| hftrain:none | 2 |" in printed  # trials complete, none pruned
     timed = re.findall(r"start-up (\d+\.\d+) s, first step (\d+\.\d+) s", printed)
     assert len(timed) == 4 and all(float(a) > 0 and float(b) > 0 for a, b in timed)  # both clocks, every trial
