@@ -278,6 +278,24 @@ def test_a_worker_that_asked_past_the_total_runs_nothing(monkeypatch):
     assert len(study.get_trials(states=study_module.COUNTED)) == 2
 
 
+def test_a_grid_search_tries_each_point_once_when_a_trial_fails_on_its_own():
+    """A failed grid trial leaves its place in the budget free; Optuna's grid sampler then hands out a point
+    already tried. The search ends instead, as `study.optimize` does."""
+    from hftrain.tuning.settings import dimensions
+
+    settings = TuneSettings(sampler="grid", space={"data.batch_size": [8, 16]})
+    space = dimensions(settings)
+    study = optuna.create_study(sampler=study_module.sampler_of(settings, space))
+    points = []
+    for state in ("FAIL", "COMPLETE"):  # the first fails on its own (a NaN loss, say)
+        trial = study_module.claim_trial(study, 2)
+        points.append(trial.suggest_categorical("data.batch_size", [8, 16]))
+        study.tell(trial, 0.5 if state == "COMPLETE" else None, state=optuna.trial.TrialState[state])
+    assert sorted(points) == [8, 16]
+    assert study_module.claim_trial(study, 2) is None  # both points tried: no third trial runs either again
+    assert [t.user_attrs for t in study.trials] == [{}, {}, {"surplus": True}]
+
+
 def test_samplers_and_pruners_are_optunas_and_seeded():
     from hftrain.tuning.settings import dimensions
     from hftrain.tuning.study import grid_size, pruner_of, sampler_of

@@ -246,3 +246,11 @@ def optuna_trial(study, number: int):
 
     frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
     return optuna.trial.Trial(study, _private(frozen, "_trial_id", "optuna"))
+
+
+def grid_point(trial) -> int | None:
+    """The grid point Optuna's grid sampler gave a trial (a `FrozenTrial` or a live `Trial`) as it was asked for;
+    the sampler keeps it in a system attribute of its own naming."""
+    if hasattr(trial, "storage"):  # a live Trial
+        return trial.storage.get_trial_system_attrs(_private(trial, "_trial_id", "optuna")).get("grid_id")
+    return trial.system_attrs.get("grid_id")

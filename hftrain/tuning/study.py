@@ -14,6 +14,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
+from hftrain.core import internals
 from hftrain.core.errors import HFTrainError
 from hftrain.tuning import faults
 from hftrain.tuning.settings import Dimension, TuneSettings
@@ -21,7 +22,7 @@ from hftrain.tuning.settings import Dimension, TuneSettings
 JOURNAL_FILE = "study.journal"
 # the trials that count against n_trials: finished, or running in some worker (a stale one is resumed, not redone)
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-SURPLUS = "surplus"  # user attribute of a trial asked past the budget by a worker that lost the race, then failed
+SURPLUS = "surplus"  # user attribute of a trial asked past the budget (or the grid) and failed at once
 MONITOR, SPACE = "monitor", "space"  # study user attributes: what the study searches
 
 
@@ -153,13 +154,27 @@ def budget_used(study: optuna.Study, before: int | None = None) -> int:
     return len(places)
 
 
+def grid_point_tried(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Whether a new trial of a grid search was given a point an earlier trial holds. Optuna's grid sampler hands
+    out a tried point when no untried one is left (a grid trial that failed on its own left its place in the
+    budget free); `study.optimize` would stop there, and so does the search: every point is tried once."""
+    point = internals.grid_point(trial)
+    if point is None:
+        return False
+    return any(
+        t.number < trial.number and internals.grid_point(t) == point and not t.user_attrs.get(SURPLUS)
+        for t in study.get_trials(deepcopy=False)
+    )
+
+
 def claim_trial(study: optuna.Study, n_trials: int) -> optuna.Trial | None:
     """A trial to run: a trial queued again (`faults`: its worker died or stopped; it is already within the budget),
     else a new trial within the budget of `n_trials`, or None when the study holds them all.
 
     Several workers asking at once could each see one trial left. The storage gives trial numbers in order, under
     its lock, so each worker asks first, then counts the places taken by trials numbered before its own: the first
-    `n_trials` win, and a trial past them is marked failed (`surplus`) before any value is drawn for it.
+    `n_trials` win, and a trial past them, or given a grid point already tried, is marked failed (`surplus`)
+    before any value is drawn for it.
     """
     queued = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     if budget_used(study) >= n_trials and not queued:
@@ -167,7 +182,7 @@ def claim_trial(study: optuna.Study, n_trials: int) -> optuna.Trial | None:
     trial = faults.ask(study)
     if faults.retried_trial(trial) is not None:
         return trial
-    if budget_used(study, before=trial.number) >= n_trials:
+    if budget_used(study, before=trial.number) >= n_trials or grid_point_tried(study, trial):
         trial.set_user_attr(SURPLUS, True)
         study.tell(trial, state=TrialState.FAIL)
         return None
