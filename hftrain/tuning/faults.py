@@ -7,7 +7,8 @@ Optuna's engine does the bookkeeping; this module adds what it lacks:
 - A heartbeat for the journal file. Optuna 5.1 has heartbeats (`heartbeat_interval`, `grace_period`,
   `fail_stale_trials`) only for `RDBStorage`; `JournalStorage`, our default, has none, so a killed worker's trial
   stayed RUNNING for ever. `JournalHeartbeatStorage` records the heartbeat as a trial system attribute (a line
-  of the journal) and gives Optuna's `fail_stale_trials` the same two methods the RDB storage has.
+  of the journal) and answers the storage's heartbeat methods (`_get_stale_trial_ids`, …) as the RDB storage
+  does, so `take_over_stale_trials` finds stale trials the same way in both.
 - The takeover keeps Optuna's exactly-once steps: moving a stale trial from RUNNING to FAIL is a step only one
   worker can take (the journal's replay order, the database's row lock), and only that worker's
   `RetryInTrialFolder` queues the trial again as WAITING, with its parameters, intermediate values and run folder
