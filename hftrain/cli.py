@@ -12,6 +12,7 @@ written beside the run's own), as does a checkpoint path inside a run folder.
 """
 
 import importlib
+import json
 import logging
 import math
 import os
@@ -39,7 +40,7 @@ from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from hftrain import _EXPORTS, options, preflight
-from hftrain.core import console, internals, runs, trackers
+from hftrain.core import console, internals, reuse, runs, trackers
 from hftrain.core.callbacks import (
     ExportHFModel,
     PredictionWriter,
@@ -498,9 +499,8 @@ def check_trainer_options(trainer: dict) -> None:
         for name, value in trainer.items()
         if name not in ATTACHED and all(isinstance(v, PLAIN) for v in (value if isinstance(value, list) else [value]))
     }
-    try:
-        with _quiet():
-            Trainer(**plain, logger=False, enable_checkpointing=False)
+    try:  # a search's trials share their trainer options: checked once (`reuse`)
+        reuse.once(("trainer options", json.dumps(plain, sort_keys=True, default=str)), lambda: _accepted(plain))
     except (MisconfigurationException, ValueError, TypeError, RuntimeError) as err:
         text = " ".join(str(err).split())
         named = [name for name in plain if re.search(rf"\b{name}\b", text)]
@@ -513,6 +513,12 @@ def check_trainer_options(trainer: dict) -> None:
             f"{'them' if len(named) > 1 else 'it'} in the config's `trainer:` section or with --trainer.<option>"
             f"{hint}."
         ) from None
+
+
+def _accepted(plain: dict) -> bool:
+    with _quiet():
+        Trainer(**plain, logger=False, enable_checkpointing=False)
+    return True
 
 
 @contextmanager

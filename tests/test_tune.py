@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 import hftrain as hftrain_api
-from hftrain.core import runs
+from hftrain.core import pretrained, runs
 from hftrain.core.errors import HFTrainError
 from hftrain.tuning import outputs
 from hftrain.tuning import study as study_module
@@ -52,9 +52,13 @@ def hparams_of(folder: Path) -> set[str]:
 
 
 @pytest.mark.processes  # five trials of fit: tens of seconds
-def test_tune_runs_trials_as_fit_runs_and_continues_to_the_total(task, tmp_path, capsys):
+def test_tune_runs_trials_as_fit_runs_and_continues_to_the_total(task, tmp_path, capsys, monkeypatch):
+    loads = []
+    load = pretrained.AutoTokenizer.from_pretrained
+    monkeypatch.setattr(pretrained.AutoTokenizer, "from_pretrained", lambda *a, **k: loads.append(a) or load(*a, **k))
     search = search_config(tmp_path / "search.yaml", pruner="none")
     assert run_cli("tune", "--config", task, "--config", search) == 0
+    assert len(loads) == 1  # the trials (and the probe before them) share the tokenizer
     study = Path("runs/task/tune")
     printed = capsys.readouterr().out
     assert "Trial 2 of 2" in printed and "Best so far" in printed

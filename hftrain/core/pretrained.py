@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from hftrain.core import reuse
 from hftrain.core.errors import HFTrainError
 
 
@@ -20,7 +21,21 @@ def load_tokenizer(
     `pad_with_eos` gives a tokenizer without a padding token (GPT-2, Llama) its end-of-sequence token as one:
     batching needs some padding id, and which one does not matter, as padding is masked out of attention and
     its label is -100.
+
+    A search's trials share one tokenizer (`reuse`). The one thing a run changes in it, the chat template that
+    `data.chat_template` sets, is put back as loaded before the next trial, which never sees the template of the
+    trial before.
     """
+    key = ("tokenizer", name, revision, trust_remote_code, pad_with_eos)
+    tokenizer, _ = reuse.once(
+        key, lambda: _load_tokenizer(name, revision, trust_remote_code, pad_with_eos), _with_its_own_template
+    )
+    return tokenizer
+
+
+def _load_tokenizer(
+    name: str, revision: str | None, trust_remote_code: bool, pad_with_eos: bool
+) -> tuple[PreTrainedTokenizerBase, str | dict | None]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
@@ -37,7 +52,12 @@ def load_tokenizer(
                 "model's tokenizer, or set its eos_token."
             )
         tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return tokenizer, getattr(tokenizer, "chat_template", None)
+
+
+def _with_its_own_template(loaded: tuple[PreTrainedTokenizerBase, str | dict | None]) -> None:
+    tokenizer, chat_template = loaded
+    tokenizer.chat_template = chat_template
 
 
 def require_eos(tokenizer: PreTrainedTokenizerBase, name: str, needed_for: str) -> PreTrainedTokenizerBase:

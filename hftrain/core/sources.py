@@ -18,7 +18,7 @@ import pyarrow as pa
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from hftrain.core import console
+from hftrain.core import console, reuse
 from hftrain.core.cache import TokenizedCache
 from hftrain.core.errors import HFTrainError
 from hftrain.core.loaders import LoaderOptions, map_loader
@@ -106,7 +106,14 @@ def file_encoding(reader_options: dict[str, Any] | None) -> str:
 
 
 def read_table(path: Path, reader_options: dict[str, Any] | None) -> datasets.Dataset:
-    """One local csv/tsv/json/jsonl/parquet file as a `Dataset`, every reader error as one paragraph."""
+    """One local csv/tsv/json/jsonl/parquet file as a `Dataset`, every reader error as one paragraph. A search's
+    trials read it once (`reuse`), unless it changed on disk in between."""
+    stat = path.stat()
+    key = ("table", str(path.resolve()), stat.st_mtime_ns, stat.st_size, json.dumps(reader_options, sort_keys=True))
+    return reuse.once(key, lambda: _read_table(path, reader_options))
+
+
+def _read_table(path: Path, reader_options: dict[str, Any] | None) -> datasets.Dataset:
     builder, options = READERS[path.suffix.lower()]
     options = {**options, **(reader_options or {})}
     try:

@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 from hftrain import preflight
 from hftrain.api import Run, command_arguments, user_errors
 from hftrain.cli import exit_on_user_error
-from hftrain.core import internals, runs
+from hftrain.core import internals, reuse, runs
 from hftrain.core.errors import HFTrainError
 from hftrain.core.monitor import required_monitored_metric
 from hftrain.core.signals import RunInterrupted
@@ -115,12 +115,14 @@ class Search:
     # ------------------------------------------------------------------ the loop (every rank)
 
     def run(self) -> None:
-        """Run trials until the study holds `n_trials`, every rank in step."""
-        if ranks.is_rank_zero() and self.study is None:
-            self.open()
-        ranks.join_ranks()
-        while (assignment := ranks.share(self.next_trial() if ranks.is_rank_zero() else None)) is not None:
-            self.run_trial(assignment)
+        """Run trials until the study holds `n_trials`, every rank in step. The trials share what they load
+        alike: the tokenizer, the data files, the trainer check (`reuse`)."""
+        with reuse.kept_for_the_search():
+            if ranks.is_rank_zero() and self.study is None:
+                self.open()
+            ranks.join_ranks()
+            while (assignment := ranks.share(self.next_trial() if ranks.is_rank_zero() else None)) is not None:
+                self.run_trial(assignment)
         if ranks.is_rank_zero():
             with outputs.summary_lock(self.folder):
                 outputs.write_summary(self.study, self.folder)
@@ -136,6 +138,7 @@ class Search:
             values = ", ".join(f"{key}={value}" for key, value in params.items())
             print(f"Trial {number} of study '{self.name}' ({folder}): {values}", flush=True)
         pruning = TrialPruning(trial)
+        reuse.next_run()
         try:
             with faults.Heartbeat(trial) if trial is not None else nullcontext():
                 skip = ["--trainer.num_sanity_val_steps", "0"] if self._skip_sanity_check else []
