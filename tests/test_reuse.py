@@ -1,12 +1,15 @@
-"""`reuse`: within a search, the tokenizer, a data file and the trainer check are loaded once and shared by its
-trials; each trial gets the tokenizer as loaded, an edited file is read again, a refused option is refused every
-time, and nothing is kept outside a search."""
+"""`reuse`: within a search, the parser, the tokenizer, a data file and the trainer check are built once and shared
+by its trials; a run leaves the parser's defaults as they were, each trial gets the tokenizer as loaded, an edited
+file is read again, a refused option is refused every time, and nothing is kept outside a search."""
 
 import pytest
+import yaml
 from conftest import sentiment_rows, write_csv
+from helpers import classification_config
 from lightning.pytorch import Trainer
 
 from hftrain import cli
+from hftrain.api import Run
 from hftrain.core import reuse
 from hftrain.core.errors import HFTrainError
 from hftrain.core.pretrained import load_tokenizer
@@ -60,3 +63,32 @@ def test_a_search_checks_its_trainer_options_once_and_refuses_a_bad_one_each_tim
             with pytest.raises(HFTrainError, match="gradient_clip_algorithm='nrom'"):
                 cli.check_trainer_options({"gradient_clip_algorithm": "nrom"})
         assert len(built) == 4  # a refusal is not kept: asked again, refused again
+
+
+@pytest.mark.processes  # fits a run
+def test_a_search_builds_one_parser_and_a_run_leaves_its_defaults_as_they_were(tiny_bert, tmp_path, monkeypatch):
+    files = {
+        "train": str(write_csv(tmp_path / "train.csv", sentiment_rows(24, seed=1))),
+        "validation": str(write_csv(tmp_path / "dev.csv", sentiment_rows(8, seed=2))),
+    }
+    config = classification_config(tmp_path / "task.yaml", tiny_bert, files, trainer__max_epochs=1)
+    parsers = []
+    new_parser = cli.HFTrainCLI._new_parser
+    monkeypatch.setattr(cli.HFTrainCLI, "_new_parser", lambda *a: parsers.append(new_parser(*a)) or parsers[-1])
+
+    def defaults() -> str:
+        return parsers[0].dump(parsers[0].get_defaults(skip_validation=True), skip_validation=True)
+
+    with reuse.kept_for_the_search():
+        first = Run(config, folder=tmp_path / "trial_0")
+        before = defaults()
+        first.fit()
+        second = Run(config, model={"learning_rate": 0.5}, data={"batch_size": 4}, folder=tmp_path / "trial_1")
+        assert len(parsers) == 1 and defaults() == before
+    assert (second.module.learning_rate, second.data.batch_size) == (0.5, 4)
+    assert (first.module.learning_rate, first.data.batch_size) == (1e-2, 16)
+    saved = yaml.safe_load((tmp_path / "trial_0" / "config.yaml").read_text())
+    assert saved["model"]["init_args"]["learning_rate"] == 1e-2
+    assert saved["trainer"]["logger"]["init_args"]["version"] is None  # the run's folder is not in the defaults
+    Run(config, folder=tmp_path / "after")
+    assert len(parsers) == 2  # outside the search: a parser of its own

@@ -1,11 +1,11 @@
-"""What the trials of a search load alike and may share: the tokenizer, the raw data files and the check of the
-trainer's options.
+"""What the trials of a search build alike and may share: the CLI's parser, the tokenizer, the raw data files and
+the check of the trainer's options.
 
 A search runs its trials one after the other in one process, each a full `hftrain fit` built from its own
-config, and every trial would load the same tokenizer, re-read the same files and build the same throwaway
-trainer: about a fifth of a trial's start-up, which the HF Trainer does not pay (it holds its tokenizer and
-data from before the search). `hftrain tune` keeps them for the search (`kept_for_the_search`); anything else,
-a notebook's fits included, loads its own, so that an edit made between two fits is seen.
+config, and every trial would build the same parser, load the same tokenizer, re-read the same files and build
+the same throwaway trainer: about a third of a trial's start-up, which the HF Trainer does not pay (it holds its
+tokenizer and data from before the search). `hftrain tune` keeps them for the search (`kept_for_the_search`);
+anything else, a notebook's fits included, builds its own, so that an edit made between two fits is seen.
 """
 
 from collections.abc import Callable, Hashable, Iterator
