@@ -1,5 +1,6 @@
 """The tokenized cache is written once per filesystem: by one process of one node while the others (other
-ranks, other nodes sharing the folder) wait for it; a lock left by a dead writer is taken over."""
+ranks, other nodes sharing the folder) wait for it; a lock left by a dead writer is taken over. Its key
+names the tokenizer by what it does, not by how it was last called."""
 
 import json
 import socket
@@ -94,3 +95,14 @@ def test_two_nodes_sharing_the_cache_folder_tokenize_once_and_read_the_same_data
     reads = [line for line in lines if line[0] == "read"]
     assert len(reads) == 2 and reads[0][1] != reads[1][1] and reads[0][2] == reads[1][2], lines
     assert [p.suffix for p in (tmp_path / "shared-cache" / "datasets").iterdir()] == [""]  # no lock or partial left
+
+
+def test_a_tokenizer_keeps_its_fingerprint_once_used_and_loses_it_when_changed(tiny_bert):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    fingerprint = cache.tokenizer_fingerprint(tokenizer)
+    tokenizer(["a b c d e f"] * 2, truncation=True, max_length=4, padding="max_length")  # sets the call's settings
+    assert cache.tokenizer_fingerprint(tokenizer) == fingerprint  # a search's next trial finds its cache
+    tokenizer.add_tokens(["zebra"])
+    assert cache.tokenizer_fingerprint(tokenizer) != fingerprint

@@ -19,6 +19,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 import hftrain as hftrain_api
 from hftrain.core import pretrained, runs
+from hftrain.core.cache import TokenizedCache
 from hftrain.core.errors import HFTrainError
 from hftrain.tuning import outputs
 from hftrain.tuning import study as study_module
@@ -30,12 +31,15 @@ SPACE = {"model.learning_rate": {"low": 1.0e-4, "high": 1.0e-1, "log": True}, "d
 
 @pytest.fixture
 def task(tiny_bert, tmp_path) -> Path:
-    """A text-classification config of two short epochs (2 steps each) on the tiny model."""
+    """A text-classification config of two short epochs (2 steps each) on the tiny model, whose longer rows are
+    cut (which leaves the tokenizer's truncation set)."""
     files = {
         "train": str(write_csv(tmp_path / "train.csv", sentiment_rows(48, seed=1))),
         "validation": str(write_csv(tmp_path / "dev.csv", sentiment_rows(16, seed=2))),
     }
-    return classification_config(tmp_path / "task.yaml", tiny_bert, files, trainer__limit_train_batches=2)
+    return classification_config(
+        tmp_path / "task.yaml", tiny_bert, files, trainer__limit_train_batches=2, data__max_length=4
+    )
 
 
 def search_config(path: Path, **settings) -> Path:
@@ -56,9 +60,13 @@ def test_tune_runs_trials_as_fit_runs_and_continues_to_the_total(task, tmp_path,
     loads = []
     load = pretrained.AutoTokenizer.from_pretrained
     monkeypatch.setattr(pretrained.AutoTokenizer, "from_pretrained", lambda *a, **k: loads.append(a) or load(*a, **k))
+    tokenized = []
+    write = TokenizedCache._write
+    monkeypatch.setattr(TokenizedCache, "_write", lambda cache, *a: tokenized.append(cache.path) or write(cache, *a))
     search = search_config(tmp_path / "search.yaml", pruner="none")
     assert run_cli("tune", "--config", task, "--config", search) == 0
     assert len(loads) == 1  # the trials (and the probe before them) share the tokenizer
+    assert len(tokenized) == 1  # and the second trial reads the first's cache, though the tokenizer was used
     study = Path("runs/task/tune")
     printed = capsys.readouterr().out
     assert "Trial 2 of 2" in printed and "Best so far" in printed

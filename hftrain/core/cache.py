@@ -55,8 +55,17 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
         str(getattr(tokenizer, "chat_template", None)),  # renders conversations (language modelling)
     ]
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    parts.append(backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items())))
+    parts.append(_backend_text(backend) if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items())))
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def _backend_text(backend) -> str:
+    """The fast tokenizer's serialized form without its `truncation` and `padding` settings, which lead it: each
+    call sets them from its own arguments, so they say how the tokenizer was last called, not what it does. With
+    them, a tokenizer used once (a search's shared one, after its first trial) would miss its own cache."""
+    text = backend.to_str()
+    start = text.find('"added_tokens":')
+    return text[start:] if start >= 0 else text
 
 
 def cache_path(root: Path, name: str, key: dict[str, Any]) -> Path:
