@@ -86,6 +86,7 @@ def test_a_search_builds_one_parser_and_a_run_leaves_its_defaults_as_they_were(t
         second = Run(config, model={"learning_rate": 0.5}, data={"batch_size": 4}, folder=tmp_path / "trial_1")
         assert len(parsers) == 1 and defaults() == before
     assert (second.module.learning_rate, second.data.batch_size) == (0.5, 4)
+    assert not {id(c) for c in first.trainer.callbacks} & {id(c) for c in second.trainer.callbacks}
     assert (first.module.learning_rate, first.data.batch_size) == (1e-2, 16)
     saved = yaml.safe_load((tmp_path / "trial_0" / "config.yaml").read_text())
     assert saved["model"]["init_args"]["learning_rate"] == 1e-2
