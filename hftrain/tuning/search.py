@@ -115,8 +115,8 @@ class Search:
     # ------------------------------------------------------------------ the loop (every rank)
 
     def run(self) -> None:
-        """Run trials until the study holds `n_trials`, every rank in step. The trials share what they load
-        alike: the tokenizer, the data files, the trainer check (`reuse`)."""
+        """Run trials until the study holds `n_trials`, every rank in step. The trials share what they build
+        alike: the parser, the tokenizer, the data files, the trainer check (`reuse`)."""
         with reuse.kept_for_the_search():
             if ranks.is_rank_zero() and self.study is None:
                 self.open()
